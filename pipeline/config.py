@@ -1,0 +1,348 @@
+"""Typed experiment configuration loaded from TOML.
+
+An experiment is data, not code: every constant of the method (seeds, trial arithmetic,
+sampling, RSA and regression settings) lives in a config file. Unknown keys, wrong types
+and impossible values fail early with one message that names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PipelineError
+
+
+class ConfigError(PipelineError, ValueError):
+    """A config file is malformed; the message names the file, the key and the fix."""
+
+
+@dataclass
+class ExperimentCfg:
+    name: str
+    data_dir: str = "data"
+
+
+@dataclass
+class VocabCfg:
+    source: str = "vocab/nouns-5000.txt"
+    size: int | None = None
+
+
+@dataclass
+class TrialsCfg:
+    fc_candidates: int = 16
+    fc_picks: int = 2
+    fc_seed: int = 12345
+    fa_runs: int = 126
+    fa_seed: int = 12345
+    fa_associates: int = 5
+
+
+@dataclass
+class BehaveCfg:
+    backend: str = "vllm"
+    paradigms: list[str] = field(default_factory=lambda: ["fc", "fa"])
+    chunk_size: int = 512
+    batch_size: int = 64
+    structured_fc: bool = False
+    structured_fa: bool = False
+    repair: bool = True
+    retries: int = 5
+    fc_max_tokens: int = 10
+    fa_temperature: float = 0.7
+    fa_top_p: float = 0.95
+    fa_max_tokens: int = 25
+    retry_temperature: float = 0.5
+    retry_top_p: float = 0.9
+
+
+@dataclass
+class ModelCfg:
+    name: str
+    path: str
+    revision: str | None = None
+    system_prompt: str | None = None
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    extra_eos: list[str] = field(default_factory=list)
+    retry_temperature: float | None = None
+    retry_top_p: float | None = None
+    fix_mistral_regex: bool = False
+
+
+@dataclass
+class HiddenCfg:
+    strategies: list[str] = field(default_factory=lambda: ["meaning", "task_fc", "task_fa"])
+    sentences: str | None = None
+    max_sentences: int = 50
+    batch_size: int = 16
+    paper_compat: bool = False
+    dtype: str = "bfloat16"
+    device: str = "auto"
+
+
+@dataclass
+class BaselinesCfg:
+    static: str | None = None
+    static_name: str = "static"
+    encoder: str | None = None
+    encoder_name: str = "encoder"
+    encoder_template: str = "This is a {w}"
+    batch_size: int = 32
+
+
+@dataclass
+class RsaCfg:
+    methods: list[str] = field(default_factory=lambda: ["spearman"])
+    references: list[str] = field(default_factory=lambda: ["fc", "fa", "static", "encoder", "consensus"])
+    paper_pairs: int = 500_000
+    seed: int = 0
+    nn_k: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])
+    bootstrap: int = 0
+    split_half: bool = True
+
+
+@dataclass
+class RegressCfg:
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test_size: float = 0.2
+    train_pairs: int = 100_000
+    cv: int = 5
+    centered: bool = True
+
+
+@dataclass
+class Config:
+    experiment: ExperimentCfg
+    vocab: VocabCfg = field(default_factory=VocabCfg)
+    trials: TrialsCfg = field(default_factory=TrialsCfg)
+    behave: BehaveCfg = field(default_factory=BehaveCfg)
+    models: list[ModelCfg] = field(default_factory=list)
+    hidden: HiddenCfg = field(default_factory=HiddenCfg)
+    baselines: BaselinesCfg = field(default_factory=BaselinesCfg)
+    rsa: RsaCfg = field(default_factory=RsaCfg)
+    regress: RegressCfg = field(default_factory=RegressCfg)
+    source: str = "<memory>"
+
+    @property
+    def run_dir(self) -> Path:
+        """`data/<experiment>/`: every output of this experiment lives below it."""
+        return Path(self.experiment.data_dir) / self.experiment.name
+
+    def model(self, name: str) -> ModelCfg:
+        """Return the model entry called `name`, or fail naming the valid ones."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(
+            f"{self.source}: no model named '{name}'; models in this config: "
+            f"{', '.join(m.name for m in self.models) or '(none)'}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+PARADIGMS = ("fc", "fa")
+STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
+RSA_METHODS = ("spearman", "pearson", "paper")
+REFERENCES = ("fc", "fa", "static", "encoder", "consensus")
+BACKENDS = ("vllm", "hf", "fake")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Load and validate an experiment config.
+
+    Args:
+        path: TOML file.
+        overrides: dotted keys to set after reading, e.g. ``{"vocab.size": 200}`` or
+            ``["vocab.size=200"]`` (values parsed as TOML literals, else strings).
+
+    Returns:
+        The validated `Config`.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or impossible value.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing file, e.g. configs/demo.toml") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+    for key, value in _parse_overrides(overrides, path).items():
+        _set_dotted(raw, key, value, path)
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: dict[str, Any], source: str = "<memory>") -> Config:
+    """Build a validated `Config` from a plain dict (the parsed TOML)."""
+    cfg = _build(Config, {k: v for k, v in raw.items()}, source, prefix="")
+    cfg.source = source
+    _validate(cfg)
+    return cfg
+
+
+def _parse_overrides(overrides, path) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return overrides
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' for {path}: use KEY=VALUE, e.g. vocab.size=200")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any, path) -> None:
+    parts = key.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}' for {path}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls, raw: Any, source: str, prefix: str):
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{where}' must be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
+            continue
+        kwargs[name] = _coerce(hints[name], raw[name], source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, source: str, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, source, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _fail(cfg: Config, key: str, msg: str):
+    raise ConfigError(f"{cfg.source}: '{key}' {msg}")
+
+
+def _choices(cfg: Config, key: str, values: list[str], allowed: tuple[str, ...]):
+    for v in values:
+        if v not in allowed:
+            close = difflib.get_close_matches(v, allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            _fail(cfg, key, f"has unknown value '{v}' (allowed: {', '.join(allowed)}){hint}")
+
+
+def _validate(cfg: Config) -> None:
+    if not _NAME_RE.match(cfg.experiment.name):
+        _fail(cfg, "experiment.name", f"= {cfg.experiment.name!r} must be a plain name (letters, digits, . _ -)")
+    t = cfg.trials
+    if t.fc_candidates < 2:
+        _fail(cfg, "trials.fc_candidates", f"= {t.fc_candidates} must be at least 2")
+    if not 1 <= t.fc_picks < t.fc_candidates:
+        _fail(cfg, "trials.fc_picks", f"= {t.fc_picks} must be between 1 and fc_candidates - 1 ({t.fc_candidates - 1})")
+    if t.fa_runs < 1 or t.fa_associates < 1:
+        _fail(cfg, "trials.fa_runs", "and trials.fa_associates must be at least 1")
+    if cfg.vocab.size is not None:
+        if cfg.vocab.size < t.fc_candidates + 1:
+            _fail(cfg, "vocab.size", f"= {cfg.vocab.size} is too small for trials.fc_candidates = "
+                  f"{t.fc_candidates}: a cue needs at least {t.fc_candidates} other words; "
+                  f"raise vocab.size to {t.fc_candidates + 1} or more")
+    b = cfg.behave
+    _choices(cfg, "behave.backend", [b.backend], BACKENDS)
+    _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
+    for key in ("chunk_size", "batch_size", "fc_max_tokens", "fa_max_tokens"):
+        if getattr(b, key) < 1:
+            _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be at least 1")
+    if b.retries < 0:
+        _fail(cfg, "behave.retries", f"= {b.retries} must be 0 or more")
+    for key in ("fa_temperature", "retry_temperature"):
+        if getattr(b, key) < 0:
+            _fail(cfg, f"behave.{key}", "must be >= 0")
+    for key in ("fa_top_p", "retry_top_p"):
+        if not 0 < getattr(b, key) <= 1:
+            _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be in (0, 1]")
+    names = [m.name for m in cfg.models]
+    for i, m in enumerate(cfg.models):
+        if not _NAME_RE.match(m.name):
+            _fail(cfg, f"models[{i}].name", f"= {m.name!r} must be a plain name (letters, digits, . _ -)")
+        if names.count(m.name) > 1:
+            _fail(cfg, f"models[{i}].name", f"= {m.name!r} appears twice; model names must be unique")
+        if not 0 < m.gpu_memory_utilization <= 1:
+            _fail(cfg, f"models[{i}].gpu_memory_utilization", "must be in (0, 1]")
+        if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:
+            _fail(cfg, f"models[{i}]", "tensor_parallel_size, max_num_seqs must be >= 1 and max_model_len >= 16")
+    h = cfg.hidden
+    _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
+    if "averaged" in h.strategies and not h.sentences:
+        _fail(cfg, "hidden.sentences", "must name a sentence file (one sentence per line) when "
+              "hidden.strategies includes 'averaged'")
+    if h.batch_size < 1 or h.max_sentences < 1:
+        _fail(cfg, "hidden.batch_size", "and hidden.max_sentences must be at least 1")
+    if "{w}" not in cfg.baselines.encoder_template:
+        _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
+    r = cfg.rsa
+    _choices(cfg, "rsa.methods", r.methods, RSA_METHODS)
+    _choices(cfg, "rsa.references", r.references, REFERENCES)
+    if any(k < 1 for k in r.nn_k):
+        _fail(cfg, "rsa.nn_k", "values must be at least 1")
+    if r.bootstrap < 0 or r.paper_pairs < 1:
+        _fail(cfg, "rsa.bootstrap", "must be >= 0 and rsa.paper_pairs >= 1")
+    g = cfg.regress
+    if not 0 < g.test_size < 1:
+        _fail(cfg, "regress.test_size", f"= {g.test_size} must be in (0, 1)")
+    if g.train_pairs < 10 or g.cv < 2:
+        _fail(cfg, "regress.train_pairs", "must be >= 10 and regress.cv >= 2")
+    if not g.seeds:
+        _fail(cfg, "regress.seeds", "must list at least one seed")
