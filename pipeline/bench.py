@@ -1,0 +1,51 @@
+"""`make bench`: every benchmark of DESIGN.md ("Performance targets") in one table.
+
+    python -m pipeline.bench [--only trials,aggregate,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from .benchmarks import Row
+
+AREAS = ["trials", "aggregate", "rsa", "behave"]
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'benchmark':<44} {'measured':>12} {'baseline':>12} {'unit':<10} {'speedup':>8}  baseline / target"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        base = f"{r.baseline:12.3f}" if r.baseline is not None else f"{'-':>12}"
+        sp = f"{r.speedup:7.2f}x" if r.speedup is not None else f"{'-':>8}"
+        note = "; ".join(x for x in (r.baseline_name, r.target) if x)
+        lines.append(f"{r.name:<44} {r.measured:12.3f} {base} {r.unit:<10} {sp}  {note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench")
+    p.add_argument("--only", default=",".join(AREAS), help=f"comma-separated subset of {AREAS}")
+    args = p.parse_args(argv)
+    rows: list[Row] = []
+    failed = []
+    for area in args.only.split(","):
+        print(f">> benchmark: {area}", flush=True)
+        try:
+            rows += importlib.import_module(f"pipeline.benchmarks.{area}").run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(area)
+    print()
+    print(format_table(rows))
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
