@@ -1,0 +1,97 @@
+"""Similarity primitives shared by every stage: PPMI, cosine, centered cosine, pair indexing.
+
+One implementation each, so behavioral matrices, hidden-state geometry, baselines,
+consensus, RSA and regression all compute the same quantity the same way (METHOD.md §2, §4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def ppmi(counts: sp.spmatrix) -> sp.csr_matrix:
+    """Positive PMI of a count matrix, computed on its nonzero cells only.
+
+    PMI_ij = log(c_ij * N / (rowsum_i * colsum_j)), N = total count; PPMI = max(PMI, 0).
+    Plain natural log, no smoothing or shifting (METHOD.md §2).
+
+    Args:
+        counts: nonnegative sparse cue x response counts.
+
+    Returns:
+        float64 CSR matrix with the same sparsity pattern (zeros where PMI <= 0 are dropped).
+    """
+    c = sp.csr_matrix(counts, dtype=np.float64)
+    c.eliminate_zeros()
+    total = c.sum()
+    if total == 0:
+        return c.copy()
+    row = np.asarray(c.sum(axis=1)).ravel()
+    col = np.asarray(c.sum(axis=0)).ravel()
+    coo = c.tocoo()
+    pmi = np.log(coo.data * total / (row[coo.row] * col[coo.col]))
+    out = sp.csr_matrix((np.maximum(pmi, 0.0), (coo.row, coo.col)), shape=c.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def l2_normalize_rows(x):
+    """Rows scaled to unit L2 norm; all-zero rows stay zero (their cosine is 0, not NaN)."""
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float64)
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return sp.diags(inv) @ x
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def cosine(x, dtype=np.float32) -> np.ndarray:
+    """Dense N x N cosine similarity between the rows of a dense or sparse matrix."""
+    xn = l2_normalize_rows(x)
+    sim = xn @ xn.T
+    if sp.issparse(sim):
+        sim = sim.toarray()
+    return np.asarray(sim, dtype=dtype)
+
+
+def centered_cosine(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+    """Mean-centered cosine (Ethayarajh 2019): subtract the mean word vector, then cosine.
+
+    Args:
+        x: N x D vectors (one layer).
+        center_rows: indices of the rows whose mean is subtracted (e.g. training words
+            only, METHOD.md §7); default all rows.
+        dtype: output dtype.
+
+    Returns:
+        N x N similarities.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    mean = x[center_rows].mean(axis=0) if center_rows is not None else x.mean(axis=0)
+    return cosine(x - mean, dtype=dtype)
+
+
+def upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major indices (i < j) of the strict upper triangle of an n x n matrix."""
+    return np.triu_indices(n, k=1)
+
+
+def sample_pairs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample `size` upper-triangle pairs without replacement, exactly as the paper does.
+
+    `np.random.default_rng(seed).choice(M, size, replace=False)` over linear indices
+    k < M = n(n-1)/2, mapped to (i, j) through row offsets off[i] = i(2n-i-1)/2
+    (METHOD.md §6). When size >= M, all pairs are returned in row-major order.
+    """
+    m = n * (n - 1) // 2
+    if size >= m:
+        return upper_triangle(n)
+    k = np.random.default_rng(seed).choice(m, size, replace=False)
+    i_all = np.arange(n, dtype=np.int64)
+    off = i_all * (2 * n - i_all - 1) // 2
+    i = np.searchsorted(off, k, side="right") - 1
+    j = i + 1 + (k - off[i])
+    return i, j
