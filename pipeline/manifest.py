@@ -115,6 +115,11 @@ class Manifest:
                 m["prompts"] = prompt_hashes
             m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
 
+    def append(self, key: str, value: Any) -> None:
+        """Append `value` to the top-level list `key` (e.g. the demo's stage timings)."""
+        with self._locked() as m:
+            m.setdefault(key, []).append(value)
+
     def stage(self, key: str) -> dict | None:
         return self.read()["stages"].get(key)
 
