@@ -235,7 +235,7 @@ def _build(cls, raw: Any, source: str, prefix: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: '{where}' must be a table, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
