@@ -1,0 +1,318 @@
+"""`aggregate` stage: trial logs -> cue x response counts, PPMI and cosine similarity.
+
+For each model and paradigm, the final attempt of every trial contributes its responses
+(FC: the valid picks; FA: the parsed associates) to a sparse cue x response count matrix
+(METHOD.md §2-§3). Rows are the run's vocabulary in its committed order (every word, even
+one that never got a response); columns are the open vocabulary of cleaned responses,
+sorted. PPMI and the row cosines come from `similarity`, so every stage computes them the
+same way.
+
+The logs of the paper's scale (1.565M FC trials, 3.1M FA associates per model) are read
+batch by batch: each batch's responses are cleaned and dictionary-encoded with pyarrow,
+mapped to a growing column dictionary and appended as integer (row, column) codes, which
+are summed into a sparse matrix whenever they pile up. Memory is bounded by the sparse
+counts, never by the number of log rows.
+
+Outputs, under `matrices/<model>/<paradigm>/`:
+    counts.npz, ppmi.npz   sparse (scipy CSR) cue x response matrices
+    sim_ppmi.npy           float32 N x N cosine of PPMI rows (RSA and NN@k use this)
+    sim_counts.npy         float32 N x N cosine of count rows (the regression uses this)
+    rows.txt, cols.txt     the row words (vocabulary order) and the column strings
+    stats.json             trials, responses, what was dropped and why, empty rows
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from . import paths
+from .config import PARADIGMS, Config
+from .errors import PipelineError
+from .manifest import Manifest, fingerprint
+from .similarity import cosine, ppmi
+from .vocab import load_run_vocab
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+_DROP = pa.array(["na", "nan"])
+_ALNUM = r"[\p{L}\p{N}]"
+_COMPACT_AT = 8_000_000
+_DENSE_COSINE_MAX_CELLS = 60_000_000
+_DENSE_COSINE_MIN_DENSITY = 0.02
+OUTPUT_FILES = ("counts.npz", "ppmi.npz", "sim_ppmi.npy", "sim_counts.npy", "rows.txt", "cols.txt",
+                "stats.json")
+
+
+def run(cfg: Config, opts) -> None:
+    """Aggregate every (model, paradigm) log of the config, or the ones `opts` selects.
+
+    A pair whose logs have not been written yet fails with the command that writes them.
+    A pair already aggregated from the same log parts is skipped; new or changed parts
+    (a resumed or extended behave run) trigger a recomputation.
+    """
+    models = [getattr(opts, "model", None)] if getattr(opts, "model", None) else [m.name for m in cfg.models]
+    for name in models:
+        cfg.model(name)
+    paradigms = [opts.paradigm] if getattr(opts, "paradigm", None) else list(cfg.behave.paradigms)
+    words = load_run_vocab(cfg)
+    for model in models:
+        for paradigm in paradigms:
+            aggregate_one(cfg, model, paradigm, words, force=bool(getattr(opts, "force", False)))
+
+
+def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], force: bool = False) -> dict:
+    """Aggregate one model's log of one paradigm (manifest-aware).
+
+    Returns:
+        The stats dict written to `stats.json` (also the manifest summary).
+    """
+    from .logs import list_parts
+
+    if paradigm not in PARADIGMS:
+        raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(PARADIGMS)}")
+    src = paths.behavior_dir(cfg, model, paradigm)
+    out = paths.matrices_dir(cfg, model, paradigm)
+    parts = list_parts(src) if src.exists() else []
+    if not parts:
+        raise PipelineError(f"{src}: no trial log parts for model '{model}', paradigm '{paradigm}'; run "
+                            f"`python -m pipeline behave --config {cfg.source} --model {model} "
+                            f"--paradigm {paradigm}` first")
+    man = Manifest(cfg.run_dir)
+    key = f"aggregate/{model}/{paradigm}"
+    behave = _behave_record(man, model, paradigm)
+    static = fingerprint({"vocab": words, "paradigm": paradigm, "version": _VERSION})
+    fp = fingerprint({"static": static, "parts": _parts_state(parts), "behave": behave})
+    rec = man.stage(key)
+    logs_changed = rec is not None and (not rec.get("complete")
+                                        or (rec.get("summary") or {}).get("static_inputs") == static)
+    if man.check(key, fp, force or logs_changed) and all((out / f).exists() for f in OUTPUT_FILES):
+        log.info("aggregate %s/%s: complete, skipping (%s)", model, paradigm, out)
+        return json.loads((out / "stats.json").read_text())
+    if rec is not None and rec.get("complete") and logs_changed:
+        log.info("aggregate %s/%s: trial logs changed since the last aggregation; recomputing", model, paradigm)
+    if behave is None or not behave.get("complete"):
+        log.warning("aggregate %s/%s: the behave stage has not completed for this log; aggregating the "
+                    "%d parts written so far", model, paradigm, len(parts))
+    man.start(key, fp)
+    t0 = time.perf_counter()
+    counts, cols, stats = count_matrix(src, words, paradigm)
+    stats.update({"model": model, "paradigm": paradigm, "parts": len(parts),
+                  "behave_complete": bool(behave and behave.get("complete"))})
+    t1 = time.perf_counter()
+    _write_outputs(out, words, counts, cols, stats)
+    t2 = time.perf_counter()
+    log.info("aggregate %s/%s: %d trials, %d responses in %d columns, %d empty rows (%.1f s)", model,
+             paradigm, stats["trials"], stats["picks"], stats["responses"], stats["empty_rows"], t2 - t0)
+    man.complete(key, fp, {**stats, "static_inputs": static, "empty_row_words": stats["empty_row_words"][:20],
+                           "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)})
+    return stats
+
+
+def count_matrix(src: str | Path, words: list[str], paradigm: str) -> tuple[sp.csr_matrix, list[str], dict]:
+    """Stream the final attempts of a log into a cue x response count matrix.
+
+    Cleaning (METHOD.md §2 "Clean", §3 "Counting rules"): lowercase and strip; drop empty
+    strings, "na", "nan" and strings without a letter or digit; drop responses equal to
+    the cue (FA cue repeats; an FC pick never equals its cue). Duplicates within a trial
+    are kept and positions are not weighted.
+
+    Args:
+        src: the `behavior/<model>/<paradigm>/` directory.
+        words: the run's vocabulary; `cue_idx` indexes it and must agree with `cue`.
+        paradigm: ``fc`` or ``fa`` (only reported; both are counted the same way).
+
+    Returns:
+        (counts, cols, stats): int64 CSR of shape N x len(cols) with rows in vocabulary
+        order and columns sorted; the column strings; counts of what was kept and dropped.
+
+    Raises:
+        PipelineError: a corrupt part, or a cue that disagrees with the vocabulary. (A
+            trial final in two parts counts once: `logs.iter_final` keeps the first.)
+    """
+    from .logs import iter_final
+
+    n = len(words)
+    vocab = pa.array(words, pa.string())
+    vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(vocab))
+    col_words = pa.array([], pa.string())
+    pending_r: list[np.ndarray] = []
+    pending_c: list[np.ndarray] = []
+    pending = 0
+    acc = sp.csr_matrix((n, 0), dtype=np.int64)
+    st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_cue_repeats": 0}
+    for batch in iter_final(src, ["cue_idx", "cue", "picks"]):
+        if batch.num_rows == 0:
+            continue
+        cue_idx = _checked_cues(batch, vocab, n, src)
+        st["trials"] += batch.num_rows
+        picks = batch.column("picks")
+        flat = pc.list_flatten(picks)
+        parent = np.asarray(pc.list_parent_indices(picks).to_numpy(zero_copy_only=False), dtype=np.int64)
+        st["raw_responses"] += len(flat)
+        if len(flat) == 0:
+            continue
+        rows = cue_idx[parent]
+        text = pc.utf8_trim_whitespace(pc.utf8_lower(flat))
+        valid = pc.fill_null(pc.and_(pc.match_substring_regex(text, _ALNUM),
+                                     pc.invert(pc.is_in(text, value_set=_DROP))), False)
+        repeat = pc.fill_null(pc.equal(text, vocab_clean.take(pa.array(rows))), False)
+        keep = np.asarray(pc.and_(valid, pc.invert(repeat)).to_numpy(zero_copy_only=False), dtype=bool)
+        valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
+        st["dropped_invalid"] += int((~valid_np).sum())
+        st["dropped_cue_repeats"] += int((valid_np & ~keep).sum())
+        if not keep.any():
+            continue
+        kept = text.filter(pa.array(keep))
+        enc = pc.dictionary_encode(kept)
+        known = pc.index_in(enc.dictionary, value_set=col_words)
+        new = enc.dictionary.filter(pc.is_null(known))
+        code_of_entry = np.asarray(pc.fill_null(known, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if len(new):
+            code_of_entry[code_of_entry < 0] = np.arange(len(col_words), len(col_words) + len(new))
+            col_words = pa.concat_arrays([col_words, new])
+        indices = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        pending_r.append(rows[keep].astype(np.int32))
+        pending_c.append(code_of_entry[indices].astype(np.int32))
+        pending += int(keep.sum())
+        if pending >= _COMPACT_AT:
+            acc = _compact(acc, pending_r, pending_c, n, len(col_words))
+            pending_r, pending_c, pending = [], [], 0
+    acc = _compact(acc, pending_r, pending_c, n, len(col_words))
+    names = col_words.to_pylist()
+    order = np.asarray(pc.sort_indices(col_words).to_numpy(zero_copy_only=False), dtype=np.int64)
+    counts = acc[:, order].tocsr() if len(names) else acc
+    counts.sort_indices()
+    row_sums = np.asarray(counts.sum(axis=1)).ravel()
+    empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
+    st.update({"picks": int(counts.sum()), "responses": len(names), "nonzero_cells": int(counts.nnz),
+               "empty_rows": len(empty), "empty_row_words": empty})
+    return counts, [names[i] for i in order], st
+
+
+def _checked_cues(batch: pa.RecordBatch, vocab: pa.Array, n: int, src) -> np.ndarray:
+    idx_arr = batch.column("cue_idx")
+    if idx_arr.null_count:
+        raise PipelineError(f"{src}: a final log row has no cue_idx; the log is corrupt: delete the "
+                            f"damaged part and re-run behave to redo its trials")
+    idx = np.asarray(idx_arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise PipelineError(f"{src}: cue_idx {int(idx[bad][0])} is outside the run's vocabulary of {n} words: "
+                            f"the log was written for another vocabulary; use a new experiment.name or "
+                            f"delete these logs and re-run behave")
+    same = pc.equal(batch.column("cue"), vocab.take(pa.array(idx)))
+    if not pc.all(pc.fill_null(same, False)).as_py():
+        first = int(np.flatnonzero(~np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False)))[0])
+        raise PipelineError(f"{src}: a log row has cue {batch.column('cue')[first].as_py()!r} at cue_idx "
+                            f"{int(idx[first])}, where the run's vocabulary has {vocab[int(idx[first])].as_py()!r}: "
+                            f"the log was written for another vocabulary; use a new experiment.name or "
+                            f"delete these logs and re-run behave")
+    return idx
+
+
+def _compact(acc: sp.csr_matrix, rows: list[np.ndarray], cols: list[np.ndarray], n: int, ncols: int) -> sp.csr_matrix:
+    if acc.shape[1] < ncols:
+        acc = sp.csr_matrix((acc.data, acc.indices, acc.indptr), shape=(n, ncols))
+    if not rows:
+        return acc
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    new = sp.csr_matrix((np.ones(r.size, dtype=np.int64), (r, c)), shape=(n, ncols))
+    new.sum_duplicates()
+    return (acc + new).tocsr()
+
+
+def similarity(m: sp.csr_matrix) -> np.ndarray:
+    """Cosine between rows via `similarity.cosine`, dense when that is faster.
+
+    A sparse product costs about sum_k nnz(column k)^2; for dense-ish count matrices
+    (FC: about 600 of 5,000 cells per row) BLAS on the dense matrix is several times
+    faster, so a matrix with few enough cells and enough density is densified first.
+    """
+    cells = m.shape[0] * m.shape[1]
+    if cells and cells <= _DENSE_COSINE_MAX_CELLS and m.nnz / cells >= _DENSE_COSINE_MIN_DENSITY:
+        return cosine(m.toarray())
+    return cosine(m)
+
+
+def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: list[str], stats: dict) -> None:
+    """Write every output into a temp folder, then move the files into place.
+
+    Readers never see half a file; a crash before the manifest record leaves the stage
+    incomplete, and the next run recomputes it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        pp = ppmi(counts)
+        sp.save_npz(tmp / "counts.npz", counts.astype(np.int32))
+        sp.save_npz(tmp / "ppmi.npz", pp.astype(np.float32))
+        np.save(tmp / "sim_ppmi.npy", similarity(pp))
+        np.save(tmp / "sim_counts.npy", similarity(counts))
+        (tmp / "rows.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
+        (tmp / "cols.txt").write_text("".join(_one_line(c) + "\n" for c in cols), encoding="utf-8")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        for name in OUTPUT_FILES:
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        for name in OUTPUT_FILES:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _one_line(s: str) -> str:
+    return s.replace("\r", " ").replace("\n", " ")
+
+
+def _parts_state(parts) -> list:
+    out = []
+    for p in parts:
+        p = Path(p)
+        st = p.stat()
+        out.append([p.name, st.st_size, st.st_mtime_ns])
+    return sorted(out)
+
+
+def _behave_record(man: Manifest, model: str, paradigm: str) -> dict | None:
+    rec = man.stage(f"behave/{model}/{paradigm}")
+    return None if rec is None else {"inputs": rec.get("inputs"), "complete": bool(rec.get("complete"))}
+
+
+def load_matrices(cfg: Config, model: str, paradigm: str) -> dict:
+    """Read one aggregated output back (for downstream stages and exports).
+
+    Returns:
+        dict with ``counts``, ``ppmi`` (CSR), ``sim_ppmi``, ``sim_counts`` (N x N float32
+        memory maps), ``rows``, ``cols`` (lists) and ``stats``.
+
+    Raises:
+        PipelineError: the stage has not produced this model and paradigm yet.
+    """
+    d = paths.matrices_dir(cfg, model, paradigm)
+    missing = [f for f in OUTPUT_FILES if not (d / f).exists()]
+    if missing:
+        raise PipelineError(f"{d}: {', '.join(missing)} missing; run `python -m pipeline aggregate --config "
+                            f"{cfg.source} --model {model} --paradigm {paradigm}`")
+    return {
+        "counts": sp.load_npz(d / "counts.npz").tocsr(),
+        "ppmi": sp.load_npz(d / "ppmi.npz").tocsr(),
+        "sim_ppmi": np.load(d / "sim_ppmi.npy", mmap_mode="r"),
+        "sim_counts": np.load(d / "sim_counts.npy", mmap_mode="r"),
+        "rows": (d / "rows.txt").read_text(encoding="utf-8").splitlines(),
+        "cols": (d / "cols.txt").read_text(encoding="utf-8").splitlines(),
+        "stats": json.loads((d / "stats.json").read_text()),
+    }

@@ -1,0 +1,203 @@
+"""aggregate: counts, PPMI and cosine from hand-made trial logs, checked against hand
+computations (math.log), scipy's cdist and a plain-Python Counter reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+from scipy.spatial.distance import cdist
+
+from pipeline import aggregate, paths
+from pipeline.errors import PipelineError
+from pipeline.logs import SCHEMA, write_part
+from pipeline.manifest import Manifest
+
+WORDS = ["dog", "cat", "tree", "milk"]
+
+
+def _opts(**kw):
+    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
+                limit=None, force=False)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _rows_table(rows: list[dict]) -> pa.Table:
+    """Trial-log rows with the columns aggregation reads; the others get neutral values."""
+    cols = {f.name: [] for f in SCHEMA}
+    for r in rows:
+        full = {"trial_id": r["trial_id"], "cue_idx": r["cue_idx"], "cue": r["cue"], "candidates": [],
+                "run": 0, "attempt": r.get("attempt", 0), "attempt_kind": "main", "raw_output": "",
+                "picks": r["picks"], "extracted": r["picks"], "status": r.get("status", "ok"),
+                "final": r.get("final", True), "seed": 0, "prompt_sha": "", "n_prompt_tokens": 0,
+                "n_output_tokens": 0, "latency_s": 0.0}
+        for k in cols:
+            cols[k].append(full[k])
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in SCHEMA})
+
+
+def _trial(tid, cue, picks, **kw):
+    return {"trial_id": tid, "cue_idx": WORDS.index(cue), "cue": cue, "picks": picks, **kw}
+
+
+@pytest.fixture
+def cfg(make_config):
+    c = make_config()
+    paths.vocab_file(c).parent.mkdir(parents=True, exist_ok=True)
+    paths.vocab_file(c).write_text("\n".join(WORDS) + "\n")
+    return c
+
+
+FC_TRIALS = [
+    _trial(0, "dog", ["cat", "tree"]),
+    _trial(1, "dog", ["Cat", " cat"]),
+    _trial(2, "dog", ["cat"]),
+    _trial(3, "cat", ["tree", "tree"], final=False, status="wrong_count"),
+    _trial(3, "cat", ["dog", "DOG"], attempt=1),
+    _trial(4, "tree", ["cat", "NA"]),
+    _trial(5, "tree", ["dog", "--"]),
+    _trial(6, "tree", ["", "nan"]),
+]
+
+
+def test_fc_matches_hand_computation(cfg):
+    write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table(FC_TRIALS[:4]))
+    write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table(FC_TRIALS[4:]))
+    aggregate.run(cfg, _opts(paradigm="fc"))
+    out = aggregate.load_matrices(cfg, "m", "fc")
+    assert out["rows"] == WORDS
+    assert out["cols"] == ["cat", "dog", "tree"]
+    expected_counts = np.array([[4, 0, 1], [0, 2, 0], [1, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(out["counts"].toarray(), expected_counts)
+    # N = 9; row sums dog 5, cat 2, tree 2; column sums cat 5, dog 3, tree 1.
+    expected_ppmi = np.array([
+        [math.log(4 * 9 / (5 * 5)), 0.0, math.log(1 * 9 / (5 * 1))],
+        [0.0, math.log(2 * 9 / (2 * 3)), 0.0],
+        [max(math.log(1 * 9 / (2 * 5)), 0.0), math.log(1 * 9 / (2 * 3)), 0.0],
+        [0.0, 0.0, 0.0],
+    ])
+    assert math.log(0.9) < 0 and expected_ppmi[2, 0] == 0.0
+    np.testing.assert_allclose(out["ppmi"].toarray(), expected_ppmi, rtol=1e-6)
+    expected_sim = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=float)
+    np.testing.assert_allclose(out["sim_ppmi"], expected_sim, atol=1e-6)
+    c = 4 / (math.sqrt(17) * math.sqrt(2))
+    expected_sim_counts = np.array([[1, 0, c, 0], [0, 1, 1 / math.sqrt(2), 0],
+                                    [c, 1 / math.sqrt(2), 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(out["sim_counts"], expected_sim_counts, atol=1e-6)
+    assert out["sim_ppmi"].dtype == np.float32 and out["sim_counts"].dtype == np.float32
+    st = out["stats"]
+    assert st["trials"] == 7 and st["picks"] == 9 and st["responses"] == 3
+    assert st["dropped_invalid"] == 4 and st["dropped_cue_repeats"] == 0
+    assert st["empty_rows"] == 1 and st["empty_row_words"] == ["milk"]
+
+
+def test_fa_drops_cue_repeats_keeps_duplicates(cfg):
+    rows = [_trial(0, "dog", ["bark", "Dog", "bark", "leash", " DOG "]),
+            _trial(1, "cat", ["dog", "cat", "mouse"]),
+            _trial(2, "tree", ["leaf", "leaf"])]
+    write_part(paths.behavior_dir(cfg, "m", "fa"), _rows_table(rows))
+    stats = aggregate.aggregate_one(cfg, "m", "fa", WORDS)
+    out = aggregate.load_matrices(cfg, "m", "fa")
+    assert out["cols"] == ["bark", "dog", "leaf", "leash", "mouse"]
+    np.testing.assert_array_equal(out["counts"].toarray(), [[2, 0, 0, 1, 0], [0, 1, 0, 0, 1],
+                                                            [0, 0, 2, 0, 0], [0, 0, 0, 0, 0]])
+    assert stats["dropped_cue_repeats"] == 3 and stats["picks"] == 7
+    assert stats["empty_row_words"] == ["milk"]
+
+
+def _random_log(rng, n_trials, words, vocab_extra):
+    pool = words + vocab_extra
+    rows = []
+    for t in range(n_trials):
+        cue = int(rng.integers(len(words)))
+        k = int(rng.integers(0, 6))
+        picks = [pool[int(i)] for i in rng.integers(len(pool), size=k)]
+        picks = [p.upper() if rng.random() < 0.1 else p for p in picks]
+        rows.append({"trial_id": t, "cue_idx": cue, "cue": words[cue], "picks": picks})
+    return rows
+
+
+def _reference_counts(rows, words):
+    counter = Counter()
+    for r in rows:
+        for p in r["picks"]:
+            s = p.lower().strip()
+            if not s or s in ("na", "nan") or not any(ch.isalnum() for ch in s) or s == r["cue"].lower():
+                continue
+            counter[(r["cue_idx"], s)] += 1
+    cols = sorted({s for _, s in counter})
+    m = np.zeros((len(words), len(cols)))
+    for (i, s), v in counter.items():
+        m[i, cols.index(s)] = v
+    return m, cols
+
+
+def test_random_log_vs_counter_and_cdist(make_config):
+    rng = np.random.default_rng(3)
+    words = [f"w{i:02d}" for i in range(30)]
+    cfg = make_config()
+    paths.vocab_file(cfg).parent.mkdir(parents=True, exist_ok=True)
+    paths.vocab_file(cfg).write_text("\n".join(words) + "\n")
+    rows = _random_log(rng, 900, words, ["zebra", "Élan", "na", "??", "x-ray"])
+    for chunk in range(3):
+        write_part(paths.behavior_dir(cfg, "m", "fa"), _rows_table(rows[chunk * 300:(chunk + 1) * 300]))
+    aggregate.aggregate_one(cfg, "m", "fa", words)
+    out = aggregate.load_matrices(cfg, "m", "fa")
+    ref, ref_cols = _reference_counts(rows, words)
+    assert out["cols"] == ref_cols
+    np.testing.assert_array_equal(out["counts"].toarray(), ref)
+    total, rs, cs = ref.sum(), ref.sum(1, keepdims=True), ref.sum(0, keepdims=True)
+    with np.errstate(divide="ignore"):
+        ref_ppmi = np.where(ref > 0, np.maximum(np.log(ref * total / (rs * cs)), 0), 0)
+    np.testing.assert_allclose(out["ppmi"].toarray(), ref_ppmi, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["sim_ppmi"], 1 - cdist(ref_ppmi, ref_ppmi, "cosine"), atol=1e-6)
+    np.testing.assert_allclose(out["sim_counts"], 1 - cdist(ref, ref, "cosine"), atol=1e-6)
+
+
+def test_dense_and_sparse_cosine_paths_agree():
+    m = sp.random(60, 80, density=0.3, random_state=1, format="csr") * 5
+    dense_path = aggregate.similarity(m)
+    sparse_path = aggregate.similarity(sp.random(60, 80, density=0.001, random_state=1, format="csr"))
+    assert sparse_path.shape == (60, 60)
+    np.testing.assert_allclose(dense_path, 1 - cdist(m.toarray(), m.toarray(), "cosine"), atol=1e-6)
+
+
+def test_skip_recompute_on_new_parts(cfg, caplog):
+    d = paths.behavior_dir(cfg, "m", "fc")
+    write_part(d, _rows_table(FC_TRIALS[:3]))
+    aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+    sim = paths.matrices_dir(cfg, "m", "fc") / "sim_ppmi.npy"
+    mtime = sim.stat().st_mtime_ns
+    aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+    assert sim.stat().st_mtime_ns == mtime
+    write_part(d, _rows_table(FC_TRIALS[3:]))
+    stats = aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+    assert stats["trials"] == 7
+    assert Manifest(cfg.run_dir).stage("aggregate/m/fc")["complete"]
+    assert json.loads((paths.matrices_dir(cfg, "m", "fc") / "stats.json").read_text())["picks"] == 9
+
+
+def test_corrupt_part_names_file(cfg):
+    d = paths.behavior_dir(cfg, "m", "fc")
+    write_part(d, _rows_table(FC_TRIALS))
+    bad = d / "part-000of001-000007.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(PipelineError, match="part-000of001-000007"):
+        aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+    assert not (paths.matrices_dir(cfg, "m", "fc") / "sim_ppmi.npy").exists()
+
+
+def test_missing_logs_and_vocab_mismatch(cfg):
+    with pytest.raises(PipelineError, match="behave --config"):
+        aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+    write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table([
+        {"trial_id": 0, "cue_idx": 1, "cue": "dog", "picks": ["tree"]}]))
+    with pytest.raises(PipelineError, match="another vocabulary"):
+        aggregate.aggregate_one(cfg, "m", "fc", WORDS)
