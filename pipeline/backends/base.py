@@ -1,0 +1,79 @@
+"""The one interface every generation backend implements.
+
+A backend turns rendered prompts into answers. The behave stage renders each prompt once
+(via `Backend.render`, i.e. the model's own chat template), hashes that exact string into
+the trial log, and hands the string to `generate`, so the logged hash is the prompt the
+model saw whatever the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass
+class GenRequest:
+    """One prompt with its decoding settings.
+
+    Attributes:
+        text: the rendered prompt (chat template applied); if None, `messages` is rendered.
+        messages: chat messages, used only when `text` is None.
+        max_tokens: new-token cap.
+        temperature: 0 means greedy (then `top_p` and `seed` are ignored).
+        top_p: nucleus sampling mass.
+        seed: per-request sampling seed (see each backend for how it is honoured).
+        allowed_regex: constrain the answer to this regular expression (structured output).
+        allowed_choices: constrain the answer to exactly one of these strings; backends that
+            cannot compile regexes (hf) use this instead. FC sends both.
+    """
+    text: str | None = None
+    messages: list[dict] | None = None
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    allowed_regex: str | None = None
+    allowed_choices: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass
+class GenResult:
+    """One answer: decoded text (special tokens skipped) and token counts."""
+    text: str
+    n_prompt_tokens: int
+    n_output_tokens: int
+
+
+class Backend:
+    """Base class: subclasses implement `render`, `generate` and (if they hold resources) `close`."""
+
+    name = "base"
+
+    def render(self, messages: list[dict]) -> str:
+        """The exact prompt string for chat `messages`, assistant turn opened."""
+        raise NotImplementedError
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Answer every request, results in request order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the model (engine processes, memory)."""
+
+    def _text(self, req: GenRequest) -> str:
+        if req.text is not None:
+            return req.text
+        if req.messages is None:
+            raise ValueError("GenRequest needs text or messages")
+        return self.render(req.messages)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

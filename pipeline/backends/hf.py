@@ -1,0 +1,136 @@
+"""transformers `generate` backend: the paper's own decoding path (METHOD.md §2-§3).
+
+Batched with left padding (pad = eos when the tokenizer has none), prompts tokenized with
+the default ``add_special_tokens=True`` as the authors did, EOS = the tokenizer's eos plus
+`models[].extra_eos`, answers decoded with special tokens skipped.
+
+Seeds: `generate` draws from the global torch generator, so a batch cannot honour one seed
+per request. Requests are grouped by identical decoding settings, cut into micro-batches
+of `behave.batch_size`, and each sampled micro-batch is seeded with its first request's
+seed, which is what the authors did for their retry batches. A sampled answer therefore
+depends on its batch mates; vLLM honours per-request seeds exactly.
+
+Everything not set here (e.g. top_k = 50 when sampling) comes from the model's generation
+config, as in the authors' runs.
+
+Structured output: `allowed_choices` (FC) is enforced with a token trie over the allowed
+answers (`prefix_allowed_tokens_fn`), so the answer is always two distinct candidates;
+`allowed_regex` alone (FA) cannot be enforced here and is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from ..errors import PipelineError
+from ..prompts import render_chat
+from .base import Backend, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+
+def _trie(seqs: list[list[int]]) -> dict:
+    root: dict = {}
+    for s in seqs:
+        node = root
+        for t in s:
+            node = node.setdefault(t, {})
+        node[None] = {}
+    return root
+
+
+class HFBackend(Backend):
+    """Plain batched `model.generate` on CPU or one GPU."""
+
+    name = "hf"
+
+    def __init__(self, path: str, dtype: str = "bfloat16", batch_size: int = 64,
+                 extra_eos: list[str] | None = None, device: str | None = None,
+                 fix_mistral_regex: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        kw = {"fix_mistral_regex": True} if fix_mistral_regex else {}
+        self.tok = AutoTokenizer.from_pretrained(path, **kw)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token_id = self.tok.eos_token_id
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.eos_ids = [self.tok.eos_token_id]
+        for tok in extra_eos or []:
+            tid = self.tok.convert_tokens_to_ids(tok)
+            if tid is None or tid == self.tok.unk_token_id:
+                log.warning("extra_eos token %r is not in the vocabulary of %s; ignored", tok, path)
+            elif tid not in self.eos_ids:
+                self.eos_ids.append(tid)
+
+    def render(self, messages: list[dict]) -> str:
+        return render_chat(self.tok, messages)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        for r in requests:
+            if r.allowed_regex is not None and r.allowed_choices is None:
+                raise PipelineError("the hf backend cannot enforce a regular expression (structured "
+                                    "FA output); set behave.structured_fa = false or use "
+                                    "behave.backend = \"vllm\"")
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (r.greedy, None if r.greedy else r.temperature, None if r.greedy else r.top_p,
+                   r.max_tokens, r.allowed_choices is not None)
+            groups.setdefault(key, []).append(i)
+        out: list[GenResult | None] = [None] * len(requests)
+        for idx in groups.values():
+            for s in range(0, len(idx), self.batch_size):
+                batch = idx[s:s + self.batch_size]
+                for i, res in zip(batch, self._batch([requests[i] for i in batch])):
+                    out[i] = res
+        return out  # type: ignore[return-value]
+
+    def _batch(self, reqs: list[GenRequest]) -> list[GenResult]:
+        torch = self.torch
+        enc = self.tok([self._text(r) for r in reqs], return_tensors="pt", padding=True).to(self.device)
+        plen = enc["input_ids"].shape[1]
+        first = reqs[0]
+        kw = dict(max_new_tokens=first.max_tokens, num_beams=1, pad_token_id=self.tok.pad_token_id,
+                  eos_token_id=self.eos_ids)
+        if first.greedy:
+            kw.update(do_sample=False)
+        else:
+            kw.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
+            if first.seed is not None:
+                torch.manual_seed(int(first.seed) % (2 ** 63))
+        if first.allowed_choices is not None:
+            tries = [_trie(self.tok(list(r.allowed_choices), add_special_tokens=False)["input_ids"])
+                     for r in reqs]
+            eos = list(self.eos_ids)
+
+            def allowed(row: int, ids) -> list[int]:
+                node = tries[row]
+                for t in ids[plen:].tolist():
+                    if t not in node:
+                        return eos
+                    node = node[t]
+                nxt = [t for t in node if t is not None]
+                return nxt + eos if None in node or not nxt else nxt
+            kw["prefix_allowed_tokens_fn"] = allowed
+        with torch.inference_mode():
+            gen = self.model.generate(**enc, **kw)[:, plen:]
+        n_prompt = enc["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for row, ids in enumerate(gen.tolist()):
+            n = len(ids)
+            for j, t in enumerate(ids):
+                if t in self.eos_ids:
+                    n = j + 1
+                    break
+            text = self.tok.decode(ids[:n], skip_special_tokens=True)
+            results.append(GenResult(text=text, n_prompt_tokens=int(n_prompt[row]), n_output_tokens=n))
+        return results
+
+    def close(self) -> None:
+        self.model = None

