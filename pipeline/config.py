@@ -86,6 +86,7 @@ class ModelCfg:
 class HiddenCfg:
     strategies: list[str] = field(default_factory=lambda: ["meaning", "task_fc", "task_fa"])
     sentences: str | None = None
+    harvest: list[str] = field(default_factory=list)
     max_sentences: int = 50
     batch_size: int = 16
     paper_compat: bool = False
