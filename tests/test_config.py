@@ -1,0 +1,160 @@
+"""Config loading: committed configs, unknown keys, types, impossible values, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ConfigError, from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = '[experiment]\nname = "t"\n'
+
+
+def _toml(tmp_path, text, name="exp.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(BASE + text)
+    return p
+
+
+def test_demo_config_loads():
+    cfg = load_config(ROOT / "configs" / "demo.toml")
+    assert cfg.experiment.name == "demo"
+    assert cfg.vocab.source == "vocab/nouns-5000.txt" and cfg.vocab.size == 48
+    assert cfg.behave.structured_fc is True
+    assert [m.name for m in cfg.models] == ["smollm2-135m"]
+    assert cfg.run_dir == Path("data") / "demo"
+    assert cfg.source.endswith("demo.toml")
+
+
+def test_paper_config_loads_with_paper_constants():
+    cfg = load_config(ROOT / "configs" / "paper.toml")
+    t = cfg.trials
+    assert (t.fc_candidates, t.fc_picks, t.fc_seed, t.fa_runs, t.fa_seed, t.fa_associates) == (16, 2, 12345, 126, 12345, 5)
+    b = cfg.behave
+    assert (b.fc_max_tokens, b.fa_temperature, b.fa_top_p, b.fa_max_tokens) == (10, 0.7, 0.95, 25)
+    assert (b.retries, b.retry_temperature, b.retry_top_p) == (5, 0.5, 0.9)
+    assert b.structured_fc is False and b.structured_fa is False
+    assert len(cfg.models) == 8
+    rnj = cfg.model("rnj-1-instruct")
+    assert rnj.system_prompt == "You are a helpful assistant."
+    assert (rnj.retry_temperature, rnj.retry_top_p) == (0.2, 0.95)
+    assert cfg.vocab.size == 5000 and cfg.rsa.paper_pairs == 500_000 and cfg.rsa.seed == 0
+
+
+def test_defaults_and_to_dict(tmp_path):
+    cfg = load_config(_toml(tmp_path, ""))
+    assert cfg.trials.fc_candidates == 16 and cfg.models == []
+    d = cfg.to_dict()
+    assert "source" not in d and d["trials"]["fc_seed"] == 12345
+    assert from_dict(d, source="again").to_dict() == d
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[trials]\nfc_candidate = 16\n", r"exp\.toml: unknown key 'trials\.fc_candidate'; did you mean 'trials\.fc_candidates'\?"),
+    ("[trial]\nfc_seed = 1\n", r"exp\.toml: unknown key 'trial'; did you mean 'trials'\?"),
+    ("[vocab]\nsorce = 'x'\n", r"unknown key 'vocab\.sorce'; did you mean 'vocab\.source'\?"),
+    ("[rsa]\nzzzz = 1\n", r"unknown key 'rsa\.zzzz'; valid keys: methods, references"),
+    ("[[models]]\nname = 'm'\npth = 'x'\n", r"unknown key 'models\[0\]\.pth'; did you mean 'models\[0\]\.path'\?"),
+])
+def test_unknown_keys_name_file_and_closest_key(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_toml(tmp_path, text))
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[trials]\nfc_seed = 'abc'\n", r"exp\.toml: 'trials\.fc_seed' must be int, got 'abc'"),
+    ("[trials]\nfc_seed = true\n", r"'trials\.fc_seed' must be int, got True"),
+    ("[trials]\nfc_seed = 1.5\n", r"'trials\.fc_seed' must be int, got 1\.5"),
+    ("[behave]\nparadigms = 'fc'\n", r"'behave\.paradigms' must be a list of str, got 'fc'"),
+    ("[behave]\nparadigms = ['fc', 3]\n", r"'behave\.paradigms\[1\]' must be str, got 3"),
+    ("[behave]\nstructured_fc = 'yes'\n", r"'behave\.structured_fc' must be bool"),
+    ("[[models]]\npath = 'x'\n", r"missing required key 'models\[0\]\.name'"),
+])
+def test_wrong_types(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_toml(tmp_path, text))
+
+
+def test_section_must_be_a_table():
+    with pytest.raises(ConfigError, match=r"x\.toml: 'vocab' must be a table, got int"):
+        from_dict({"experiment": {"name": "t"}, "vocab": 3}, source="x.toml")
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    cfg = load_config(_toml(tmp_path, "[behave]\nfa_temperature = 1\n"))
+    assert cfg.behave.fa_temperature == 1.0 and isinstance(cfg.behave.fa_temperature, float)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("[vocab]\nsize = 10\n", r"exp\.toml: 'vocab\.size' = 10 is too small for trials\.fc_candidates = 16.*raise vocab\.size to 17"),
+    ("[trials]\nfc_picks = 16\n", r"'trials\.fc_picks' = 16 must be between 1 and fc_candidates - 1 \(15\)"),
+    ("[trials]\nfc_candidates = 1\n", r"'trials\.fc_candidates' = 1 must be at least 2"),
+    ("[trials]\nfa_runs = 0\n", r"'trials\.fa_runs'"),
+    ("[behave]\nfa_top_p = 0\n", r"'behave\.fa_top_p' = 0\.0 must be in \(0, 1\]"),
+    ("[behave]\nchunk_size = 0\n", r"'behave\.chunk_size' = 0 must be at least 1"),
+    ("[behave]\nretries = -1\n", r"'behave\.retries' = -1 must be 0 or more"),
+    ("[behave]\nparadigms = ['fc', 'fx']\n", r"'behave\.paradigms' has unknown value 'fx' \(allowed: fc, fa\)"),
+    ("[behave]\nbackend = 'vlm'\n", r"unknown value 'vlm' \(allowed: vllm, hf, fake\); did you mean 'vllm'\?"),
+    ("[hidden]\nstrategies = ['averaged']\n", r"'hidden\.sentences' must name a sentence file"),
+    ("[rsa]\nmethods = ['kendall']\n", r"'rsa\.methods' has unknown value 'kendall'"),
+    ("[regress]\ntest_size = 1.0\n", r"'regress\.test_size' = 1\.0 must be in \(0, 1\)"),
+    ("[baselines]\nencoder_template = 'This is a word'\n", r"'baselines\.encoder_template' must contain '\{w\}'"),
+    ("[[models]]\nname = 'a'\npath = 'x'\n[[models]]\nname = 'a'\npath = 'y'\n", r"'models\[0\]\.name' = 'a' appears twice; model names must be unique"),
+    ("[[models]]\nname = 'a b'\npath = 'x'\n", r"'models\[0\]\.name' = 'a b' must be a plain name"),
+])
+def test_impossible_values(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_toml(tmp_path, text))
+
+
+def test_bad_experiment_name_and_missing_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"'experiment\.name' = '\.\./x' must be a plain name"):
+        from_dict({"experiment": {"name": "../x"}}, source="x.toml")
+    p = tmp_path / "noname.toml"
+    p.write_text("[experiment]\ndata_dir = 'd'\n")
+    with pytest.raises(ConfigError, match=r"noname\.toml: missing required key 'experiment\.name'"):
+        load_config(p)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.toml: config file not found"):
+        load_config(tmp_path / "missing.toml")
+    p = tmp_path / "broken.toml"
+    p.write_text("[experiment\nname = 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_config(p)
+
+
+def test_overrides_list_and_dict(tmp_path):
+    p = _toml(tmp_path, "[vocab]\nsize = 100\n")
+    cfg = load_config(p, ["vocab.size=200", "trials.fa_runs=3", "experiment.name=other",
+                          "behave.paradigms=['fc']", "behave.fa_temperature=0.5"])
+    assert cfg.vocab.size == 200 and cfg.trials.fa_runs == 3
+    assert cfg.experiment.name == "other" and cfg.behave.paradigms == ["fc"]
+    assert cfg.behave.fa_temperature == 0.5
+    cfg = load_config(p, {"vocab.size": 50, "rsa.seed": 7})
+    assert cfg.vocab.size == 50 and cfg.rsa.seed == 7
+
+
+def test_overrides_are_validated(tmp_path):
+    p = _toml(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"'vocab\.size' = 5 is too small"):
+        load_config(p, ["vocab.size=5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'trials\.fa_run'; did you mean 'trials\.fa_runs'\?"):
+        load_config(p, ["trials.fa_run=3"])
+    with pytest.raises(ConfigError, match=r"override 'vocab\.size' for .*use KEY=VALUE"):
+        load_config(p, ["vocab.size"])
+    with pytest.raises(ConfigError, match=r"'trials\.fc_seed' must be int, got 'abc'"):
+        load_config(p, ["trials.fc_seed=abc"])
+    with pytest.raises(ConfigError, match=r"override 'experiment\.name\.x' .*'name' is not a section"):
+        load_config(p, ["experiment.name.x=1"])
+
+
+def test_model_lookup(tmp_path):
+    cfg = load_config(_toml(tmp_path, "[[models]]\nname = 'a'\npath = 'x'\n"))
+    assert cfg.model("a").path == "x"
+    with pytest.raises(ConfigError, match=r"exp\.toml: no model named 'b'; models in this config: a"):
+        cfg.model("b")
+    assert isinstance(cfg, Config)
