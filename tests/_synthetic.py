@@ -19,6 +19,20 @@ WORDS = ["dog", "cat", "house", "tree", "water", "music", "money", "car", "bread
          "chair", "table", "apple", "mountain", "church", "friend", "night", "road", "fire", "book"]
 
 
+def make_config_at(tmp):
+    """`conftest.make_config` for fixtures wider than one test (module-scoped run dirs)."""
+    from pipeline.config import from_dict
+
+    def _make(**sections):
+        (tmp / "words.txt").write_text("\n".join(WORDS) + "\n")
+        raw = {"experiment": {"name": "t", "data_dir": str(tmp / "data")},
+               "vocab": {"source": str(tmp / "words.txt"), "size": 20}, "behave": {"backend": "fake"}}
+        for key, value in sections.items():
+            raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        return from_dict(raw, source="test.toml")
+    return _make
+
+
 def config(make_config, models=("m1", "m2"), n_words: int = 30, **sections):
     """A config for a synthetic run: every analysis knob small, overridable per section."""
     base = {

@@ -1,0 +1,471 @@
+"""`report` stage: figures (PNG) and `report.md` from the result tables.
+
+Reads `results/rsa.parquet`, `nn.parquet`, `reliability.parquet`, `regression.parquet` and
+the behave summaries in the manifest, and writes under `report/`:
+
+- `rsa_by_layer.png`: RSA by layer, one panel per model x strategy, one line per reference,
+  bootstrap CI bands, and the split-half noise ceiling of FC and FA as horizontal bands
+  (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry);
+- `rsa_by_depth.png`: the same against relative depth layer/L, averaged over models (each
+  model's curve interpolated onto a common grid; band = ±1 SD over models);
+- `regression_by_layer.png`: held-out test R² by layer for the nested feature sets;
+- `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers;
+- `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
+  noise ceilings, NN@k, regression summary with FC/FA gains) and a headline block.
+
+The report is a view of the results, so it is rebuilt whenever they change (no --force
+needed) and skipped when they have not.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+from .config import Config
+from .errors import PipelineError
+from .manifest import Manifest, atomic_write_bytes, fingerprint
+
+log = logging.getLogger(__name__)
+
+REF_ORDER = ["fc", "fa", "static", "encoder", "consensus"]
+REF_LABELS = {"fc": "FC (behavior)", "fa": "FA (behavior)", "static": "static vectors", "encoder": "encoder",
+              "consensus": "cross-model consensus"}
+REF_COLORS = {"fc": "#1f77b4", "fa": "#ff7f0e", "static": "#2ca02c", "encoder": "#9467bd", "consensus": "#7f7f7f"}
+METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
+FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
+R2_FLOOR = -0.25
+_TABLES = ("rsa", "nn", "reliability", "regression")
+_VERSION = 1
+
+
+# ---------------------------------------------------------------- inputs
+
+def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
+    """The result tables that exist (missing or empty ones are left out)."""
+    out = {}
+    for name in _TABLES:
+        path = paths.results_dir(cfg) / f"{name}.parquet"
+        if path.exists():
+            df = pd.read_parquet(path)
+            if not df.empty:
+                out[name] = df
+    return out
+
+
+def primary_method(cfg: Config, rsa: pd.DataFrame) -> str:
+    """Spearman when computed (the pipeline's default), else the first configured method present."""
+    present = set(rsa.method)
+    for m in ["spearman", *cfg.rsa.methods, *sorted(present)]:
+        if m in present:
+            return m
+    raise ValueError("no RSA rows")
+
+
+def compliance(cfg: Config) -> pd.DataFrame:
+    """Behave summaries from the manifest: model, paradigm, n_trials, compliance (and extras)."""
+    stages = Manifest(cfg.run_dir).read().get("stages", {})
+    rows = []
+    for m in cfg.models:
+        for p in ("fc", "fa"):
+            summary = (stages.get(f"behave/{m.name}/{p}") or {}).get("summary") or {}
+            if summary.get("compliance") is not None:
+                rows.append({"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
+                             "compliance": summary.get("compliance"),
+                             "first_try_ok": summary.get("first_try_ok"),
+                             "full_compliance": summary.get("full_compliance"),
+                             "mean_associates": summary.get("mean_associates")})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- summaries
+
+def _refs(df: pd.DataFrame) -> list[str]:
+    return [r for r in REF_ORDER if r in set(df.reference)]
+
+
+def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Per model x strategy x reference: mean over layers, peak value and its layer."""
+    d = rsa[rsa.method == method]
+    rows = []
+    for (model, strategy, ref), g in d.groupby(["model", "strategy", "reference"], sort=False):
+        peak = g.loc[g.rsa.idxmax()]
+        rows.append({"model": model, "strategy": strategy, "reference": ref, "mean": g.rsa.mean(),
+                     "peak": peak.rsa, "peak_layer": int(peak.layer), "n_layers": int(peak.n_layers)})
+    return pd.DataFrame(rows)
+
+
+def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Per model x strategy: mean over layers of test R² per feature set (seeds averaged
+    first), the peak layer of the fullest set, and the FC/FA gains at that layer.
+
+    Gains follow METHOD.md §7: R²(+Cross+FC) − R²(+Cross) at each cell's peak layer (over
+    the baseline when there is no consensus). Also returns the set names used.
+    """
+    by_layer = reg.groupby(["model", "strategy", "layer", "feature_set"], sort=False).r2_test.mean().unstack()
+    sets = list(dict.fromkeys(reg.feature_set))
+    cross = "base+cross" if "base+cross" in sets else "base"
+    with_fc = f"{cross}+fc" if f"{cross}+fc" in sets else None
+    with_fa = f"{cross}+fa" if f"{cross}+fa" in sets else None
+    full = sets[-1]
+    rows = []
+    for (model, strategy), g in by_layer.groupby(level=["model", "strategy"], sort=False):
+        g = g.droplevel(["model", "strategy"])
+        peak = int(g[full].idxmax())
+        row = {"model": model, "strategy": strategy, **{s: g[s].mean() for s in sets}, "peak_layer": peak,
+               "n_layers": int(g.index.max()), "peak_r2": g.loc[peak, full]}
+        row["fc_gain_peak"] = g.loc[peak, with_fc] - g.loc[peak, cross] if with_fc else np.nan
+        row["fa_gain_peak"] = g.loc[peak, with_fa] - g.loc[peak, cross] if with_fa else np.nan
+        row["fc_gain_mean"] = (g[with_fc] - g[cross]).mean() if with_fc else np.nan
+        row["fa_gain_mean"] = (g[with_fa] - g[cross]).mean() if with_fa else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full}
+
+
+def headline(cfg: Config) -> dict:
+    """The few numbers the demo prints: compliance, best-layer RSA of FC and FA, regression gains.
+
+    Returns:
+        Ordered {label: text}; a label whose source is missing says so instead of a number.
+    """
+    res = load_results(cfg)
+    out = {}
+    comp = compliance(cfg)
+    for p in ("fc", "fa"):
+        c = comp[comp.paradigm == p] if not comp.empty else comp
+        out[f"{p.upper()} compliance"] = (", ".join(f"{r.compliance:.1%} ({r.model})" for r in c.itertuples())
+                                          if not c.empty else "n/a (no behave summary in the manifest)")
+    if "rsa" in res:
+        method = primary_method(cfg, res["rsa"])
+        d = res["rsa"][res["rsa"].method == method]
+        for p in ("fc", "fa"):
+            g = d[d.reference == p]
+            if g.empty:
+                out[f"best-layer RSA {p.upper()}"] = "n/a (reference not computed)"
+                continue
+            best = g.loc[g.rsa.idxmax()]
+            ci = (f", 95% CI [{best.ci_low:.3f}, {best.ci_high:.3f}]" if np.isfinite(best.ci_low) else "")
+            out[f"best-layer RSA {p.upper()}"] = (f"{best.rsa:.3f} {method} ({best.model}/{best.strategy}, layer "
+                                                  f"{int(best.layer)}/{int(best.n_layers)}{ci})")
+    else:
+        out["best-layer RSA"] = "n/a (run the rsa stage)"
+    if "regression" in res:
+        summary, names = regression_summary(res["regression"])
+        ref = names["reference"]
+        for p in ("fc", "fa"):
+            if names[p]:
+                out[f"regression R² gain {p.upper()}"] = (
+                    f"{summary[f'{p}_gain_peak'].mean():+.4f} over {ref} at each cell's peak layer "
+                    f"(mean over layers {summary[f'{p}_gain_mean'].mean():+.4f})")
+        out["regression R² full model"] = (f"{summary[names['full']].mean():.3f} mean over layers "
+                                           f"({ref}: {summary[ref].mean():.3f})")
+    else:
+        out["regression R²"] = "n/a (run the regress stage)"
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+                         "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _grid(plt, n_rows: int, n_cols: int, w: float = 3.6, h: float = 2.7):
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 0.6, h * n_rows + 0.9), squeeze=False,
+                             sharey=True)
+    return fig, axes
+
+
+def _integer_x(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(fig, handles_labels: dict, ncol: int | None = None) -> None:
+    if handles_labels:
+        fig.legend(list(handles_labels.values()), list(handles_labels), loc="upper center",
+                   ncol=ncol or min(len(handles_labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0))
+
+
+def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: str, models, strategies, path):
+    d = rsa[rsa.method == method]
+    fig, axes = _grid(plt, len(models), len(strategies))
+    handles = {}
+    for i, model in enumerate(models):
+        for j, strategy in enumerate(strategies):
+            ax = axes[i, j]
+            cell = d[(d.model == model) & (d.strategy == strategy)]
+            for ref in _refs(cell):
+                g = cell[cell.reference == ref].sort_values("layer")
+                (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.6)
+                handles.setdefault(REF_LABELS[ref], line)
+                if g.ci_low.notna().any():
+                    ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
+                if rel is not None and ref in ("fc", "fa"):
+                    r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
+                    if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
+                        lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]
+                        ax.axhspan(lo, hi, color=REF_COLORS[ref], alpha=0.07, lw=0)
+                        for y in (lo, hi):
+                            edge = ax.axhline(y, color=REF_COLORS[ref], lw=0.9, ls="--")
+                        handles.setdefault(f"{ref.upper()} noise ceiling (split-half)", edge)
+            ax.set_title(f"{model} · {strategy}")
+            ax.axhline(0, color="black", lw=0.5)
+            _integer_x(ax)
+            if i == len(models) - 1:
+                ax.set_xlabel("layer")
+            if j == 0:
+                ax.set_ylabel(f"RSA ({METHOD_LABELS.get(method, method)})")
+    _legend(fig, handles, ncol=4)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    _save(fig, path)
+
+
+def _fig_rsa_by_depth(plt, rsa: pd.DataFrame, method: str, strategies, path):
+    d = rsa[rsa.method == method]
+    grid = np.linspace(0, 1, 21)[1:]
+    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
+                             sharey=True)
+    handles = {}
+    for j, strategy in enumerate(strategies):
+        ax = axes[0, j]
+        cell = d[d.strategy == strategy]
+        for ref in _refs(cell):
+            curves = []
+            for _, g in cell[cell.reference == ref].groupby("model"):
+                g = g.sort_values("layer")
+                curves.append(np.interp(grid, g.layer / g.n_layers, g.rsa))
+            curves = np.array(curves)
+            mean = curves.mean(axis=0)
+            (line,) = ax.plot(grid, mean, color=REF_COLORS[ref], lw=1.8)
+            handles.setdefault(REF_LABELS[ref], line)
+            if len(curves) > 1:
+                sd = curves.std(axis=0)
+                ax.fill_between(grid, mean - sd, mean + sd, color=REF_COLORS[ref], alpha=0.15, lw=0)
+        n_models = cell.model.nunique()
+        ax.set_title(f"{strategy} (mean of {n_models} model{'s' if n_models != 1 else ''})")
+        ax.set_xlabel("relative depth (layer / L)")
+        ax.set_xlim(0, 1)
+        ax.axhline(0, color="black", lw=0.5)
+        if j == 0:
+            ax.set_ylabel(f"RSA ({METHOD_LABELS.get(method, method)})")
+    _legend(fig, handles)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    _save(fig, path)
+
+
+def _fig_regression(plt, reg: pd.DataFrame, models, strategies, path):
+    sets = list(dict.fromkeys(reg.feature_set))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(sets)))
+    fig, axes = _grid(plt, len(models), len(strategies))
+    handles = {}
+    for i, model in enumerate(models):
+        for j, strategy in enumerate(strategies):
+            ax = axes[i, j]
+            cell = reg[(reg.model == model) & (reg.strategy == strategy)]
+            for s, color in zip(sets, colors):
+                g = cell[cell.feature_set == s].groupby("layer").r2_test.agg(["mean", "min", "max"])
+                if g.empty:
+                    continue
+                lw = 2.2 if s == sets[-1] else 1.3
+                (line,) = ax.plot(g.index, g["mean"], color=color, lw=lw)
+                handles.setdefault(s, line)
+                if cell.seed.nunique() > 1:
+                    ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.12, lw=0)
+            ax.set_title(f"{model} · {strategy}")
+            _integer_x(ax)
+            if i == len(models) - 1:
+                ax.set_xlabel("layer")
+            if j == 0:
+                ax.set_ylabel("held-out test R²")
+    low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.mean().min()
+    if low < R2_FLOOR:
+        axes[0, 0].set_ylim(bottom=R2_FLOOR)
+        fig.text(0.99, 0.005, f"y axis clipped at {R2_FLOOR} (lowest R² {low:.2f})", ha="right", va="bottom",
+                 fontsize=8, color="0.4")
+    _legend(fig, handles)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    _save(fig, path)
+
+
+def _fig_nn(plt, nn: pd.DataFrame, strategies, path):
+    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
+                             sharey=True)
+    handles = {}
+    for j, strategy in enumerate(strategies):
+        ax = axes[0, j]
+        cell = nn[nn.strategy == strategy]
+        for ref in _refs(cell):
+            g = cell[cell.reference == ref].groupby("k").overlap.mean()
+            (line,) = ax.plot(g.index, g.values, marker="o", ms=4, color=REF_COLORS[ref], lw=1.6)
+            handles.setdefault(REF_LABELS[ref], line)
+        ax.set_xscale("log")
+        ks = sorted(cell.k.unique())
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_title(f"{strategy} (mean over layers and models)")
+        ax.set_xlabel("k (neighbours)")
+        if j == 0:
+            ax.set_ylabel("NN@k overlap")
+    _legend(fig, handles)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------- markdown
+
+def _md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "–" if not np.isfinite(v) else format(v, floatfmt)
+        return str(v)
+
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def _order(cfg: Config, df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    models = [m.name for m in cfg.models if m.name in set(df.model)] or sorted(set(df.model))
+    strategies = [s for s in cfg.hidden.strategies if s in set(df.strategy)] or sorted(set(df.strategy))
+    return models, strategies
+
+
+def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> str:
+    lines = [f"# Report: {cfg.experiment.name}", "",
+             f"Config `{cfg.source}`; generated {time.strftime('%Y-%m-%d %H:%M')} from `results/`. "
+             "Hidden geometry = mean-centered cosine per layer (layers 1..L); behavioral references = "
+             "PPMI-cosine; regression features = counts-cosine (METHOD.md §6-§7).", "", "## Headline", ""]
+    lines += [f"- **{k}**: {v}" for k, v in headline(cfg).items()]
+    comp = compliance(cfg)
+    lines += ["", "## Behavioral compliance", ""]
+    if comp.empty:
+        lines.append("No behave summaries in the manifest.")
+    else:
+        cols = [c for c in comp.columns if comp[c].notna().any()]
+        lines.append(_md_table(comp[cols]))
+    if "rsa" in res:
+        rsa = res["rsa"]
+        models, strategies = _order(cfg, rsa)
+        for method in [m for m in ("spearman", "pearson", "paper") if m in set(rsa.method)]:
+            s = rsa_summary(rsa, method)
+            wide = s.pivot_table(index=["model", "strategy"], columns="reference", values="mean", sort=False)
+            wide = wide[[r for r in REF_ORDER if r in wide.columns]].reset_index()
+            by_strategy = s.groupby(["strategy", "reference"], sort=False)["mean"].mean().unstack()
+            by_strategy = by_strategy[[r for r in REF_ORDER if r in by_strategy.columns]].reset_index()
+            by_strategy.insert(0, "model", "mean over models")
+            lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "",
+                      _md_table(pd.concat([wide, by_strategy], ignore_index=True))]
+        method = primary_method(cfg, rsa)
+        s = rsa_summary(rsa, method)
+        peak = s[s.reference.isin(["fc", "fa"])].copy()
+        peak["value"] = [f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}" for r in peak.itertuples()]
+        peak = peak.pivot_table(index=["model", "strategy"], columns="reference", values="value",
+                                aggfunc="first", sort=False).reset_index()
+        lines += ["", f"## Peak RSA, FC and FA ({METHOD_LABELS.get(method, method)}, value @ layer/L)", "",
+                  _md_table(peak)]
+        fcfa = s[s.reference.isin(["fc", "fa"])].pivot_table(index=["model", "strategy"], columns="reference",
+                                                             values="mean", sort=False)
+        if {"fc", "fa"} <= set(fcfa.columns):
+            fcfa["fc − fa"] = fcfa["fc"] - fcfa["fa"]
+            wins = int((fcfa["fc − fa"] > 0).sum())
+            lines += ["", "## FC vs FA", "",
+                      f"FC > FA (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.", "",
+                      _md_table(fcfa.reset_index())]
+    if "reliability" in res:
+        rel = res["reliability"][["model", "paradigm", "method", "n_trials_a", "n_trials_b", "r_half",
+                                  "reliability", "ceiling_high"]]
+        lines += ["", "## Split-half reliability (noise ceiling)", "",
+                  "Halves: FC by candidate-group parity, FA by run parity; each half's PPMI-cosine, "
+                  "correlated with the same method and Spearman-Brown corrected. The figures show the "
+                  "band from r_SB to sqrt(r_SB).", "",
+                  _md_table(rel.rename(columns={"reliability": "r_SB", "ceiling_high": "sqrt(r_SB)"}))]
+    if "nn" in res:
+        nn = res["nn"]
+        t = nn.groupby(["strategy", "k", "reference"], sort=False).overlap.mean().unstack()
+        t = t[[r for r in REF_ORDER if r in t.columns]].reset_index()
+        lines += ["", "## NN@k overlap (mean over models and layers)", "", _md_table(t)]
+    if "regression" in res:
+        summary, names = regression_summary(res["regression"])
+        ref = names["reference"]
+        cols = ["model", "strategy", *names["sets"], "peak_layer", "peak_r2", "fc_gain_peak", "fa_gain_peak"]
+        mean_row = summary[names["sets"] + ["peak_r2", "fc_gain_peak", "fa_gain_peak"]].mean()
+        table = pd.concat([summary[cols], pd.DataFrame([{"model": "mean", "strategy": "", "peak_layer": "",
+                                                           **mean_row.to_dict()}])], ignore_index=True)
+        seeds = sorted(res["regression"].seed.unique())
+        note = "" if ref == "base+cross" else (" No consensus feature (a single model): gains are over the "
+                                               "lexical baseline.")
+        lines += ["", "## Held-out-words regression (test R²)", "",
+                  f"Mean over layers (seeds {', '.join(map(str, seeds))} averaged first) per feature set; peak layer "
+                  f"by `{names['full']}`; gains at that layer over `{ref}`.{note}", "", _md_table(table, ".4f")]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- stage
+
+def run(cfg: Config, opts) -> None:
+    """`report` stage: figures and report.md (rebuilt when the results change)."""
+    from .rsa import _file_id
+
+    res = load_results(cfg)
+    if not res:
+        raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `python -m pipeline rsa --config "
+                            f"{cfg.source}` (and regress) first")
+    out = paths.report_dir(cfg)
+    man = Manifest(cfg.run_dir)
+    fp = fingerprint({"version": _VERSION, "results": {t: _file_id(paths.results_dir(cfg) / f"{t}.parquet")
+                                                        for t in _TABLES},
+                      "compliance": compliance(cfg).to_dict("records"),
+                      "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies})
+    rec = man.stage("report") or {}
+    if (rec.get("complete") and rec.get("inputs") == fp and (out / "report.md").exists()
+            and not getattr(opts, "force", False)):
+        log.info("report: results unchanged, skipped")
+        return
+    man.start("report", fp)
+    plt = _plt()
+    figures = []
+    if "rsa" in res:
+        rsa = res["rsa"]
+        models, strategies = _order(cfg, rsa)
+        method = primary_method(cfg, rsa)
+        _fig_rsa_by_layer(plt, rsa, res.get("reliability"), method, models, strategies, out / FIGURES[0])
+        _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
+        figures += FIGURES[:2]
+    if "regression" in res:
+        models, strategies = _order(cfg, res["regression"])
+        _fig_regression(plt, res["regression"], models, strategies, out / FIGURES[2])
+        figures.append(FIGURES[2])
+    if "nn" in res:
+        _, strategies = _order(cfg, res["nn"])
+        _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
+        figures.append(FIGURES[3])
+    atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
+    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg)})
+    log.info("report: %s", out / "report.md")

@@ -1,0 +1,152 @@
+"""End to end on a synthetic run (N = 30): rsa -> regress -> report -> export, then the
+report's files, tables and headline checked against the result tables."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import _synthetic as syn
+from pipeline import export, paths, regress, report, rsa
+from pipeline.errors import PipelineError
+from pipeline.manifest import Manifest
+
+
+def _table(md: str, heading: str) -> pd.DataFrame:
+    """Parse the first Markdown table after a heading that starts with `heading`."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return pd.DataFrame(rows[1:], columns=rows[0])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    cfg = syn.config(syn.make_config_at(tmp_path_factory.mktemp("e2e")), regress={"seeds": [0], "cv": 2},
+                     rsa={"bootstrap": 10})
+    syn.build(cfg, n_layers=3)
+    syn.record_behave(cfg, compliance=(0.93, 0.71))
+    for stage in (rsa, regress, report, export):
+        stage.run(cfg, syn.opts())
+    return cfg
+
+
+def test_end_to_end_files_tables_and_headline(run_dir):
+    cfg = run_dir
+    out = paths.report_dir(cfg)
+    for name in report.FIGURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = (out / "report.md").read_text()
+    res = report.load_results(cfg)
+    rsa_df = res["rsa"]
+
+    mean = _table(md, "RSA, mean over layers (Spearman")
+    d = rsa_df[rsa_df.method == "spearman"]
+    for row in mean[mean.model != "mean over models"].itertuples():
+        for ref in ("fc", "fa", "static", "encoder", "consensus"):
+            expected = d[(d.model == row.model) & (d.strategy == row.strategy) & (d.reference == ref)].rsa.mean()
+            assert float(getattr(row, ref)) == pytest.approx(expected, abs=6e-4)
+    assert len(mean) == 4 + 2
+
+    peak = _table(md, "Peak RSA")
+    for row in peak.itertuples():
+        g = d[(d.model == row.model) & (d.strategy == row.strategy) & (d.reference == "fc")]
+        best = g.loc[g.rsa.idxmax()]
+        assert row.fc == f"{best.rsa:.3f} @ {int(best.layer)}/3"
+
+    fcfa = _table(md, "FC vs FA")
+    wins = sum(float(x) > 0 for x in fcfa["fc − fa"])
+    assert f"**{wins}/4**" in md
+
+    rel = _table(md, "Split-half reliability")
+    assert len(rel) == 2 * 2 * 3
+    assert set(rel.paradigm) == {"fc", "fa"}
+
+    reg = _table(md, "Held-out-words regression")
+    r = res["regression"]
+    for row in reg[reg.model != "mean"].itertuples():
+        g = r[(r.model == row.model) & (r.strategy == row.strategy)]
+        for s in regress.FEATURE_SETS:
+            assert float(reg.loc[row.Index, s]) == pytest.approx(g[g.feature_set == s].r2_test.mean(), abs=6e-5)
+        full = g[g.feature_set == "base+cross+fc+fa"].set_index("layer").r2_test
+        peak_layer = int(full.idxmax())
+        assert int(row.peak_layer) == peak_layer
+        at = g[g.layer == peak_layer].set_index("feature_set").r2_test
+        assert float(row.fc_gain_peak) == pytest.approx(at["base+cross+fc"] - at["base+cross"], abs=6e-5)
+
+    comp = _table(md, "Behavioral compliance")
+    assert set(comp.compliance) == {"0.930", "0.710"}
+
+    head = report.headline(cfg)
+    assert head["FC compliance"].startswith("93.0% (m1)")
+    assert head["FA compliance"].startswith("71.0% (m1)")
+    best = d[d.reference == "fa"].loc[d[d.reference == "fa"].rsa.idxmax()]
+    assert head["best-layer RSA FA"].startswith(f"{best.rsa:.3f} spearman ({best.model}/{best.strategy}, layer "
+                                                f"{int(best.layer)}/3")
+    summary, _ = report.regression_summary(r)
+    gain = re.match(r"([+-]\d\.\d{4}) over base\+cross", head["regression R² gain FC"])
+    assert float(gain.group(1)) == pytest.approx(summary.fc_gain_peak.mean(), abs=6e-5)
+    assert all(f"**{k}**: {v}" in md for k, v in head.items())
+    assert Manifest(cfg.run_dir).stage("report")["complete"]
+
+    exported = sorted(p.name for p in (paths.export_dir(cfg) / "m2").iterdir())
+    assert exported == sorted(f"{p}_{k}.{f}" for p in ("fc", "fa") for k in export.KINDS for f in export.FORMATS)
+
+
+def test_report_is_rebuilt_only_when_results_change(run_dir):
+    """Runs last in this module: it changes the shared run's results."""
+    cfg = run_dir
+    md = paths.report_dir(cfg) / "report.md"
+    mtime = md.stat().st_mtime_ns
+    report.run(cfg, syn.opts())
+    assert md.stat().st_mtime_ns == mtime
+    rsa.run(cfg, syn.opts(force=True))
+    report.run(cfg, syn.opts())
+    assert md.stat().st_mtime_ns != mtime
+
+
+def test_single_model_report_without_regression(make_config):
+    cfg = syn.config(make_config, models=("solo",), hidden={"strategies": ["meaning"]},
+                     rsa={"methods": ["paper"], "bootstrap": 0, "nn_k": [4]})
+    with pytest.raises(PipelineError, match="no results to report"):
+        report.run(cfg, syn.opts())
+    syn.build(cfg, n_layers=2)
+    rsa.run(cfg, syn.opts())
+    report.run(cfg, syn.opts())
+    out = paths.report_dir(cfg)
+    assert (out / "rsa_by_layer.png").exists() and (out / "nn_overlap.png").exists()
+    assert not (out / "regression_by_layer.png").exists()
+    head = report.headline(cfg)
+    assert head["regression R²"].startswith("n/a")
+    assert head["FC compliance"].startswith("n/a")
+    assert "paper" in head["best-layer RSA FC"]
+    md = (out / "report.md").read_text()
+    assert "consensus" not in _table(md, "RSA, mean over layers").columns
+
+
+def test_regression_gains_over_baseline_without_consensus():
+    rows = []
+    for layer, vals in ((1, {"base": 0.2, "base+fc": 0.5, "base+fa": 0.25, "base+fc+fa": 0.55}),
+                        (2, {"base": 0.4, "base+fc": 0.45, "base+fa": 0.4, "base+fc+fa": 0.6})):
+        for s, v in vals.items():
+            for seed, eps in ((0, 0.01), (1, -0.01)):
+                rows.append({"model": "m", "strategy": "s", "layer": layer, "seed": seed, "feature_set": s,
+                             "r2_test": v + eps})
+    summary, names = report.regression_summary(pd.DataFrame(rows))
+    assert names["reference"] == "base" and names["full"] == "base+fc+fa"
+    row = summary.iloc[0]
+    assert row.peak_layer == 2
+    assert row.fc_gain_peak == pytest.approx(0.05)
+    assert row.fa_gain_peak == pytest.approx(0.0)
+    assert row.fc_gain_mean == pytest.approx((0.3 + 0.05) / 2)
+    assert row["base+fc+fa"] == pytest.approx(0.575)
+    assert np.isfinite(row.peak_r2)
