@@ -159,3 +159,17 @@ def test_missing_baseline_names_the_file(make_config):
     (paths.baselines_dir(cfg) / "minilm.npy").unlink()
     with pytest.raises(regress.PipelineError, match=r"minilm\.npy.*baselines --config"):
         regress.run(cfg, syn.opts())
+
+
+def test_consensus_matches_baselines_module(make_config):
+    """The pair-wise consensus equals `baselines.consensus(..., center_rows=train words)`."""
+    from pipeline.baselines import consensus
+
+    cfg = syn.config(make_config, models=("m1", "m2", "m3"), hidden={"strategies": ["meaning"]})
+    syn.build(cfg, n_layers=2)
+    split = regress.make_split(syn.WORDS, seed=5, test_size=0.2, train_pairs=200)
+    values = {m: regress._layer_values(cfg, m, "meaning", 30, split) for m in ("m1", "m2", "m3")}
+    tr, te = regress.consensus_pairs(values, "m2")
+    full = consensus(cfg, "meaning", "m2", center_rows=split.train_idx)
+    assert np.allclose(tr, full[split.ii_train, split.jj_train], atol=1e-5)
+    assert np.allclose(te, full[split.ii_test, split.jj_test], atol=1e-5)
