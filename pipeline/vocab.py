@@ -162,10 +162,11 @@ def run(cfg: Config, opts) -> None:
     words = words[:size]
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
-    man.record_run(cfg, prompt_hashes())
     fp = fingerprint({"words": fingerprint(words), "size": size})
     out = paths.vocab_file(cfg)
-    if man.check("vocab", fp, getattr(opts, "force", False)) and out.exists() and out.read_bytes() == data:
+    done = man.check("vocab", fp, getattr(opts, "force", False))
+    man.record_run(cfg, prompt_hashes())
+    if done and out.exists() and out.read_bytes() == data:
         log.info("vocab: %s is complete (%d words), skipping", out, size)
         return
     man.start("vocab", fp)

@@ -133,6 +133,7 @@ def test_stage_changed_source_is_stale(make_config, tmp_path):
     with pytest.raises(StaleStageError, match="--force"):
         vocab.run(cfg2, _opts())
     assert vocab.load_run_vocab(cfg) == before
+    assert Manifest(cfg.run_dir).read()["config"]["vocab"]["source"] == cfg.vocab.source
     vocab.run(cfg2, _opts("--force"))
     assert vocab.load_run_vocab(cfg2) == [f"w{i}" for i in range(20)]
 
