@@ -246,6 +246,9 @@ def run(cfg: Config, opts) -> None:
     all_models = [m.name for m in cfg.models]
     consensus = len(all_models) > 1
     sets = FEATURE_SETS if consensus else FEATURE_SETS_NO_CONSENSUS
+    paradigms = [p for p in ("fc", "fa") if p in cfg.behave.paradigms]
+    sets = {k: v for k, v in sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
+    dropped_sets = sorted(set(FEATURE_SETS if consensus else FEATURE_SETS_NO_CONSENSUS) - set(sets))
     base = paths.baselines_dir(cfg)
     static_path = base / f"{cfg.baselines.static_name}.npy"
     encoder_path = base / f"{cfg.baselines.encoder_name}.npy"
@@ -256,8 +259,7 @@ def run(cfg: Config, opts) -> None:
         pending = {}
         for model in models:
             inputs = {"static": _file_id(static_path), "encoder": _file_id(encoder_path),
-                      "fc": _file_id(paths.matrices_dir(cfg, model, "fc") / "sim_counts.npy"),
-                      "fa": _file_id(paths.matrices_dir(cfg, model, "fa") / "sim_counts.npy"),
+                      **{p: _file_id(paths.matrices_dir(cfg, model, p) / "sim_counts.npy") for p in paradigms},
                       "hidden": {m: _file_id(paths.hidden_file(cfg, m, strategy))
                                  for m in (all_models if consensus else [model])}}
             key = f"regress/{model}/{strategy}"
@@ -276,7 +278,7 @@ def run(cfg: Config, opts) -> None:
             if not valid.all():
                 log.warning("regress: %d words have no static vector; pairs containing them are dropped",
                             int((~valid).sum()))
-        behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in ("fc", "fa")} for m in pending}
+        behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in paradigms} for m in pending}
         for seed in cfg.regress.seeds:
             split = make_split(words, seed, cfg.regress.test_size, cfg.regress.train_pairs, valid)
             lexical = {"static": _pairs(static, split), "encoder": _pairs(encoder, split)}
@@ -284,8 +286,8 @@ def run(cfg: Config, opts) -> None:
             values = {m: _layer_values(cfg, m, strategy, n, split) for m in needed}
             for model, (_, _, _, rows) in pending.items():
                 feats = dict(lexical)
-                feats["fc"] = _pairs(behavior[model]["fc"], split)
-                feats["fa"] = _pairs(behavior[model]["fa"], split)
+                for p in paradigms:
+                    feats[p] = _pairs(behavior[model][p], split)
                 if consensus:
                     feats["consensus"] = consensus_pairs(values, model)
                 f_tr = {k: v[0] for k, v in feats.items()}
@@ -302,6 +304,8 @@ def run(cfg: Config, opts) -> None:
             _write_parquet(pd.DataFrame(rows, columns=_COLUMNS), part)
             note = {} if consensus else {"consensus": "single model: sets needing consensus replaced by "
                                                       + ", ".join(s for s in sets if s != "base")}
+            if dropped_sets:
+                note["skipped_sets"] = f"{', '.join(dropped_sets)}: paradigm not in behave.paradigms"
             man.complete(key, fp, {"rows": len(rows), "feature_sets": list(sets), **note})
     _merge(cfg, man)
 

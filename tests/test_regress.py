@@ -173,3 +173,14 @@ def test_consensus_matches_baselines_module(make_config):
     full = consensus(cfg, "meaning", "m2", center_rows=split.train_idx)
     assert np.allclose(tr, full[split.ii_train, split.jj_train], atol=1e-5)
     assert np.allclose(te, full[split.ii_test, split.jj_test], atol=1e-5)
+
+
+def test_sets_needing_an_unconfigured_paradigm_are_skipped(make_config):
+    cfg = syn.config(make_config, behave={"paradigms": ["fc"]}, hidden={"strategies": ["meaning"]},
+                     regress={"seeds": [0], "cv": 2})
+    syn.build(cfg, n_layers=1)
+    regress.run(cfg, syn.opts(model="m1"))
+    df = pd.read_parquet(paths.results_dir(cfg) / "regression.parquet")
+    assert list(df.feature_set.unique()) == ["base", "base+cross", "base+cross+fc"]
+    assert "base+cross+fa" in Manifest(cfg.run_dir).stage("regress/m1/meaning")["summary"]["skipped_sets"]
+    assert Manifest(cfg.run_dir).stage("regress") is None

@@ -47,6 +47,15 @@ def test_fast_rank_equals_rankdata_with_ties(seed):
     assert norm == pytest.approx(np.sqrt(centered @ centered), rel=1e-12)
 
 
+@pytest.mark.parametrize("v", [[1, 1, 1, 1], [0, 1, 2, 2], [2, 2, 0, 1], [5, 3], [3, 3], [1, 2, 2, 3, 3, 3, 4, 4]])
+def test_fast_rank_tie_runs_at_the_edges(v):
+    v = np.array(v, dtype=np.float32)
+    ranks, norm = rsa._Ranker()(v)
+    expected = ss.rankdata(v)
+    assert np.array_equal(ranks, expected)
+    assert norm == pytest.approx(np.sqrt(np.sum((expected - expected.mean()) ** 2)), abs=1e-12)
+
+
 def test_ranker_reuses_buffers_correctly():
     ranker = rsa._Ranker()
     a = np.array([3, 1, 2, 2], dtype=np.float32)
@@ -346,3 +355,14 @@ def test_missing_inputs_name_the_file_and_the_fix(make_config):
     np.save(paths.hidden_file(cfg, "m2", "meaning"), np.zeros((3, 7, 4), dtype=np.float16))
     with pytest.raises(rsa.PipelineError, match=r"shape \(3, 7, 4\)"):
         rsa.run(cfg, syn.opts(model="m2"))
+
+
+def test_paradigm_not_configured_is_skipped_with_a_note(make_config):
+    cfg = syn.config(make_config, models=("solo",), behave={"paradigms": ["fc"]}, hidden={"strategies": ["meaning"]},
+                     rsa={"methods": ["spearman"], "bootstrap": 0, "nn_k": [3]})
+    syn.build(cfg, n_layers=1)
+    rsa.run(cfg, syn.opts())
+    res = paths.results_dir(cfg)
+    assert "fa" not in set(pd.read_parquet(res / "rsa.parquet").reference)
+    assert set(pd.read_parquet(res / "reliability.parquet").paradigm) == {"fc"}
+    assert "behave.paradigms" in Manifest(cfg.run_dir).stage("rsa/solo/meaning")["summary"]["skipped_references"]["fa"]
