@@ -91,7 +91,7 @@ def _refs(df: pd.DataFrame) -> list[str]:
 
 def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
     """Per model x strategy x reference: mean over layers, peak value and its layer."""
-    d = rsa[rsa.method == method]
+    d = rsa[(rsa.method == method) & rsa.rsa.notna()]
     rows = []
     for (model, strategy, ref), g in d.groupby(["model", "strategy", "reference"], sort=False):
         peak = g.loc[g.rsa.idxmax()]
@@ -107,7 +107,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     Gains follow METHOD.md §7: R²(+Cross+FC) − R²(+Cross) at each cell's peak layer (over
     the baseline when there is no consensus). Also returns the set names used.
     """
-    by_layer = reg.groupby(["model", "strategy", "layer", "feature_set"], sort=False).r2_test.mean().unstack()
+    by_layer = (reg[reg.r2_test.notna()].groupby(["model", "strategy", "layer", "feature_set"], sort=False)
+                .r2_test.mean().unstack())
     sets = list(dict.fromkeys(reg.feature_set))
     cross = "base+cross" if "base+cross" in sets else "base"
     with_fc = f"{cross}+fc" if f"{cross}+fc" in sets else None
@@ -116,6 +117,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     rows = []
     for (model, strategy), g in by_layer.groupby(level=["model", "strategy"], sort=False):
         g = g.droplevel(["model", "strategy"])
+        if g[full].isna().all():
+            continue
         peak = int(g[full].idxmax())
         row = {"model": model, "strategy": strategy, **{s: g[s].mean() for s in sets}, "peak_layer": peak,
                "n_layers": int(g.index.max()), "peak_r2": g.loc[peak, full]}
@@ -142,7 +145,7 @@ def headline(cfg: Config) -> dict:
                                           if not c.empty else "n/a (no behave summary in the manifest)")
     if "rsa" in res:
         method = primary_method(cfg, res["rsa"])
-        d = res["rsa"][res["rsa"].method == method]
+        d = res["rsa"][(res["rsa"].method == method) & res["rsa"].rsa.notna()]
         for p in ("fc", "fa"):
             g = d[d.reference == p]
             if g.empty:
