@@ -14,7 +14,7 @@ METHOD.md §7, for every model x strategy x layer (1..L) x seed of `regress.seed
   strategy), FC and FA cosine of raw count rows (`sim_counts.npy`).
 - Five nested feature sets, each `make_pipeline(StandardScaler(), RidgeCV(alphas=
   np.logspace(-2, 6, 15), cv=regress.cv))` fitted on the train pairs and scored (R²) on the
-  test pairs: `base` (static + encoder), `base+cross`, `base+cross+fc`, `base+cross+fa`,
+  test pairs (computed in closed form by `ridge_cv`, checked against scikit-learn): `base` (static + encoder), `base+cross`, `base+cross+fc`, `base+cross+fa`,
   `base+cross+fc+fa` (full). With a single model there is no consensus: the sets that need
   it are replaced by `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it.
 - Pairs with a word whose static vector is missing are dropped (column `n_dropped`).
@@ -167,21 +167,82 @@ def consensus_pairs(values: dict[str, list[tuple[np.ndarray, np.ndarray]]], targ
 
 
 def fit_sets(features_train: dict[str, np.ndarray], y_train: np.ndarray, features_test: dict[str, np.ndarray],
-             y_test: np.ndarray, sets: dict[str, tuple[str, ...]], cv: int) -> list[dict]:
+             y_test: np.ndarray, sets: dict[str, tuple[str, ...]], cv: int, engine: str = "fast") -> list[dict]:
     """Fit each nested feature set and score it on the test pairs.
+
+    Args:
+        features_train: feature name -> train-pair values.
+        y_train: train targets.
+        features_test: feature name -> test-pair values.
+        y_test: test targets.
+        sets: feature-set name -> feature names.
+        cv: folds of the alpha search.
+        engine: 'sklearn' fits `make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=cv))`;
+            'fast' (default) computes the same model in closed form (see `ridge_cv`), about
+            50 times faster, which matters with 5 sets x 40 layers x seeds x cells.
 
     Returns:
         One dict per set: feature_set, r2_test, r2_train, alpha.
     """
     out = []
+    y_train = np.asarray(y_train, dtype=np.float64)
+    y_test = np.asarray(y_test, dtype=np.float64)
     for name, feats in sets.items():
         x_tr = np.column_stack([features_train[f] for f in feats]).astype(np.float64)
         x_te = np.column_stack([features_test[f] for f in feats]).astype(np.float64)
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=cv))
-        model.fit(x_tr, y_train)
-        out.append({"feature_set": name, "r2_test": float(r2_score(y_test, model.predict(x_te))),
-                    "r2_train": float(model.score(x_tr, y_train)), "alpha": float(model[-1].alpha_)})
+        if engine == "sklearn":
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=cv))
+            model.fit(x_tr, y_train)
+            predict, alpha = model.predict, float(model[-1].alpha_)
+        elif engine == "fast":
+            predict, alpha = ridge_cv(x_tr, y_train, cv)
+        else:
+            raise ValueError(f"unknown engine {engine!r}; use 'fast' or 'sklearn'")
+        out.append({"feature_set": name, "r2_test": float(r2_score(y_test, predict(x_te))),
+                    "r2_train": float(r2_score(y_train, predict(x_tr))), "alpha": alpha})
     return out
+
+
+def ridge_cv(x: np.ndarray, y: np.ndarray, cv: int, alphas: np.ndarray = ALPHAS):
+    """`make_pipeline(StandardScaler(), RidgeCV(alphas, cv=cv))` in closed form.
+
+    The same computation as scikit-learn's: standardize with the train mean and (ddof 0)
+    std; for each unshuffled `KFold(cv)` fold and alpha, a ridge with intercept fitted on
+    the other folds (centered normal equations) and scored by R² on the fold; the alpha
+    with the best mean score (first on ties) is refitted on all rows. The normal equations
+    of all alphas share one eigendecomposition of the p x p Gram matrix, instead of 15 x cv
+    separate estimator fits. `tests/test_regress.py` checks alphas and R² against sklearn.
+
+    Returns:
+        (predict function for raw feature rows, chosen alpha).
+    """
+    from sklearn.model_selection import KFold
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
+    xs = (x - mean) / scale
+    scores = np.zeros(len(alphas))
+    for tr, te in KFold(n_splits=cv).split(xs):
+        coef, intercept = _ridge_path(xs[tr], y[tr], alphas)
+        pred = xs[te] @ coef + intercept
+        resid = ((y[te, None] - pred) ** 2).sum(axis=0)
+        total = ((y[te] - y[te].mean()) ** 2).sum()
+        scores += 1 - resid / total if total > 0 else (resid == 0).astype(float)
+    best = int(np.argmax(scores))
+    coef, intercept = _ridge_path(xs, y, alphas[best:best + 1])
+    w, b = coef[:, 0] / scale, intercept[0] - (mean / scale) @ coef[:, 0]
+    return (lambda rows: rows @ w + b), float(alphas[best])
+
+
+def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge-with-intercept coefficients (p x len(alphas)) and intercepts for every alpha."""
+    xm, ym = x.mean(axis=0), y.mean()
+    xc = x - xm
+    evals, evecs = np.linalg.eigh(xc.T @ xc)
+    proj = evecs.T @ (xc.T @ (y - ym))
+    coef = evecs @ (proj[:, None] / (evals[:, None] + alphas[None, :]))
+    return coef, ym - xm @ coef
 
 
 # ---------------------------------------------------------------- stage

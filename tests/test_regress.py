@@ -184,3 +184,26 @@ def test_sets_needing_an_unconfigured_paradigm_are_skipped(make_config):
     assert list(df.feature_set.unique()) == ["base", "base+cross", "base+cross+fc"]
     assert "base+cross+fa" in Manifest(cfg.run_dir).stage("regress/m1/meaning")["summary"]["skipped_sets"]
     assert Manifest(cfg.run_dir).stage("regress") is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_ridge_cv_equals_sklearn_pipeline(seed):
+    rng = np.random.default_rng(seed)
+    n, p = (3000, 5) if seed % 2 else (257, 3)
+    x = rng.standard_normal((n, p)) * rng.uniform(0.01, 5, p) + rng.uniform(-2, 2, p)
+    noise = [0.1, 1.0, 30.0][seed % 3]
+    y = x @ rng.standard_normal(p) + noise * rng.standard_normal(n)
+    if seed == 4:
+        x[:, 1] = 2.5
+    xt = rng.standard_normal((500, p)) * x.std(axis=0) + x.mean(axis=0)
+    yt = xt @ rng.standard_normal(p) + rng.standard_normal(500)
+    feats = {f"f{i}": x[:, i] for i in range(p)}
+    feats_t = {f"f{i}": xt[:, i] for i in range(p)}
+    sets = {"one": ("f0",), "all": tuple(feats)}
+    for cv in (2, 5):
+        fast = regress.fit_sets(feats, y, feats_t, yt, sets, cv, engine="fast")
+        ref = regress.fit_sets(feats, y, feats_t, yt, sets, cv, engine="sklearn")
+        for a, b in zip(fast, ref):
+            assert a["alpha"] == b["alpha"]
+            assert a["r2_test"] == pytest.approx(b["r2_test"], abs=1e-9)
+            assert a["r2_train"] == pytest.approx(b["r2_train"], abs=1e-9)
