@@ -9,7 +9,8 @@ the behave summaries in the manifest, and writes under `report/`:
 - `rsa_by_depth.png`: the same against relative depth layer/L, averaged over models (each
   model's curve interpolated onto a common grid; band = ±1 SD over models);
 - `regression_by_layer.png`: held-out test R² by layer for the nested feature sets;
-- `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers;
+- `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers, with
+  the chance level k/(N-1);
 - `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
   noise ceilings, NN@k, regression summary with FC/FA gains) and a headline block.
 
@@ -295,17 +296,19 @@ def _fig_regression(plt, reg: pd.DataFrame, models, strategies, path):
                 lw = 2.2 if s == sets[-1] else 1.3
                 (line,) = ax.plot(g.index, g["mean"], color=color, lw=lw)
                 handles.setdefault(s, line)
-                if cell.seed.nunique() > 1:
-                    ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.12, lw=0)
+                if cell.seed.nunique() > 1 and s == sets[-1]:
+                    band = ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
+                    handles.setdefault(f"{s}: range over seeds", band)
             ax.set_title(f"{model} · {strategy}")
             _integer_x(ax)
             if i == len(models) - 1:
                 ax.set_xlabel("layer")
             if j == 0:
                 ax.set_ylabel("held-out test R²")
-    low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.mean().min()
+    low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.min().min()
     if low < R2_FLOOR:
-        axes[0, 0].set_ylim(bottom=R2_FLOOR)
+        high = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.max().max()
+        axes[0, 0].set_ylim(R2_FLOOR, min(1.0, high) + 0.05)
         fig.text(0.99, 0.005, f"y axis clipped at {R2_FLOOR} (lowest R² {low:.2f})", ha="right", va="bottom",
                  fontsize=8, color="0.4")
     _legend(fig, handles)
@@ -324,8 +327,11 @@ def _fig_nn(plt, nn: pd.DataFrame, strategies, path):
             g = cell[cell.reference == ref].groupby("k").overlap.mean()
             (line,) = ax.plot(g.index, g.values, marker="o", ms=4, color=REF_COLORS[ref], lw=1.6)
             handles.setdefault(REF_LABELS[ref], line)
-        ax.set_xscale("log")
         ks = sorted(cell.k.unique())
+        n_words = int(cell.n_words.max())
+        (chance,) = ax.plot(ks, [k / (n_words - 1) for k in ks], color="0.5", lw=1, ls=":")
+        handles.setdefault("chance, k / (N - 1)", chance)
+        ax.set_xscale("log")
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])
         ax.minorticks_off()
@@ -381,8 +387,8 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             by_strategy = s.groupby(["strategy", "reference"], sort=False)["mean"].mean().unstack()
             by_strategy = by_strategy[[r for r in REF_ORDER if r in by_strategy.columns]].reset_index()
             by_strategy.insert(0, "model", "mean over models")
-            lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "",
-                      _md_table(pd.concat([wide, by_strategy], ignore_index=True))]
+            table = pd.concat([wide, by_strategy], ignore_index=True) if len(models) > 1 else wide
+            lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", _md_table(table)]
         method = primary_method(cfg, rsa)
         s = rsa_summary(rsa, method)
         peak = s[s.reference.isin(["fc", "fa"])].copy()

@@ -56,6 +56,7 @@ def test_end_to_end_files_tables_and_headline(run_dir):
             expected = d[(d.model == row.model) & (d.strategy == row.strategy) & (d.reference == ref)].rsa.mean()
             assert float(getattr(row, ref)) == pytest.approx(expected, abs=6e-4)
     assert len(mean) == 4 + 2
+    assert "mean over models" in set(mean.model)
 
     peak = _table(md, "Peak RSA")
     for row in peak.itertuples():
