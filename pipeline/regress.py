@@ -24,9 +24,9 @@ r2_test, r2_train, alpha, n_train, n_test, n_dropped. Each model x strategy cell
 to `results/parts/regression/` and recorded as `regress/<model>/<strategy>`, so a re-run
 skips finished cells.
 
-Hidden cosines are evaluated only on the pairs used (train pairs row by row, test pairs as
-one test x test block), never as a full N x N matrix per layer, which keeps the consensus
-over hundreds of layers affordable; `tests/test_regress.py` checks the values against
+Hidden cosines are evaluated as a train x train and a test x test block per layer (one
+float32 syrk each, no train x test block), which keeps the consensus over hundreds of
+layers affordable; `tests/test_regress.py` checks the values against
 `similarity.centered_cosine(layer, center_rows=train_idx)`.
 """
 
@@ -70,7 +70,6 @@ FEATURE_SETS_NO_CONSENSUS = {
 _COLUMNS = ["model", "strategy", "layer", "n_layers", "seed", "feature_set", "r2_test", "r2_train", "alpha",
             "n_train", "n_test", "n_dropped"]
 _VERSION = 1
-_PAIR_BATCH = 8192
 
 
 @dataclass
@@ -78,12 +77,20 @@ class Split:
     """One seed's word split and pairs, as vocabulary indices."""
     train_idx: np.ndarray
     test_idx: np.ndarray
-    ii_train: np.ndarray
-    jj_train: np.ndarray
+    train_a: np.ndarray
+    train_b: np.ndarray
     test_a: np.ndarray
     test_b: np.ndarray
     keep_train: np.ndarray
     keep_test: np.ndarray
+
+    @property
+    def ii_train(self) -> np.ndarray:
+        return self.train_idx[self.train_a]
+
+    @property
+    def jj_train(self) -> np.ndarray:
+        return self.train_idx[self.train_b]
 
     @property
     def ii_test(self) -> np.ndarray:
@@ -120,10 +127,9 @@ def make_split(words: list[str], seed: int, test_size: float, train_pairs: int,
     a, b = sample_pairs(len(train_idx), train_pairs, seed)
     ta, tb = np.triu_indices(len(test_idx), k=1)
     valid = np.ones(len(words), dtype=bool) if valid is None else valid
-    ii, jj = train_idx[a], train_idx[b]
-    keep_train = valid[ii] & valid[jj]
+    keep_train = valid[train_idx[a]] & valid[train_idx[b]]
     keep_test = valid[test_idx[ta]] & valid[test_idx[tb]]
-    return Split(train_idx, test_idx, ii, jj, ta, tb, keep_train, keep_test)
+    return Split(train_idx, test_idx, a, b, ta, tb, keep_train, keep_test)
 
 
 def pair_cosines(layer: np.ndarray, split: Split, centered: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -140,13 +146,11 @@ def pair_cosines(layer: np.ndarray, split: Split, centered: bool = True) -> tupl
         x -= x[split.train_idx].mean(axis=0, dtype=np.float64).astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     x /= np.where(norms > 0, norms, np.float32(1.0))[:, None]
-    ii, jj = split.ii_train[split.keep_train], split.jj_train[split.keep_train]
-    train = np.empty(ii.size, dtype=np.float32)
-    for start in range(0, ii.size, _PAIR_BATCH):
-        sl = slice(start, start + _PAIR_BATCH)
-        train[sl] = np.einsum("ij,ij->i", x[ii[sl]], x[jj[sl]])
-    xt = x[split.test_idx]
-    block = xt @ xt.T
+    xs = x[split.train_idx]
+    block = xs @ xs.T
+    train = block[split.train_a, split.train_b][split.keep_train]
+    xs = x[split.test_idx]
+    block = xs @ xs.T
     test = block[split.test_a, split.test_b][split.keep_test]
     return train, test
 
