@@ -149,7 +149,7 @@ import argparse, json, sys, time
 from pipeline import aggregate
 from pipeline.config import from_dict
 cfg = from_dict(json.loads(sys.argv[1]), source="bench-aggregate")
-opts = argparse.Namespace(model=None, paradigm=None, strategy=None, force=True)
+opts = argparse.Namespace(model=None, paradigm=None, strategy=None, force=False)
 t0 = time.perf_counter()
 aggregate.run(cfg, opts)
 print(json.dumps({"seconds": time.perf_counter() - t0}))
@@ -189,7 +189,11 @@ def run() -> list[Row]:
     from ..aggregate import load_matrices
     from ..similarity import cosine, ppmi
 
+    import shutil
+
     cfg = ensure_data()
+    shutil.rmtree(cfg.run_dir / "matrices", ignore_errors=True)
+    (cfg.run_dir / "manifest.json").unlink(missing_ok=True)
     stage, stage_mb = _child(_STAGE_CHILD, json.dumps(_config_dict()))
     subset = {p: sorted(str(f) for f in paths.behavior_dir(cfg, "synthetic", p).glob("part-*.parquet"))
               [::BASELINE_FRACTION] for p in ("fc", "fa")}
