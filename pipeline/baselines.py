@@ -328,9 +328,9 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
         return
     man.start(key, fp)
     t0 = time.perf_counter()
-    from .hidden import _device
+    from .hidden import resolve_device
 
-    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, _device(cfg.hidden.device))
+    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, resolve_device(cfg.hidden.device))
     summary = {"source": b.encoder, "template": b.encoder_template, "words": len(words), "dim": vecs.shape[1],
                "seconds": round(time.perf_counter() - t0, 2)}
     _save_npy(target, vecs)

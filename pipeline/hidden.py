@@ -245,7 +245,7 @@ def _torch_dtype(name: str):
     return table[name]
 
 
-def _device(name: str) -> str:
+def resolve_device(name: str) -> str:
     import torch
 
     if name == "auto":
@@ -278,7 +278,7 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
     if not getattr(tok, "is_fast", False):
         raise PipelineError(f"model '{mcfg.name}': the tokenizer at '{path}' has no fast version, and word "
                             f"pooling needs character offsets; install `tokenizers` or convert the tokenizer")
-    model.to(_device(device)).eval()
+    model.to(resolve_device(device)).eval()
     torch.set_grad_enabled(False)
     return tok, model
 
