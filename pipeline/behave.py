@@ -5,7 +5,8 @@ For every model and paradigm: the pending trials are the plan (restricted to thi
 of `behave.chunk_size`, and each finished chunk becomes one part (`logs.write_part`).
 Killing the process loses at most the chunk in flight; running the same command again
 continues. `pending_trials` and `run_chunk` are the whole unit of work (trials in, log rows
-out), so a distributed driver can hand chunks to workers and publish with `write_part`.
+out), so a distributed driver can hand chunks to workers, publish with `logs.write_part` and
+complete the record with `finalize`.
 
 FC (METHOD.md §2): a greedy main pass; non-compliant answers get one greedy repair prompt
 (`behave.repair`) and then up to `behave.retries` sampled retries (`retry_temperature`,
@@ -293,9 +294,9 @@ def run(cfg: Config, opts) -> None:
         opts: CLI options; uses ``model``, ``paradigm``, ``shard`` (I, N), ``limit``, ``force``
             and ``engine``.
     """
-    if getattr(opts, "engine", "local") not in (None, "local"):
-        raise PipelineError("behave --engine ray is not available yet; run locally, or split the "
-                            "work over machines with --shard I/N")
+    if getattr(opts, "engine", "local") == "ray":
+        from .distributed import run_behave
+        return run_behave(cfg, opts)
     models = [cfg.model(opts.model)] if getattr(opts, "model", None) else cfg.models
     if not models:
         raise PipelineError(f"{cfg.source}: no [[models]] entries; add one (see configs/demo.toml)")
@@ -308,7 +309,7 @@ def run(cfg: Config, opts) -> None:
         backend = None
         try:
             for paradigm in paradigms:
-                key = f"behave/{model_cfg.name}/{paradigm}"
+                key = stage_key(model_cfg.name, paradigm)
                 directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
                 fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
                 rec = man.stage(key)
@@ -327,7 +328,7 @@ def run(cfg: Config, opts) -> None:
                         if backend is None:
                             backend = get_backend(cfg.behave.backend, model_cfg, cfg)
                         _run_pending(backend, cfg, model_cfg, paradigm, todo, directory, shard, key)
-                _finish(cfg, man, key, fp, model_cfg.name, paradigm, directory)
+                finalize(cfg, model_cfg, paradigm)
         finally:
             if backend is not None:
                 backend.close()
@@ -335,9 +336,8 @@ def run(cfg: Config, opts) -> None:
 
 def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> None:
     size = cfg.behave.chunk_size
-    done = ok = 0
-    t0 = time.perf_counter()
-    tokens = 0
+    done = ok = tokens = 0
+    t0 = last_log = time.perf_counter()
     log.info("behave: %s, %d trials to run (shard %d/%d), chunks of %d", key, todo.num_rows, *shard, size)
     with _progress(todo.num_rows, key) as bar:
         for start in range(0, todo.num_rows, size):
@@ -350,15 +350,34 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
                       (pc.sum(rows.column("n_output_tokens")).as_py() or 0)
             bar.update(final.num_rows)
             bar.set_postfix(ok=f"{ok / max(done, 1):.1%}")
+            if bar.disable and time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                log.info("behave: %s %d/%d trials, %.2f trials/s, %.1f%% ok", key, done, todo.num_rows,
+                         done / (last_log - t0), 100 * ok / max(done, 1))
             log.debug("behave: %s wrote %s (%d rows)", key, part.name, rows.num_rows)
     dt = time.perf_counter() - t0
     log.info("behave: %s ran %d trials in %.1f s (%.2f trials/s, %.0f tokens/s), %.1f%% ok",
              key, done, dt, done / dt if dt else 0, tokens / dt if dt else 0, 100 * ok / max(done, 1))
 
 
-def _finish(cfg, man, key, fp, model, paradigm, directory) -> None:
+def stage_key(model: str, paradigm: str) -> str:
+    """Manifest key of one model/paradigm log."""
+    return f"behave/{model}/{paradigm}"
+
+
+def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict | None:
+    """Mark a model/paradigm complete in the manifest once every planned trial has a final row.
+
+    Called after each local run (or by a distributed driver after its last chunk); with shards,
+    the run that finishes last completes the record.
+
+    Returns:
+        The summary (`summarize`) when complete, else None.
+    """
     from .trials import load_trials
 
+    key = stage_key(model_cfg.name, paradigm)
+    directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
     plan_ids = load_trials(cfg, paradigm).column("trial_id").to_numpy()
     have = logs.finished_ids(directory)
     missing = int((~np.isin(plan_ids, have)).sum())
@@ -367,7 +386,8 @@ def _finish(cfg, man, key, fp, model, paradigm, directory) -> None:
     if missing:
         log.info("behave: %s has %d of %d trials (%s); %d still to run (other shards, or --limit)",
                  key, len(have), len(plan_ids), status, missing)
-        return
-    man.complete(key, fp, summary)
+        return None
+    Manifest(cfg.run_dir).complete(key, fingerprint(behave_inputs(cfg, model_cfg, paradigm)), summary)
     log.info("behave: %s complete, %d trials: %s; compliance %.1f%%", key, summary["n_trials"], status,
              100 * (summary["compliance"] or 0))
+    return summary

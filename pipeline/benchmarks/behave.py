@@ -1,0 +1,98 @@
+"""Behave throughput: vLLM vs plain batched transformers `generate`, and vLLM prefix caching.
+
+Same model (SmolLM2-135M-Instruct, converted by `make model`), same 64 FC trials (the
+paper's prompt, greedy main pass only, so every engine does identical work), same dtype.
+Each engine first answers 8 other trials so one-time kernel set-up is not timed. Figures
+are trials/s and prompt+output tokens/s over the timed pass; compliance (share of answers
+the paper's parser accepts) is printed beside them.
+
+    python -m pipeline.bench --only behave
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import Row
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "data" / "models" / "smollm2-135m-instruct"
+N_TRIALS = 64
+N_WARMUP = 8
+WORDS = ("time people year way day man thing woman life child world family hand part place case week "
+         "company system program question work government number night point home water room mother area "
+         "money story fact month lot right study book eye job word business issue side kind head house "
+         "service friend father power hour game line end member law car city community name president team "
+         "minute idea kid body information back parent face others level office door health person art").split()
+
+
+def _config(backend: str, structured: bool = False):
+    from ..config import from_dict
+
+    cfg = from_dict({
+        "experiment": {"name": "bench-behave", "data_dir": str(ROOT / "data" / "bench")},
+        "behave": {"backend": backend, "repair": False, "retries": 0, "structured_fc": structured,
+                   "batch_size": 16},
+        "models": [{"name": "smollm2-135m", "path": str(MODEL), "max_model_len": 1024, "max_num_seqs": 64,
+                    "gpu_memory_utilization": 0.3, "enforce_eager": True}],
+    }, source="pipeline/benchmarks/behave.py")
+    return cfg, cfg.models[0]
+
+
+def _trials() -> tuple[pa.Table, pa.Table]:
+    from ..trials import build_fc_plan
+
+    plan = build_fc_plan(WORDS, 16, 12345)
+    return plan.slice(N_TRIALS, N_WARMUP), plan.slice(0, N_TRIALS)
+
+
+def _measure(backend, cfg, mc, label: str) -> dict:
+    from ..behave import run_chunk
+
+    warm, timed = _trials()
+    run_chunk(backend, cfg, mc, "fc", warm)
+    t0 = time.perf_counter()
+    out = run_chunk(backend, cfg, mc, "fc", timed)
+    dt = time.perf_counter() - t0
+    tokens = (pc.sum(out.column("n_prompt_tokens")).as_py() + pc.sum(out.column("n_output_tokens")).as_py())
+    ok = pc.sum(pc.equal(out.column("status"), "ok")).as_py() or 0
+    res = {"trials_s": N_TRIALS / dt, "tokens_s": tokens / dt, "ok": ok / N_TRIALS, "seconds": dt}
+    print(f"   {label:<34} {dt:7.1f} s  {res['trials_s']:6.2f} trials/s  {res['tokens_s']:8.0f} tokens/s  "
+          f"compliant {ok}/{N_TRIALS}", flush=True)
+    return res
+
+
+def run() -> list[Row]:
+    from ..backends import get_backend
+    from ..errors import PipelineError
+
+    if not (MODEL / "config.json").exists():
+        raise PipelineError(f"{MODEL} missing: run `make model` first")
+    cfg, mc = _config("hf")
+    with get_backend("hf", mc, cfg) as be:
+        hf = _measure(be, cfg, mc, "hf generate (batch 16)")
+    cfg, mc = _config("vllm")
+    with get_backend("vllm", mc, cfg, enable_prefix_caching=True) as be:
+        on = _measure(be, cfg, mc, "vllm, prefix caching")
+        cfg_s, _ = _config("vllm", structured=True)
+        structured = _measure(be, cfg_s, mc, "vllm, prefix caching, structured FC")
+    with get_backend("vllm", mc, cfg, enable_prefix_caching=False) as be:
+        off = _measure(be, cfg, mc, "vllm, no prefix caching")
+    what = f"SmolLM2-135M, {N_TRIALS} FC trials"
+    return [
+        Row(f"behave vLLM vs hf generate ({what})", on["trials_s"], hf["trials_s"], "trials/s",
+            "transformers generate, batch 16", True, "vLLM faster than plain batched generate"),
+        Row("behave vLLM vs hf generate, tokens", on["tokens_s"], hf["tokens_s"], "tokens/s",
+            "transformers generate, batch 16", True, "prompt + output tokens per second"),
+        Row("behave vLLM prefix caching on vs off", on["trials_s"], off["trials_s"], "trials/s",
+            "vLLM, enable_prefix_caching=False", True, "shared prompt prefix computed once"),
+        Row("behave vLLM structured FC vs free-form", structured["trials_s"], on["trials_s"], "trials/s",
+            "vLLM free-form", True, f"compliance {structured['ok']:.0%} vs {on['ok']:.0%}"),
+    ]
