@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="behave/hidden: run in this process or on a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--engine ray: actors (engines) per model (default: as many as the cluster's "
+                        "GPUs fit, or one per CPU)")
     p.add_argument("--limit", type=int, default=None, help="behave: run at most this many trials (smoke tests)")
     p.add_argument("--force", action="store_true",
                    help="recompute a stage whose inputs changed instead of refusing")

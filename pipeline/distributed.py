@@ -1,0 +1,653 @@
+"""`--engine ray`: the behave and hidden stages fanned out over a Ray cluster.
+
+Behave. The driver (the process running ``python -m pipeline behave --engine ray``) does
+everything that touches the trial log store; Ray actors only generate:
+
+- The driver computes the pending trials exactly as the local stage does
+  (`behave.pending_trials` for the run's ``--shard I/N``, default 0/1, then ``--limit``) and
+  cuts them into the same consecutive chunks of `behave.chunk_size`. A chunk therefore holds
+  the same trials, in the same order, as in a single-process run, so outputs are identical
+  (the hf backend seeds micro-batches from their first request, so even its samples match).
+- Each actor (`_BehaveWorker`) starts one inference engine through `backends.get_backend`
+  (vLLM with the model's own `tensor_parallel_size`, or hf) on its own GPU(s) and runs
+  `behave.run_chunk`: trials in, log rows out. Chunks are handed out from one queue, so a
+  fast actor takes more of them and a restarted one rejoins once it answers again. The
+  number of actors follows the cluster (one per `tensor_parallel_size` GPUs, or one per
+  CPU without GPUs) unless ``--workers N`` says otherwise.
+- Finished chunks come back through Ray's object store and the driver publishes each as
+  one part with `logs.write_part`, tagged with the run's shard: the store looks exactly like
+  a local run's, and only the driver needs to see the run directory. Workers need the model
+  folders (at the path in the config, resolved against the driver's working directory).
+
+Fault tolerance. Actors restart up to `MAX_RESTARTS` times (Ray re-runs their constructor,
+reloading the model); actor calls are never retried by Ray (``max_task_retries=0``). When a
+call fails because its actor or node died, the driver puts that chunk back at the head of
+the queue; nothing of it was written, so it cannot be duplicated, and as the driver is the
+only writer and never publishes a trial_id twice, no other path can duplicate rows either.
+A worker that dies loses at most the chunk it held. The driver holds the same `WriterLock`
+as a local run for every model/paradigm it writes; if the driver itself dies, its actors go
+with it and re-running the command continues from the parts on disk. A chunk that kills
+`MAX_CHUNK_ATTEMPTS` workers in a row stops the run with a message naming its trial_ids.
+
+Fault drill: with ``PIPELINE_FAULT_EXIT=N:MARKER`` in the driver's environment, the first
+worker to finish generating its N-th chunk (counted per worker process) exits hard before
+returning it, once per run (MARKER, a path all workers see, is created atomically to claim
+the crash). Tests use it; on a real cluster it rehearses a node failure.
+
+Hidden. One Ray task per (model, strategy), as many at once as the cluster has GPUs (or
+CPUs): each loads its model and calls `hidden.extract`, which writes
+``hidden/<model>/<strategy>.npy`` and its manifest record itself, so for this stage the
+run directory must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import logs, paths
+from .config import Config
+from .errors import PipelineError
+from .manifest import Manifest, fingerprint
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+MAX_CHUNK_ATTEMPTS = 3
+_PROBE_S = 1.0
+_CLOSE_S = 60.0
+_LOG_EVERY_S = 30.0
+_ENV_PREFIXES = ("PIPELINE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "VLLM_", "CUDA_LAUNCH_BLOCKING")
+
+
+# ---------------------------------------------------------------------------------- Ray setup
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Connect to the Ray cluster at `address` (start a local one when None) for one stage.
+
+    An already initialised Ray (a test fixture, a notebook) is reused and left running.
+    Usage statistics and the dashboard stay off: the pipeline never talks to the network.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError as e:
+        raise PipelineError(f"--engine ray needs Ray ({e}); install it with `pip install -e '.[ray]'` "
+                            f"or run without --engine ray") from None
+    if ray.is_initialized():
+        yield ray
+        return
+    kw = {"include_dashboard": False} if address is None else {}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **kw)
+    except ConnectionError as e:
+        raise PipelineError(f"cannot reach the Ray cluster at --address {address} ({e}); start it with "
+                            f"`ray start --head` on the head node, check the address it printed, or "
+                            f"leave --address out to run Ray on this machine") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _worker_env() -> dict[str, str]:
+    """Driver variables the workers need (offline flags, caches, fault drill, fake backend).
+
+    They travel as a constructor argument rather than a Ray ``runtime_env``: an env_vars
+    runtime env makes Ray start a fresh worker pool through its runtime-env agent (about
+    10 s per actor on a small machine), and constructor arguments are replayed on restart.
+    """
+    return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+
+
+def _local_path(p: str | None) -> str | None:
+    if p is None or ":" in p or Path(p).is_absolute() or not Path(p).exists():
+        return p
+    return str(Path(p).resolve())
+
+
+def _worker_config(cfg: Config) -> Config:
+    """A copy of `cfg` for workers, with the driver's relative paths made absolute.
+
+    Workers start in whatever directory the Ray node was started from, so model folders,
+    the sentence file and the data directory are resolved against the driver's working
+    directory (a shared filesystem mounted at the same place on every node keeps them
+    valid). Hub ids and ``package:`` specs stay as they are. Fingerprints are always
+    computed on the driver from the original config, so they do not change.
+    """
+    models = [dataclasses.replace(m, path=_local_path(m.path)) for m in cfg.models]
+    hidden = dataclasses.replace(cfg.hidden, sentences=_local_path(cfg.hidden.sentences))
+    experiment = dataclasses.replace(cfg.experiment, data_dir=str(Path(cfg.experiment.data_dir).resolve()))
+    return dataclasses.replace(cfg, models=models, hidden=hidden, experiment=experiment)
+
+
+@dataclass
+class _Resources:
+    n: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_workers(cluster: dict, gpus_per_worker: int, workers: int | None) -> _Resources:
+    """How many actors to start and what each reserves.
+
+    On a cluster with GPUs every actor takes `gpus_per_worker` GPUs (the model's tensor
+    parallel size for vLLM, 1 for hf) and one CPU, and there are as many actors as the GPUs
+    allow. Without GPUs the CPUs are shared out evenly (one per actor by default), and the
+    backend's thread count follows.
+
+    Args:
+        cluster: `ray.cluster_resources()`.
+        gpus_per_worker: GPUs one engine needs when GPUs exist (0: never use GPUs).
+        workers: requested number of actors (``--workers``), None for as many as fit.
+
+    Returns:
+        The actor count and the per-actor reservation.
+
+    Raises:
+        PipelineError: the request cannot fit the cluster.
+    """
+    if workers is not None and workers < 1:
+        raise PipelineError(f"--workers {workers}: give at least 1, or leave it out to use the whole cluster")
+    gpus = int(cluster.get("GPU", 0))
+    cpus = int(cluster.get("CPU", 0))
+    if gpus and gpus_per_worker:
+        fit = gpus // gpus_per_worker
+        if fit < 1:
+            raise PipelineError(f"one engine needs {gpus_per_worker} GPUs (models[].tensor_parallel_size) "
+                                f"but the Ray cluster has {gpus}; lower tensor_parallel_size or add GPUs")
+        n = min(workers or fit, fit)
+        if workers and workers > fit:
+            log.warning("--workers %d: the cluster's %d GPUs fit only %d engines of %d GPU(s); using %d",
+                        workers, gpus, fit, gpus_per_worker, fit)
+        return _Resources(n, 1, gpus_per_worker)
+    if cpus < 1:
+        raise PipelineError("the Ray cluster reports no CPUs; check `ray status`")
+    n = min(workers or cpus, cpus)
+    return _Resources(n, max(1, cpus // n), 0)
+
+
+def _maybe_fault(count: int) -> None:
+    spec = os.environ.get("PIPELINE_FAULT_EXIT")
+    if not spec:
+        return
+    nth, marker = spec.split(":", 1)
+    if count != int(nth):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} exited on its chunk {count}\n".encode())
+    os.close(fd)
+    os._exit(43)
+
+
+def _set_threads(n: int) -> None:
+    """Give torch the CPUs Ray reserved for this worker (if the engine uses torch at all)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, n))
+
+
+class _BehaveWorker:
+    """One inference engine for one model inside a Ray actor."""
+
+    def __init__(self, cfg: Config, model: str, threads: int, env: dict[str, str]):
+        os.environ.update(env)
+        logging.basicConfig(level=logging.WARNING)
+        from .backends import get_backend
+
+        self.cfg = cfg
+        self.model_cfg = cfg.model(model)
+        self.backend = get_backend(cfg.behave.backend, self.model_cfg, cfg)
+        _set_threads(threads)
+        self.count = 0
+
+    def info(self) -> dict:
+        import ray
+        return {"node": socket.gethostname(), "pid": os.getpid(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def run(self, paradigm: str, chunk: pa.Table) -> tuple[pa.Table, dict]:
+        from .behave import run_chunk
+
+        t0 = time.perf_counter()
+        rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk)
+        busy = time.perf_counter() - t0
+        self.count += 1
+        _maybe_fault(self.count)
+        return rows, {"node": socket.gethostname(), "pid": os.getpid(), "busy_s": busy}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+# ---------------------------------------------------------------------------------- behave
+
+@dataclass
+class _Job:
+    """One model/paradigm log being filled."""
+    model: str
+    paradigm: str
+    key: str
+    fp: str
+    directory: Path
+    todo: int
+    left: int = 0
+    written: set = field(default_factory=set)
+
+
+@dataclass
+class _Chunk:
+    job: _Job
+    table: pa.Table
+    attempts: int = 0
+
+
+@dataclass
+class _WorkerStats:
+    index: int
+    node: str = "?"
+    pids: list = field(default_factory=list)
+    chunks: int = 0
+    trials: int = 0
+    busy_s: float = 0.0
+    failures: int = 0
+
+    def record(self) -> dict:
+        return {"worker": self.index, "node": self.node, "pids": self.pids, "chunks": self.chunks,
+                "trials": self.trials, "busy_s": round(self.busy_s, 3), "failures": self.failures,
+                "trials_per_s": round(self.trials / self.busy_s, 3) if self.busy_s else None}
+
+
+def _chunks(job: _Job, todo: pa.Table, size: int) -> list[_Chunk]:
+    return [_Chunk(job, todo.slice(s, size)) for s in range(0, todo.num_rows, size)]
+
+
+def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard, locks) -> tuple[list, list]:
+    """Skip complete logs, lock and list the pending trials of the others (as `behave.run`)."""
+    from .behave import _move_stale, behave_inputs, pending_trials, stage_key
+
+    limit = getattr(opts, "limit", None)
+    force = bool(getattr(opts, "force", False))
+    jobs, chunks = [], []
+    for paradigm in paradigms:
+        key = stage_key(model_cfg.name, paradigm)
+        directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
+        fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
+        rec = man.stage(key)
+        if man.check(key, fp, force):
+            log.info("behave: %s is complete, skipping", key)
+            continue
+        if force and rec is not None and rec.get("inputs") != fp:
+            with logs.WriterLock(directory, (0, 1)):
+                _move_stale(directory, key)
+        man.start(key, fp)
+        locks.enter_context(logs.WriterLock(directory, shard))
+        todo = pending_trials(cfg, model_cfg.name, paradigm, shard)
+        if limit is not None:
+            todo = todo.slice(0, max(limit, 0))
+        job = _Job(model_cfg.name, paradigm, key, fp, directory, todo.num_rows, todo.num_rows)
+        jobs.append(job)
+        chunks += _chunks(job, todo, cfg.behave.chunk_size)
+    return jobs, chunks
+
+
+def run_behave(cfg: Config, opts) -> None:
+    """`behave --engine ray`: the local stage's work spread over Ray actors (module docstring).
+
+    Models run one after another, each on all the actors the cluster fits; its paradigms
+    share one queue, so no actor idles between FC and FA.
+
+    Args:
+        cfg: experiment config.
+        opts: CLI options; uses ``model``, ``paradigm``, ``shard``, ``limit``, ``force``,
+            ``address`` and ``workers`` (actors per model; default: as many as fit).
+    """
+    models = [cfg.model(opts.model)] if getattr(opts, "model", None) else cfg.models
+    if not models:
+        raise PipelineError(f"{cfg.source}: no [[models]] entries; add one (see configs/demo.toml)")
+    paradigms = [opts.paradigm] if getattr(opts, "paradigm", None) else list(cfg.behave.paradigms)
+    shard = tuple(getattr(opts, "shard", None) or (0, 1))
+    man = Manifest(cfg.run_dir)
+    with contextlib.ExitStack() as session:
+        ray = None
+        for model_cfg in models:
+            with contextlib.ExitStack() as locks:
+                jobs, chunks = _prepare_jobs(cfg, opts, man, model_cfg, paradigms, shard, locks)
+                for job in jobs:
+                    if job.todo == 0:
+                        _finish(cfg, man, job, None)
+                if not chunks:
+                    continue
+                if ray is None:
+                    ray = session.enter_context(ray_session(getattr(opts, "address", None)))
+                with _progress(sum(c.table.num_rows for c in chunks), model_cfg.name) as bar:
+                    _run_model(ray, cfg, opts, man, model_cfg, chunks, shard, bar)
+
+
+def _progress(total: int, model: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"behave {model} (ray)", unit="trial", dynamic_ncols=True, mininterval=1.0,
+                disable=None)
+
+
+def _gpus_per_worker(cfg: Config, model_cfg) -> int:
+    if cfg.behave.backend == "vllm":
+        return model_cfg.tensor_parallel_size
+    return 1 if cfg.behave.backend == "hf" else 0
+
+
+def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, _Resources]:
+    res = plan_workers(ray.cluster_resources(), _gpus_per_worker(cfg, model_cfg), getattr(opts, "workers", None))
+    actor_cls = ray.remote(_BehaveWorker).options(
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
+    worker_cfg = _worker_config(cfg)
+    actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), _worker_env())
+              for _ in range(res.n)]
+    log.info("behave: %s on %d Ray actor(s), each %g CPU / %g GPU", model_cfg.name, res.n, res.num_cpus,
+             res.num_gpus)
+    return actors, res
+
+
+def _init_failure(model: str, err) -> PipelineError:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return PipelineError(f"behave: the Ray worker for {model} could not start its engine: "
+                         f"{lines[-1] if lines else type(err).__name__}")
+
+
+def _run_model(ray, cfg: Config, opts, man: Manifest, model_cfg, chunks: list, shard, bar) -> None:
+    """Hand `chunks` of one model to its actors until all are published (module docstring).
+
+    Each actor holds at most one chunk. After an actor fails, it is probed (a cheap call)
+    every `_PROBE_S` seconds until Ray has restarted it, and only then gets work again, so
+    a restart neither spins the loop nor counts against the chunks; an actor whose probe
+    Ray answers with "died" (restarts used up, node gone) is retired.
+    """
+    from ray.exceptions import ActorDiedError, RayError, RayTaskError
+
+    actors, _ = _start_workers(ray, cfg, opts, model_cfg)
+    stats = {(i, key): _WorkerStats(i) for i in range(len(actors)) for key in {c.job.key for c in chunks}}
+    failures = [0] * len(actors)
+    queue = deque(chunks)
+    idle = deque(range(len(actors)))
+    cooldown: dict[int, float] = {}
+    dead: set[int] = set()
+    inflight: dict = {}
+    done = ok = 0
+    t0 = last_log = time.perf_counter()
+    try:
+        while queue or any(c is not None for _, c in inflight.values()):
+            now = time.monotonic()
+            for i in [i for i, t in cooldown.items() if t <= now]:
+                del cooldown[i]
+                inflight[actors[i].info.remote()] = (i, None)
+            while idle and queue:
+                i, chunk = idle.popleft(), queue.popleft()
+                inflight[actors[i].run.remote(chunk.job.paradigm, chunk.table)] = (i, chunk)
+            if not inflight and not cooldown:
+                raise PipelineError(f"behave: every Ray worker for {model_cfg.name} is dead (each died more "
+                                    f"than {MAX_RESTARTS} times, or its node is gone); finished chunks are "
+                                    f"kept, run the same command again to continue (check `ray status`)")
+            wait_s = max(0.0, min(cooldown.values()) - now) if cooldown else None
+            if not inflight:
+                time.sleep(wait_s)
+                continue
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+            if not ready:
+                continue
+            i, chunk = inflight.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayTaskError as e:
+                if isinstance(e.as_instanceof_cause(), PipelineError):
+                    raise PipelineError(str(e.cause)) from None
+                raise
+            except RayError as e:
+                if isinstance(e, ActorDiedError) and e.actor_init_failed:
+                    raise _init_failure(model_cfg.name, e) from None
+                if chunk is not None:
+                    failures[i] += 1
+                    stats[(i, chunk.job.key)].failures += 1
+                    _requeue(queue, chunk, i, e)
+                if (chunk is None and isinstance(e, ActorDiedError)) or failures[i] > MAX_RESTARTS:
+                    dead.add(i)
+                    log.warning("behave: Ray worker %d for %s is dead for good; %d left", i, model_cfg.name,
+                                len(actors) - len(dead))
+                else:
+                    cooldown[i] = time.monotonic() + _PROBE_S
+                continue
+            if chunk is None:
+                log.info("behave: Ray worker %d is back (pid %d on %s)", i, result["pid"], result["node"])
+                idle.append(i)
+                continue
+            rows, info = result
+            n_final = _publish(chunk.job, rows, shard)
+            st = stats[(i, chunk.job.key)]
+            st.node = info["node"]
+            if info["pid"] not in st.pids:
+                st.pids.append(info["pid"])
+            st.chunks += 1
+            st.trials += n_final
+            st.busy_s += info["busy_s"]
+            final = rows.filter(rows.column("final"))
+            done += n_final
+            ok += pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
+            bar.update(n_final)
+            bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", workers=len(actors) - len(dead), restarts=sum(failures))
+            if bar.disable and time.perf_counter() - last_log > _LOG_EVERY_S:
+                last_log = time.perf_counter()
+                log.info("behave: %s %d/%d trials, %.2f trials/s, %.1f%% ok, %d worker(s), %d restart(s)",
+                         model_cfg.name, done, bar.total, done / (last_log - t0), 100 * ok / max(done, 1),
+                         len(actors) - len(dead), sum(failures))
+            idle.append(i)
+            chunk.job.left -= chunk.table.num_rows
+            if chunk.job.left == 0:
+                job_stats = [s for (_, key), s in sorted(stats.items()) if key == chunk.job.key]
+                _finish(cfg, man, chunk.job, _engine_summary(opts, job_stats, time.perf_counter() - t0))
+    finally:
+        _stop(ray, actors, dead)
+    _log_workers(model_cfg.name, list(stats.values()), done, time.perf_counter() - t0)
+
+
+def _stop(ray, actors: list, dead: set) -> None:
+    """Let live engines shut down cleanly (vLLM frees GPU memory, ends its engine process), then kill."""
+    from ray.exceptions import RayError
+
+    closing = [a.close.remote() for i, a in enumerate(actors) if i not in dead]
+    if closing:
+        with contextlib.suppress(RayError):
+            ray.wait(closing, num_returns=len(closing), timeout=_CLOSE_S)
+    for a in actors:
+        ray.kill(a, no_restart=True)
+
+
+def _requeue(queue: deque, chunk: _Chunk, worker: int, err) -> None:
+    chunk.attempts += 1
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    log.warning("behave: Ray worker %d failed on a chunk of %s (%s: %s); the chunk goes back to the queue",
+                worker, chunk.job.key, type(err).__name__, first[:200])
+    if chunk.attempts >= MAX_CHUNK_ATTEMPTS:
+        ids = chunk.table.column("trial_id").to_numpy()
+        raise PipelineError(f"behave: a chunk of {chunk.job.key} (trial_ids {ids.min()}..{ids.max()}) failed "
+                            f"on {chunk.attempts} Ray workers in a row; finished chunks are kept. Check the "
+                            f"worker logs (out of memory? a GPU fault?) and run the same command again")
+    queue.appendleft(chunk)
+
+
+def _publish(job: _Job, rows: pa.Table, shard) -> int:
+    """Write one chunk's rows as a part, minus any trial already published by this run."""
+    ids = rows.column("trial_id").to_numpy()
+    if job.written:
+        fresh = ~np.isin(ids, np.fromiter(job.written, dtype=np.int64))
+        if not fresh.all():
+            log.warning("behave: %s: %d rows of trials already written dropped", job.key, int((~fresh).sum()))
+            rows = rows.filter(pa.array(fresh))
+            ids = ids[fresh]
+    if rows.num_rows:
+        logs.write_part(job.directory, rows, shard)
+    final_ids = ids[rows.column("final").to_numpy(zero_copy_only=False).astype(bool)]
+    job.written.update(final_ids.tolist())
+    return len(final_ids)
+
+
+def _engine_summary(opts, stats: list[_WorkerStats], wall: float) -> dict:
+    trials = sum(s.trials for s in stats)
+    return {"name": "ray", "address": getattr(opts, "address", None), "wall_s": round(wall, 3),
+            "trials_per_s": round(trials / wall, 3) if wall else None,
+            "worker_failures": sum(s.failures for s in stats),
+            "workers": [s.record() for s in stats]}
+
+
+def _log_workers(model: str, stats: list[_WorkerStats], done: int, wall: float) -> None:
+    merged: dict[int, _WorkerStats] = {}
+    for s in stats:
+        m = merged.setdefault(s.index, _WorkerStats(s.index, s.node))
+        m.node = s.node if s.node != "?" else m.node
+        m.pids += [p for p in s.pids if p not in m.pids]
+        m.chunks += s.chunks
+        m.trials += s.trials
+        m.busy_s += s.busy_s
+        m.failures += s.failures
+    log.info("behave: %s ran %d trials in %.1f s on Ray (%.2f trials/s)", model, done, wall,
+             done / wall if wall else 0)
+    for m in merged.values():
+        r = m.record()
+        log.info("  worker %d on %s (pid %s): %d chunks, %d trials, %.1f s busy, %s trials/s, %d failure(s)",
+                 m.index, m.node, ",".join(map(str, m.pids)) or "-", m.chunks, m.trials, m.busy_s,
+                 r["trials_per_s"], m.failures)
+
+
+def _finish(cfg: Config, man: Manifest, job: _Job, engine: dict | None) -> None:
+    """Complete the log's manifest record as a local run does, plus the Ray figures."""
+    from .behave import finalize
+
+    summary = finalize(cfg, cfg.model(job.model), job.paradigm)
+    if summary is not None and engine is not None:
+        man.complete(job.key, job.fp, {**summary, "engine": engine})
+
+
+# ---------------------------------------------------------------------------------- hidden
+
+def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[str],
+                 sentences: list[list[str]] | None, threads: int, env: dict[str, str]) -> dict:
+    """Extract one model x strategy on a Ray worker with the hidden module's own code."""
+    os.environ.update(env)
+    logging.basicConfig(level=logging.WARNING)
+    from .hidden import Pooler, extract, load_model
+
+    t0 = time.perf_counter()
+    tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
+    _set_threads(threads)
+    pooler = Pooler(tok, lm, cfg.hidden.batch_size, cfg.hidden.paper_compat)
+    t1 = time.perf_counter()
+    summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+    return {"model": model, "strategy": strategy, "node": socket.gethostname(), "pid": os.getpid(),
+            "load_s": round(t1 - t0, 3), "extract_s": round(time.perf_counter() - t1, 3),
+            "words": summary.get("words"), "texts": summary.get("texts")}
+
+
+def run_hidden(cfg: Config, opts) -> None:
+    """`hidden --engine ray`: one Ray task per model x strategy (module docstring).
+
+    Each task loads its model and runs `hidden.extract`, which writes
+    ``hidden/<model>/<strategy>.npy`` and its manifest record itself, resumably; Ray
+    retries a task whose worker or node died (up to `MAX_RESTARTS` times) and the retry
+    continues at the next unfinished word block. The run directory must therefore be on
+    storage every node sees. Complete outputs are skipped exactly as in a local run.
+
+    Args:
+        cfg: experiment config.
+        opts: CLI options; uses ``model``, ``strategy``, ``force``, ``address`` and
+            ``workers`` (tasks at once; default: one per GPU, or per CPU).
+    """
+    from .hidden import _fingerprint, _sentences
+    from .vocab import load_run_vocab, vocab_fingerprint
+
+    models = [opts.model] if getattr(opts, "model", None) else [m.name for m in cfg.models]
+    strategies = list(cfg.hidden.strategies)
+    if getattr(opts, "strategy", None):
+        if opts.strategy not in strategies:
+            raise PipelineError(f"--strategy {opts.strategy}: not in hidden.strategies of {cfg.source} "
+                                f"({', '.join(strategies)})")
+        strategies = [opts.strategy]
+    words = load_run_vocab(cfg)
+    vfp = vocab_fingerprint(cfg)
+    man = Manifest(cfg.run_dir)
+    force = bool(getattr(opts, "force", False))
+    todo = []
+    for name in models:
+        mcfg = cfg.model(name)
+        for strategy in strategies:
+            fp = _fingerprint(cfg, mcfg, strategy, vfp)
+            if man.check(f"hidden/{name}/{strategy}", fp, force) and paths.hidden_file(cfg, name, strategy).exists():
+                log.info("hidden %s/%s: complete, skipping", name, strategy)
+                continue
+            todo.append((name, strategy, fp))
+    if not todo:
+        return
+    sentences = _sentences(cfg, words) if any(s == "averaged" for _, s, _ in todo) else None
+    with ray_session(getattr(opts, "address", None)) as ray:
+        _run_hidden_tasks(ray, cfg, opts, todo, words, sentences)
+
+
+def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> None:
+    from ray.exceptions import RayError, RayTaskError
+    from tqdm import tqdm
+
+    gpus = 0 if cfg.hidden.device == "cpu" else 1
+    res = plan_workers(ray.cluster_resources(), gpus, getattr(opts, "workers", None))
+    task = ray.remote(_hidden_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                                            max_retries=MAX_RESTARTS, retry_exceptions=False)
+    worker_cfg, env = _worker_config(cfg), _worker_env()
+    words_ref = ray.put(words)
+    sent_ref = ray.put(sentences)
+    pending = deque(todo)
+    inflight: dict = {}
+    log.info("hidden: %d model x strategy task(s) on Ray, %d at a time, each %g CPU / %g GPU", len(todo),
+             res.n, res.num_cpus, res.num_gpus)
+    t0 = time.perf_counter()
+    records = []
+    try:
+        with tqdm(total=len(todo), desc="hidden (ray)", unit="task", dynamic_ncols=True, disable=None) as bar:
+            while pending or inflight:
+                while pending and len(inflight) < res.n:
+                    name, strategy, fp = pending.popleft()
+                    ref = task.remote(worker_cfg, name, strategy, fp, words_ref, sent_ref, int(res.num_cpus), env)
+                    inflight[ref] = (name, strategy)
+                (ref,), _ = ray.wait(list(inflight), num_returns=1)
+                name, strategy = inflight.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except RayTaskError as e:
+                    if isinstance(e.as_instanceof_cause(), PipelineError):
+                        raise PipelineError(str(e.cause)) from None
+                    raise
+                except RayError as e:
+                    raise PipelineError(f"hidden {name}/{strategy}: its Ray worker died {MAX_RESTARTS + 1} times "
+                                        f"({type(e).__name__}); finished word blocks are kept, run the same "
+                                        f"command again to continue") from None
+                records.append(rec)
+                bar.update(1)
+                bar.set_postfix(last=f"{name}/{strategy}")
+    finally:
+        for ref in inflight:
+            ray.cancel(ref, force=True)
+    log.info("hidden: %d task(s) in %.1f s on Ray", len(records), time.perf_counter() - t0)
+    for r in records:
+        log.info("  %s/%s on %s (pid %d): load %.1f s, extract %.1f s, %d texts", r["model"], r["strategy"],
+                 r["node"], r["pid"], r["load_s"], r["extract_s"], r["texts"] or 0)
