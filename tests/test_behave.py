@@ -226,7 +226,7 @@ def test_second_writer_is_refused(make_config):
 
 # ---------- kill and resume through the CLI ----------
 
-def _write_config(tmp_path: Path, data_dir: Path) -> Path:
+def _write_config(tmp_path: Path, data_dir: Path, backend: str, model: str, fa_runs: int) -> Path:
     words = tmp_path / "words.txt"
     words.write_text("\n".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(24)) + "\n")
     cfg = tmp_path / f"{data_dir.name}.toml"
@@ -238,13 +238,17 @@ data_dir = "{data_dir}"
 source = "{words}"
 size = 24
 [trials]
-fa_runs = 4
+fa_runs = {fa_runs}
 [behave]
-backend = "fake"
+backend = "{backend}"
 chunk_size = 3
+batch_size = 4
+fc_max_tokens = 6
+fa_max_tokens = 6
 [[models]]
 name = "m"
-path = "unused"
+path = "{model}"
+dtype = "float32"
 """)
     return cfg
 
@@ -258,25 +262,30 @@ def _n_parts(d: Path) -> int:
     return len(list(d.rglob("part-*.parquet"))) if d.exists() else 0
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    env = {**os.environ, "PIPELINE_FAKE_FAIL": "1", "HF_HUB_OFFLINE": "1"}
+def _kill_and_resume(tmp_path: Path, backend: str, model: str, env: dict, slow_env: dict,
+                     fa_runs: int) -> None:
+    """Run once uninterrupted and once SIGKILLed three times then resumed; logs must agree.
+
+    24 words give 48 FC trials (16 parts of 3) and 24 x fa_runs FA trials (8 x fa_runs parts).
+    """
+    n_trials = {"fc": 48, "fa": 24 * fa_runs}
     runs = {}
     for name in ("ref", "killed"):
-        cfg = _write_config(tmp_path, tmp_path / name)
+        cfg = _write_config(tmp_path, tmp_path / name, backend, model, fa_runs)
         for stage in ("vocab", "trials"):
             p = _cli(cfg, stage, env=env)
-            assert p.wait(120) == 0, p.stdout.read()
+            assert p.wait(300) == 0, p.stdout.read()
         runs[name] = cfg
     p = _cli(runs["ref"], "behave", env=env)
-    assert p.wait(300) == 0, p.stdout.read()
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
 
-    slow = {**env, "PIPELINE_FAKE_DELAY": "0.05"}
     behavior = tmp_path / "killed" / "k" / "behavior"
     kills = 0
-    for wait_parts in (3, 9, 20):
+    for wait_parts in (2, 6, 10):
         before = _n_parts(behavior)
-        p = _cli(runs["killed"], "behave", env=slow)
-        deadline = time.time() + 120
+        p = _cli(runs["killed"], "behave", env=slow_env)
+        deadline = time.time() + 300
         while _n_parts(behavior) < before + wait_parts and p.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(0.01 * kills)
@@ -285,10 +294,10 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
             kills += 1
         p.wait(30)
     assert kills >= 2
-    assert _n_parts(behavior) < 48  # FA (32 parts after FC's 16) is unfinished
+    assert _n_parts(behavior) < 16 + 8 * fa_runs  # FA (after FC's 16 parts) is unfinished
     (behavior / "m" / "fa" / ".tmp-part-000of001-1-1.parquet").write_bytes(b"half a part")
     p = _cli(runs["killed"], "behave", env=env)
-    out, _ = p.communicate(timeout=300)
+    out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     assert not list(behavior.rglob(".tmp-*"))
 
@@ -301,8 +310,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
         ref, got = ref.sort_by(key), got.sort_by(key)
         fids = got.filter(got.column("final")).column("trial_id").to_pylist()
         assert len(fids) == len(set(fids))
-        assert sorted(fids) == list(range(ref.filter(ref.column("final")).num_rows))
-        cols = ["trial_id", "attempt", "raw_output", "picks", "status", "final", "seed", "prompt_sha"]
+        assert sorted(fids) == list(range(n_trials[paradigm]))
+        cols = ["trial_id", "attempt", "raw_output", "picks", "status", "final", "seed", "prompt_sha",
+                "n_prompt_tokens", "n_output_tokens"]
         assert got.select(cols).equals(ref.select(cols))
         man = json.loads((tmp_path / "killed" / "k" / "manifest.json").read_text())
         assert man["stages"][f"behave/m/{paradigm}"]["complete"]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PIPELINE_FAKE_FAIL": "1", "HF_HUB_OFFLINE": "1"}
+    _kill_and_resume(tmp_path, "fake", "unused", env, {**env, "PIPELINE_FAKE_DELAY": "0.05"}, fa_runs=4)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_real_model(tmp_path, tiny_llama_dir):
+    """Same with transformers on a tiny random Llama: garbage answers run the whole repair loop."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    _kill_and_resume(tmp_path, "hf", str(tiny_llama_dir), env, env, fa_runs=2)

@@ -21,6 +21,8 @@ worker's own footprint, and refuse to start when other processes hold that memor
 the KV cache is sized explicitly instead: room for `max_num_seqs` sequences of
 `max_model_len` tokens, capped at `gpu_memory_utilization` x RAM (``VLLM_CPU_KVCACHE_SPACE``
 still wins when set). An explicit size also lets vLLM skip its warm-up pass in eager mode.
+Chunked prefill is off on CPU: vLLM 0.32 rewinds a seeded request's generator after a
+partial prefill, which crashes the engine with CPU generators.
 """
 
 from __future__ import annotations
@@ -42,15 +44,12 @@ def _cpu_kv_cache_bytes(path: str, dtype: str, max_model_len: int, max_num_seqs:
     if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         return None
     try:
-        from vllm.platforms import current_platform
-        if not current_platform.is_cpu():
-            return None
         cfg = json.loads((Path(path) / "config.json").read_text())
         cfg = cfg.get("text_config", cfg)
         heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
         per_token = 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim
-    except (ImportError, OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         log.debug("KV cache size left to vLLM: %s", e)
         return None
     per_token *= 4 if dtype == "float32" else 2
@@ -82,8 +81,16 @@ class VLLMBackend(Backend):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm import LLM
 
-        kv = _cpu_kv_cache_bytes(path, dtype, max_model_len, max_num_seqs, gpu_memory_utilization)
-        extra = {"kv_cache_memory_bytes": kv} if kv else {}
+        from vllm.platforms import current_platform
+
+        extra = {}
+        if current_platform.is_cpu():
+            kv = _cpu_kv_cache_bytes(path, dtype, max_model_len, max_num_seqs, gpu_memory_utilization)
+            if kv:
+                extra["kv_cache_memory_bytes"] = kv
+            # A prompt whose prefill is split over steps makes vLLM rewind its seeded generator,
+            # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole.
+            extra.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
         if fix_mistral_regex:
             log.warning("fix_mistral_regex applies to the hf backend only; vLLM loads the tokenizer itself")
         self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=max_model_len,
