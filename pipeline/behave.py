@@ -39,7 +39,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from typing import Iterable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -309,17 +309,10 @@ def run(cfg: Config, opts) -> None:
         backend = None
         try:
             for paradigm in paradigms:
-                key = stage_key(model_cfg.name, paradigm)
-                directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
-                fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
-                rec = man.stage(key)
-                if man.check(key, fp, force):
-                    log.info("behave: %s is complete, skipping", key)
+                job = open_log(cfg, man, model_cfg, paradigm, force)
+                if job is None:
                     continue
-                if force and rec is not None and rec.get("inputs") != fp:
-                    with logs.WriterLock(directory, (0, 1)):
-                        _move_stale(directory, key)
-                man.start(key, fp)
+                key, directory, _ = job
                 with logs.WriterLock(directory, shard):
                     todo = pending_trials(cfg, model_cfg.name, paradigm, shard)
                     if limit is not None:
@@ -332,6 +325,29 @@ def run(cfg: Config, opts) -> None:
         finally:
             if backend is not None:
                 backend.close()
+
+
+def open_log(cfg: Config, man: Manifest, model_cfg, paradigm: str, force: bool) -> tuple[str, Path, str] | None:
+    """Get one model/paradigm log ready for writing, or None when it is already complete.
+
+    Shared by the local and the Ray drivers so both skip, refuse (changed inputs) and
+    move stale logs aside (``--force``) the same way.
+
+    Returns:
+        ``(stage key, log directory, inputs fingerprint)``, with the stage recorded as started.
+    """
+    key = stage_key(model_cfg.name, paradigm)
+    directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
+    fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
+    rec = man.stage(key)
+    if man.check(key, fp, force):
+        log.info("behave: %s is complete, skipping", key)
+        return None
+    if force and rec is not None and rec.get("inputs") != fp:
+        with logs.WriterLock(directory, (0, 1)):
+            _move_stale(directory, key)
+    man.start(key, fp)
+    return key, directory, fp
 
 
 def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> None:

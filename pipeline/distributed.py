@@ -57,10 +57,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import logs, paths
+from . import logs
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, fingerprint
+from .manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -280,23 +280,16 @@ def _chunks(job: _Job, todo: pa.Table, size: int) -> list[_Chunk]:
 
 def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard, locks) -> tuple[list, list]:
     """Skip complete logs, lock and list the pending trials of the others (as `behave.run`)."""
-    from .behave import _move_stale, behave_inputs, pending_trials, stage_key
+    from .behave import open_log, pending_trials
 
     limit = getattr(opts, "limit", None)
     force = bool(getattr(opts, "force", False))
     jobs, chunks = [], []
     for paradigm in paradigms:
-        key = stage_key(model_cfg.name, paradigm)
-        directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
-        fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
-        rec = man.stage(key)
-        if man.check(key, fp, force):
-            log.info("behave: %s is complete, skipping", key)
+        job = open_log(cfg, man, model_cfg, paradigm, force)
+        if job is None:
             continue
-        if force and rec is not None and rec.get("inputs") != fp:
-            with logs.WriterLock(directory, (0, 1)):
-                _move_stale(directory, key)
-        man.start(key, fp)
+        key, directory, fp = job
         locks.enter_context(logs.WriterLock(directory, shard))
         todo = pending_trials(cfg, model_cfg.name, paradigm, shard)
         if limit is not None:
@@ -575,32 +568,11 @@ def run_hidden(cfg: Config, opts) -> None:
         opts: CLI options; uses ``model``, ``strategy``, ``force``, ``address`` and
             ``workers`` (tasks at once; default: one per GPU, or per CPU).
     """
-    from .hidden import _fingerprint, _sentences
-    from .vocab import load_run_vocab, vocab_fingerprint
+    from .hidden import pending
 
-    models = [opts.model] if getattr(opts, "model", None) else [m.name for m in cfg.models]
-    strategies = list(cfg.hidden.strategies)
-    if getattr(opts, "strategy", None):
-        if opts.strategy not in strategies:
-            raise PipelineError(f"--strategy {opts.strategy}: not in hidden.strategies of {cfg.source} "
-                                f"({', '.join(strategies)})")
-        strategies = [opts.strategy]
-    words = load_run_vocab(cfg)
-    vfp = vocab_fingerprint(cfg)
-    man = Manifest(cfg.run_dir)
-    force = bool(getattr(opts, "force", False))
-    todo = []
-    for name in models:
-        mcfg = cfg.model(name)
-        for strategy in strategies:
-            fp = _fingerprint(cfg, mcfg, strategy, vfp)
-            if man.check(f"hidden/{name}/{strategy}", fp, force) and paths.hidden_file(cfg, name, strategy).exists():
-                log.info("hidden %s/%s: complete, skipping", name, strategy)
-                continue
-            todo.append((name, strategy, fp))
+    words, todo, sentences = pending(cfg, opts)
     if not todo:
         return
-    sentences = _sentences(cfg, words) if any(s == "averaged" for _, s, _ in todo) else None
     with ray_session(getattr(opts, "address", None)) as ray:
         _run_hidden_tasks(ray, cfg, opts, todo, words, sentences)
 

@@ -441,11 +441,27 @@ def run(cfg: Config, opts) -> None:
     Completed outputs are skipped; an interrupted extraction continues at its next word
     block. Models are loaded only when some strategy still has work.
     """
-    from .vocab import load_run_vocab, vocab_fingerprint
-
     if getattr(opts, "engine", "local") == "ray":
         from .distributed import run_hidden
         return run_hidden(cfg, opts)
+    words, todo, sentences = pending(cfg, opts)
+    for name in dict.fromkeys(n for n, _, _ in todo):
+        tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
+        pooler = Pooler(tok, model, cfg.hidden.batch_size, cfg.hidden.paper_compat)
+        for _, strategy, fp in (cell for cell in todo if cell[0] == name):
+            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+
+
+def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
+    """The run's words, the (model, strategy, fingerprint) cells still to extract, and the
+    sentences per word when the averaged strategy is selected (harvested first if missing,
+    since its fingerprint covers the sentence file).
+
+    Shared by the local stage and the Ray fan-out, so both skip exactly the same work;
+    complete cells are logged and left out.
+    """
+    from .vocab import load_run_vocab, vocab_fingerprint
+
     models = [opts.model] if getattr(opts, "model", None) else [m.name for m in cfg.models]
     strategies = list(cfg.hidden.strategies)
     if getattr(opts, "strategy", None):
@@ -454,30 +470,23 @@ def run(cfg: Config, opts) -> None:
                                 f"({', '.join(strategies)})")
         strategies = [opts.strategy]
     words = load_run_vocab(cfg)
+    sentences = sentences_for(cfg, words) if "averaged" in strategies else None
     vfp = vocab_fingerprint(cfg)
-    sentences = None
-    if "averaged" in strategies:
-        sentences = _sentences(cfg, words)
     man = Manifest(cfg.run_dir)
     force = bool(getattr(opts, "force", False))
+    todo = []
     for name in models:
         mcfg = cfg.model(name)
-        todo = []
         for strategy in strategies:
             fp = _fingerprint(cfg, mcfg, strategy, vfp)
             if man.check(f"hidden/{name}/{strategy}", fp, force) and paths.hidden_file(cfg, name, strategy).exists():
                 log.info("hidden %s/%s: complete, skipping", name, strategy)
                 continue
-            todo.append((strategy, fp))
-        if not todo:
-            continue
-        tok, model = load_model(mcfg, cfg.hidden.dtype, cfg.hidden.device)
-        pooler = Pooler(tok, model, cfg.hidden.batch_size, cfg.hidden.paper_compat)
-        for strategy, fp in todo:
-            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+            todo.append((name, strategy, fp))
+    return words, todo, sentences
 
 
-def _sentences(cfg: Config, words: list[str]) -> list[list[str]]:
+def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
     h = cfg.hidden
     path = Path(h.sentences)
     if not path.exists():
