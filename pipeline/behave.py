@@ -127,7 +127,7 @@ def pending_trials(cfg: Config, model: str, paradigm: str, shard: tuple[int, int
 
 
 class _Rows:
-    """Accumulates log rows column-wise."""
+    """Log rows of one chunk, in attempt order, converted to `logs.SCHEMA` at the end."""
 
     def __init__(self):
         self.recs: list[dict] = []
