@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import PipelineError
+from .manifest import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +196,6 @@ def conform(table: pa.Table) -> pa.Table:
     return table.select(SCHEMA.names).cast(SCHEMA)
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_part(directory: str | Path, table: pa.Table, shard: tuple[int, int] = (0, 1)) -> Path:
     """Publish one chunk's log rows as a new part, atomically and without overwriting.
 
@@ -237,7 +230,7 @@ def write_part(directory: str | Path, table: pa.Table, shard: tuple[int, int] = 
                 seq += 1
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return final
 
 
