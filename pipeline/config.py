@@ -28,6 +28,7 @@ class ConfigError(PipelineError, ValueError):
 class ExperimentCfg:
     name: str
     data_dir: str = "data"
+    paper_mode: bool = False  # every rule the authors' own where the project's default differs (README table)
 
 
 @dataclass
