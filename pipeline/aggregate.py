@@ -16,7 +16,9 @@ counts, never by the number of log rows.
 Outputs, under `matrices/<model>/<paradigm>/`:
     counts.npz, ppmi.npz   sparse (scipy CSR) cue x response matrices
     sim_ppmi.npy           float32 N x N cosine of PPMI rows (RSA and NN@k use this)
-    sim_counts.npy         float32 N x N cosine of count rows (the regression uses this)
+    sim_counts.npy         float32 N x N cosine of count rows (the regression uses this);
+                           in both, the row and column of a cue without any usable
+                           response are NaN (masked downstream, never a zero row)
     rows.txt, cols.txt     the row words (vocabulary order) and the column strings
     stats.json             trials, responses, what was dropped and why, empty rows
 """
@@ -39,6 +41,7 @@ from . import paths
 from .config import PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
+from .rules import PANDAS_NA_STRINGS, Rules
 from .similarity import cosine, ppmi
 from .vocab import load_run_vocab
 
@@ -71,8 +74,18 @@ def run(cfg: Config, opts) -> None:
             aggregate_one(cfg, model, paradigm, words, force=bool(getattr(opts, "force", False)))
 
 
+def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
+    """What an aggregation depends on besides the trial logs themselves."""
+    return {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
+
+
 def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], force: bool = False) -> dict:
     """Aggregate one model's log of one paradigm (manifest-aware).
+
+    Skipped when the log parts are the ones last aggregated and every output is intact;
+    recomputed when parts were added, replaced or an output was lost. A log that behave
+    recorded complete but that has lost parts since is refused with the behave command
+    that redoes exactly those trials.
 
     Returns:
         The stats dict written to `stats.json` (also the manifest summary).
@@ -83,54 +96,73 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
         raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(PARADIGMS)}")
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
+    behave_cmd = (f"python -m pipeline behave --config {cfg.source} --model {model} --paradigm {paradigm}")
     parts = list_parts(src) if src.exists() else []
     if not parts:
         raise PipelineError(f"{src}: no trial log parts for model '{model}', paradigm '{paradigm}'; run "
-                            f"`python -m pipeline behave --config {cfg.source} --model {model} "
-                            f"--paradigm {paradigm}` first")
+                            f"`{behave_cmd}` first")
     man = Manifest(cfg.run_dir)
     key = f"aggregate/{model}/{paradigm}"
-    behave = _behave_record(man, model, paradigm)
-    static = fingerprint({"vocab": words, "paradigm": paradigm, "version": _VERSION})
-    fp = fingerprint({"static": static, "parts": _parts_state(parts), "behave": behave})
-    rec = man.stage(key)
-    logs_changed = rec is not None and (not rec.get("complete")
-                                        or (rec.get("summary") or {}).get("static_inputs") == static)
-    if man.check(key, fp, force or logs_changed) and all((out / f).exists() for f in OUTPUT_FILES):
+    behave = man.stage(f"behave/{model}/{paradigm}")
+    if behave and behave.get("complete"):
+        lost = [rel for rel in (behave.get("outputs") or {}) if not (cfg.run_dir / rel).exists()]
+        if lost:
+            raise PipelineError(f"{src}: {len(lost)} trial log part(s) that behave recorded as complete are gone "
+                                f"({', '.join(Path(r).name for r in lost[:3])}{' ...' if len(lost) > 3 else ''}); "
+                                f"run `{behave_cmd}` to redo exactly their trials, then aggregate again")
+    fp = fingerprint(settings(cfg, words, paradigm))
+    upstream = fingerprint(man.ids(parts))
+    if man.check(key, fp, force, upstream=upstream):
         log.info("aggregate %s/%s: complete, skipping (%s)", model, paradigm, out)
         return json.loads((out / "stats.json").read_text())
-    if rec is not None and rec.get("complete") and logs_changed:
-        log.info("aggregate %s/%s: trial logs changed since the last aggregation; recomputing", model, paradigm)
-    if behave is None or not behave.get("complete"):
+    if not (behave and behave.get("complete")):
         log.warning("aggregate %s/%s: the behave stage has not completed for this log; aggregating the "
                     "%d parts written so far", model, paradigm, len(parts))
-    man.start(key, fp)
+    man.start(key, fp, upstream)
     t0 = time.perf_counter()
-    counts, cols, stats = count_matrix(src, words, paradigm)
+    counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg))
     stats.update({"model": model, "paradigm": paradigm, "parts": len(parts),
                   "behave_complete": bool(behave and behave.get("complete"))})
     t1 = time.perf_counter()
     _write_outputs(out, words, counts, cols, stats)
     t2 = time.perf_counter()
-    log.info("aggregate %s/%s: %d trials, %d responses in %d columns, %d empty rows (%.1f s)", model,
-             paradigm, stats["trials"], stats["picks"], stats["responses"], stats["empty_rows"], t2 - t0)
-    man.complete(key, fp, {**stats, "static_inputs": static, "empty_row_words": stats["empty_row_words"][:20],
-                           "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)})
+    log.info("aggregate %s/%s: %d trials, %d responses in %d columns, %d empty rows, %d masked (%.1f s)", model,
+             paradigm, stats["trials"], stats["picks"], stats["responses"], stats["empty_rows"],
+             stats["masked_rows"], t2 - t0)
+    if stats["masked_rows"]:
+        log.warning("aggregate %s/%s: %d cue(s) without any valid response are masked (NaN similarity rows, "
+                    "left out of every comparison with this matrix): %s", model, paradigm, stats["masked_rows"],
+                    ", ".join(stats["masked_row_words"][:20]) + (" ..." if stats["masked_rows"] > 20 else ""))
+    summary = {k: v for k, v in stats.items() if k != "row_valid"}
+    man.complete(key, fp, {**summary, "empty_row_words": stats["empty_row_words"][:20],
+                           "masked_row_words": stats["masked_row_words"][:20],
+                           "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)},
+                 outputs=[out / f for f in OUTPUT_FILES], upstream=upstream)
     return stats
 
 
-def count_matrix(src: str | Path, words: list[str], paradigm: str) -> tuple[sp.csr_matrix, list[str], dict]:
+def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules | None = None,
+                 select=None) -> tuple[sp.csr_matrix, list[str], dict]:
     """Stream the final attempts of a log into a cue x response count matrix.
 
     Cleaning (METHOD.md §2 "Clean", §3 "Counting rules"): lowercase and strip; drop empty
     strings, "na", "nan" and strings without a letter or digit; drop responses equal to
     the cue (FA cue repeats; an FC pick never equals its cue). Duplicates within a trial
-    are kept and positions are not weighted.
+    are kept and positions are not weighted. In paper mode a response that pandas' CSV
+    reader would read as missing (`rules.PANDAS_NA_STRINGS`, as stored) is dropped first.
+
+    Which rows are usable (``row_valid`` in the stats, `rules.Rules`): by default a cue
+    with at least one counted response; in paper mode, as the authors' matrices have rows,
+    every FC cue with a trial and every FA cue with a valid response (cue repeats
+    included). Unusable rows become NaN in the similarity matrices.
 
     Args:
         src: the `behavior/<model>/<paradigm>/` directory.
         words: the run's vocabulary; `cue_idx` indexes it and must agree with `cue`.
-        paradigm: ``fc`` or ``fa`` (only reported; both are counted the same way).
+        paradigm: ``fc`` or ``fa``.
+        rules: the run's rules (default rules when None).
+        select: optional function of a record batch (columns trial_id, run, cue_idx) returning a
+            boolean mask of the trials to count (split halves); default all.
 
     Returns:
         (counts, cols, stats): int64 CSR of shape N x len(cols) with rows in vocabulary
@@ -142,19 +174,29 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str) -> tuple[sp.c
     """
     from .logs import iter_final
 
+    rules = rules or Rules()
     n = len(words)
     vocab = pa.array(words, pa.string())
     vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(vocab))
+    na = pa.array(sorted(PANDAS_NA_STRINGS), pa.string()) if rules.paper else None
     col_words = pa.array([], pa.string())
     pending_r: list[np.ndarray] = []
     pending_c: list[np.ndarray] = []
     pending = 0
     acc = sp.csr_matrix((n, 0), dtype=np.int64)
-    st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_cue_repeats": 0}
-    for batch in iter_final(src, ["cue_idx", "cue", "picks"]):
+    seen = np.zeros(n, dtype=bool)
+    responded = np.zeros(n, dtype=bool)
+    st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_na_strings": 0, "dropped_cue_repeats": 0}
+    columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
+    for batch in iter_final(src, columns):
         if batch.num_rows == 0:
             continue
+        if select is not None:
+            batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
+            if batch.num_rows == 0:
+                continue
         cue_idx = _checked_cues(batch, vocab, n, src)
+        seen[cue_idx] = True
         st["trials"] += batch.num_rows
         picks = batch.column("picks")
         flat = pc.list_flatten(picks)
@@ -166,9 +208,14 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str) -> tuple[sp.c
         text = pc.utf8_trim_whitespace(pc.utf8_lower(flat))
         valid = pc.fill_null(pc.and_(pc.match_substring_regex(text, _ALNUM),
                                      pc.invert(pc.is_in(text, value_set=_DROP))), False)
+        if na is not None:
+            is_na = pc.fill_null(pc.is_in(flat, value_set=na), False)
+            st["dropped_na_strings"] += int(pc.sum(pc.and_(is_na, valid)).as_py() or 0)
+            valid = pc.and_(valid, pc.invert(is_na))
         repeat = pc.fill_null(pc.equal(text, vocab_clean.take(pa.array(rows))), False)
         keep = np.asarray(pc.and_(valid, pc.invert(repeat)).to_numpy(zero_copy_only=False), dtype=bool)
         valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
+        responded[rows[valid_np]] = True
         st["dropped_invalid"] += int((~valid_np).sum())
         st["dropped_cue_repeats"] += int((valid_np & ~keep).sum())
         if not keep.any():
@@ -195,9 +242,25 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str) -> tuple[sp.c
     counts.sort_indices()
     row_sums = np.asarray(counts.sum(axis=1)).ravel()
     empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
+    if rules.paper:
+        row_valid = seen if paradigm == "fc" else responded
+    else:
+        row_valid = row_sums > 0
+    masked = [words[i] for i in np.flatnonzero(~row_valid)]
     st.update({"picks": int(counts.sum()), "responses": len(names), "nonzero_cells": int(counts.nnz),
-               "empty_rows": len(empty), "empty_row_words": empty})
+               "empty_rows": len(empty), "empty_row_words": empty, "masked_rows": len(masked),
+               "masked_row_words": masked, "row_valid": row_valid.tolist(), "rules": rules.name})
     return counts, [names[i] for i in order], st
+
+
+def masked_similarity(m: sp.csr_matrix, row_valid) -> np.ndarray:
+    """`similarity` with the rows and columns of unusable cues set to NaN."""
+    sim = similarity(m)
+    bad = ~np.asarray(row_valid, dtype=bool)
+    if bad.any():
+        sim[bad, :] = np.nan
+        sim[:, bad] = np.nan
+    return sim
 
 
 def _checked_cues(batch: pa.RecordBatch, vocab: pa.Array, n: int, src) -> np.ndarray:
@@ -258,13 +321,14 @@ def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: lis
     tmp.mkdir()
     try:
         pp = ppmi(counts)
+        valid = stats["row_valid"]
         sp.save_npz(tmp / "counts.npz", counts.astype(np.int32))
         sp.save_npz(tmp / "ppmi.npz", pp.astype(np.float32))
-        np.save(tmp / "sim_ppmi.npy", similarity(pp))
-        np.save(tmp / "sim_counts.npy", similarity(counts))
+        np.save(tmp / "sim_ppmi.npy", masked_similarity(pp, valid))
+        np.save(tmp / "sim_counts.npy", masked_similarity(counts, valid))
         (tmp / "rows.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
         (tmp / "cols.txt").write_text("".join(_one_line(c) + "\n" for c in cols), encoding="utf-8")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         for name in OUTPUT_FILES:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -276,20 +340,6 @@ def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: lis
 
 def _one_line(s: str) -> str:
     return s.replace("\r", " ").replace("\n", " ")
-
-
-def _parts_state(parts) -> list:
-    out = []
-    for p in parts:
-        p = Path(p)
-        st = p.stat()
-        out.append([p.name, st.st_size, st.st_mtime_ns])
-    return sorted(out)
-
-
-def _behave_record(man: Manifest, model: str, paradigm: str) -> dict | None:
-    rec = man.stage(f"behave/{model}/{paradigm}")
-    return None if rec is None else {"inputs": rec.get("inputs"), "complete": bool(rec.get("complete"))}
 
 
 def load_matrices(cfg: Config, model: str, paradigm: str) -> dict:

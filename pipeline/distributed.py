@@ -61,6 +61,7 @@ from . import logs
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
+from .rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +547,7 @@ def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[st
     t0 = time.perf_counter()
     tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
     _set_threads(threads)
-    pooler = Pooler(tok, lm, cfg.hidden.batch_size, cfg.hidden.paper_compat)
+    pooler = Pooler(tok, lm, cfg.hidden.batch_size, Rules.of(cfg))
     t1 = time.perf_counter()
     summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
     return {"model": model, "strategy": strategy, "node": socket.gethostname(), "pid": os.getpid(),

@@ -110,12 +110,6 @@ def export_matrix(out_stem: Path, sim: np.ndarray, words: list[str], descriptors
     return files
 
 
-def _file_id(path: Path) -> dict | None:
-    from .rsa import _file_id as fid
-
-    return fid(path)
-
-
 def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[tuple[str, Path, int | None]]:
     out = [(f"{p}_{kind}", paths.matrices_dir(cfg, model, p) / fname, None)
            for p in ("fc", "fa") for kind, fname in KINDS.items()]
@@ -136,7 +130,10 @@ def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[tuple[str, P
 
 def run(cfg: Config, opts) -> None:
     """`export` stage: every behavioral matrix (and, with ``opts.hidden``, hidden layers)."""
+    from .hidden import load_hidden
+    from .hidden import rebuild_command as hidden_rebuild
     from .rsa import _layer_similarity
+    from .store import load_npy
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
@@ -151,26 +148,31 @@ def run(cfg: Config, opts) -> None:
     for model in models:
         for name, src, layer in _sources(cfg, model, bool(getattr(opts, "hidden", False)),
                                          getattr(opts, "layers", None)):
-            if not src.exists():
-                raise PipelineError(f"{src}: missing; run `python -m pipeline aggregate --config {cfg.source} "
-                                    f"--model {model}` first")
-            key = f"export/{model}/{name}"
-            fp = fingerprint({"version": _VERSION, "vocab": vfp, "source": _file_id(src), "layer": layer})
-            stem = root / model / name
-            if man.check(key, fp, force) and all(stem.with_suffix(f".{f}").exists() for f in FORMATS):
-                continue
-            man.start(key, fp)
             if layer is None:
-                sim = np.load(src, mmap_mode="r")
-                if sim.shape != (n, n):
-                    raise PipelineError(f"{src}: shape {sim.shape}, expected ({n}, {n}) for this run's vocabulary")
+                paradigm = name.split("_")[0]
+                rebuild = f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {paradigm}"
+                desc = f"the {paradigm.upper()} similarity matrix of {model}"
+            else:
+                strategy = name.split("_layer")[0].removeprefix("hidden_")
+                rebuild = hidden_rebuild(cfg, model, strategy)
+                desc = f"hidden states of {model}/{strategy}"
+            key = f"export/{model}/{name}"
+            fp = fingerprint({"version": _VERSION, "vocab": vfp, "layer": layer})
+            up = man.require(src, desc, rebuild)
+            stem = root / model / name
+            if man.check(key, fp, force, upstream=up):
+                continue
+            man.start(key, fp, up)
+            if layer is None:
+                sim = load_npy(src, desc, rebuild, shape=(n, n), finite="rows")
                 what = "cosine of PPMI rows" if name.endswith("ppmi") else "cosine of count rows"
             else:
-                sim = _layer_similarity(np.load(src, mmap_mode="r")[layer])
+                sim = _layer_similarity(load_hidden(cfg, model, strategy, n_words=n)[layer])
                 what = f"mean-centered cosine of layer {layer}"
             files = export_matrix(stem, sim, words, {"experiment": cfg.experiment.name, "model": model,
                                                      "source": name, "kind": what})
-            man.complete(key, fp, {"files": [str(f.relative_to(cfg.run_dir)) for f in files]})
+            man.complete(key, fp, {"files": [str(f.relative_to(cfg.run_dir)) for f in files]}, outputs=files,
+                         upstream=up)
             count += 1
     log.info("export: %d matrices written under %s", count, root)
 

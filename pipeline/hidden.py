@@ -10,10 +10,11 @@ order at `hidden/<model>/<strategy>.npy`:
 
 Texts are raw (no chat template) and tokenized with the tokenizer's default special tokens.
 A word's vector in one text is the mean over the tokens whose character span overlaps the
-word's last occurrence, found case-insensitively on word boundaries. With
-``hidden.paper_compat = true`` the paper's rule applies instead: case-sensitive
-``str.rfind`` (which can land inside a longer word, e.g. "art" in "start"), and the mean
-over all non-special tokens when the word is not found.
+word's last occurrence (`rules.Rules.locate`: by default case-insensitive on word
+boundaries of any script; in paper mode the authors' case-sensitive ``str.rfind``, which can
+land inside a longer word, e.g. "art" in "start"), or over all non-special tokens when the
+word is not found. A word without any sentence (``averaged``) is represented by the
+meaning template by default and by the bare word in paper mode, as the authors did.
 
 The paper runs one prompt per forward pass. Here prompts run in right-padded batches
 with an attention mask: with right padding every real token keeps its position and
@@ -44,7 +45,8 @@ import numpy as np
 from . import paths
 from .config import Config, ModelCfg
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint, sha256_file
+from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha256_file
+from .rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,6 @@ _VERSION = 1
 _BLOCK_WORDS = 128
 _MIN_PREFIX = 4
 _FP16_MAX = float(np.finfo(np.float16).max)
-_TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
 _WORDNET_DIRS = (Path("/usr/share/wordnet"), Path("/usr/share/wordnet/dict"),
                  Path(sys.prefix) / "nltk_data" / "corpora" / "wordnet")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -60,41 +61,30 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
 # ---------------------------------------------------------------- word location
 
-def locate_word(text: str, word: str, paper_compat: bool = False) -> tuple[int, int] | None:
-    """Character span of the occurrence of `word` whose tokens represent it.
-
-    Args:
-        text: the prompt or sentence.
-        word: the vocabulary word.
-        paper_compat: use the paper's case-sensitive ``text.rfind(word)`` (no word
-            boundaries) instead of the last case-insensitive whole-word match.
+def locate_word(text: str, word: str, rules: Rules | None = None) -> tuple[int, int] | None:
+    """Character span of the occurrence of `word` whose tokens represent it (`Rules.locate`).
 
     Returns:
         (start, end) of the last occurrence, or None when the word does not occur.
     """
-    if paper_compat:
-        start = text.rfind(word)
-        return None if start < 0 else (start, start + len(word))
-    last = None
-    for m in re.finditer(r"(?<![A-Za-z0-9])" + re.escape(word) + r"(?![A-Za-z0-9])", text, re.IGNORECASE):
-        last = m
-    return None if last is None else (last.start(), last.end())
+    return (rules or Rules()).locate(text, word)
 
 
 def word_token_indices(offsets: list[tuple[int, int]], special: list[int],
-                       span: tuple[int, int] | None) -> tuple[list[int], bool]:
+                       span: tuple[int, int] | None, zero_width: bool = False) -> tuple[list[int], bool]:
     """Token positions to mean-pool for a word.
 
     Args:
         offsets: per-token (start, end) character offsets from a fast tokenizer.
         special: per-token special-tokens mask (1 = BOS/EOS/pad/...).
         span: the word's character span, or None when it was not found.
+        zero_width: also count tokens with an empty span (the authors' code does).
 
     Returns:
         (indices, found): the non-special tokens overlapping `span`; when `span` is None or
         no token overlaps it, all non-special tokens and found = False (the paper's fallback).
     """
-    real = [i for i, ((a, b), s) in enumerate(zip(offsets, special)) if not s and b > a]
+    real = [i for i, ((a, b), s) in enumerate(zip(offsets, special)) if not s and (b > a or zero_width)]
     if span is not None:
         s, e = span
         hit = [i for i in real if offsets[i][0] < e and offsets[i][1] > s]
@@ -105,13 +95,14 @@ def word_token_indices(offsets: list[tuple[int, int]], special: list[int],
 
 # ---------------------------------------------------------------- sentences
 
-def sentence_tokens(sentence: str) -> set[str]:
-    """The match rule of the paper's harvesting (METHOD.md §1 step 8): lowercase, split on
-    ``[^a-z0-9]+``; a sentence matches a word when one of these tokens equals it."""
-    return set(_TOKEN_SPLIT.split(sentence.lower()))
+def sentence_tokens(sentence: str, rules: Rules | None = None) -> set[str]:
+    """The match rule of harvesting (METHOD.md §1 step 8, `Rules.sentence_tokens`): a sentence
+    matches a word when one of these lowercase tokens equals it."""
+    return (rules or Rules()).sentence_tokens(sentence)
 
 
-def load_sentences(path: str | Path, words: list[str], max_per_word: int) -> list[list[str]]:
+def load_sentences(path: str | Path, words: list[str], max_per_word: int,
+                   rules: Rules | None = None) -> list[list[str]]:
     """The first `max_per_word` sentences of each word, in file order.
 
     A plain line is a sentence; it belongs to every vocabulary word it matches (the
@@ -141,7 +132,7 @@ def load_sentences(path: str | Path, words: list[str], max_per_word: int) -> lis
                 targets = [] if i is None else [i]
             else:
                 sent = line
-                targets = [index[t] for t in sentence_tokens(line) if t in index]
+                targets = [index[t] for t in sentence_tokens(line, rules) if t in index]
             for i in targets:
                 if len(out[i]) < max_per_word:
                     out[i].append(sent)
@@ -186,7 +177,7 @@ def text_sentences(path: str | Path) -> Iterator[str]:
 
 
 def harvest(words: list[str], corpora: Iterable[str], out: str | Path, max_per_word: int = 50,
-            min_tokens: int = 5, max_tokens: int = 100) -> dict:
+            min_tokens: int = 5, max_tokens: int = 100, rules: Rules | None = None) -> dict:
     """Collect up to `max_per_word` sentences per word from local corpora (METHOD.md §1 step 8).
 
     Sentences of `min_tokens`..`max_tokens` whitespace tokens are scanned in corpus order; a
@@ -219,7 +210,7 @@ def harvest(words: list[str], corpora: Iterable[str], out: str | Path, max_per_w
             sent = " ".join(sent.split())
             if not min_tokens <= len(sent.split()) <= max_tokens or sent in seen:
                 continue
-            hits = [index[t] for t in sentence_tokens(sent) if t in index]
+            hits = [index[t] for t in sentence_tokens(sent, rules) if t in index]
             open_hits = [i for i in hits if counts[i] < max_per_word]
             if not open_hits:
                 continue
@@ -245,11 +236,28 @@ def _torch_dtype(name: str):
     return table[name]
 
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: str, key: str = "hidden.device") -> str:
+    """The torch device for `name` (``auto``: CUDA when available), checked to exist.
+
+    Raises:
+        PipelineError: a CUDA device is asked for where torch sees none, or the name is not a
+            device torch knows.
+    """
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PipelineError(f"{key} = {name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(f"{key} = {name!r} but this machine has no usable CUDA device (torch "
+                                f"{torch.__version__}); set {key} = 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PipelineError(f"{key} = {name!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                                f"pick one of cuda:0..cuda:{torch.cuda.device_count() - 1} or 'auto'")
     return name
 
 
@@ -294,11 +302,11 @@ class Pooler:
     forward pass; a model whose cache does not support this falls back to full passes.
     """
 
-    def __init__(self, tok, model, batch_size: int = 16, paper_compat: bool = False, share_prefix: bool = True):
+    def __init__(self, tok, model, batch_size: int = 16, rules: Rules | None = None, share_prefix: bool = True):
         self.tok = tok
         self.model = model
         self.batch_size = batch_size
-        self.paper_compat = paper_compat
+        self.rules = rules or Rules()
         self.share_prefix = share_prefix
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self.max_len = getattr(model.config, "max_position_embeddings", None)
@@ -322,7 +330,7 @@ class Pooler:
                 raise PipelineError(f"a text for word '{word}' has {len(ids)} tokens, more than the model's "
                                     f"{self.max_len}; shorten the sentences in hidden.sentences")
             sel, found = word_token_indices(enc["offset_mapping"][k], enc["special_tokens_mask"][k],
-                                            locate_word(text, word, self.paper_compat))
+                                            self.rules.locate(text, word), self.rules.pool_zero_width)
             if not sel:
                 raise PipelineError(f"a text for word '{word}' has no non-special tokens: {text!r}")
             self.not_found += not found
@@ -439,7 +447,8 @@ def run(cfg: Config, opts) -> None:
     """Extract hidden states for every model x strategy of the config (or those `opts` picks).
 
     Completed outputs are skipped; an interrupted extraction continues at its next word
-    block. Models are loaded only when some strategy still has work.
+    block; a finished one whose file is missing or damaged is extracted again. Models are
+    loaded only when some strategy still has work.
     """
     if getattr(opts, "engine", "local") == "ray":
         from .distributed import run_hidden
@@ -447,7 +456,7 @@ def run(cfg: Config, opts) -> None:
     words, todo, sentences = pending(cfg, opts)
     for name in dict.fromkeys(n for n, _, _ in todo):
         tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
-        pooler = Pooler(tok, model, cfg.hidden.batch_size, cfg.hidden.paper_compat)
+        pooler = Pooler(tok, model, cfg.hidden.batch_size, Rules.of(cfg))
         for _, strategy, fp in (cell for cell in todo if cell[0] == name):
             extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
 
@@ -470,6 +479,7 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
                                 f"({', '.join(strategies)})")
         strategies = [opts.strategy]
     words = load_run_vocab(cfg)
+    resolve_device(cfg.hidden.device)
     sentences = sentences_for(cfg, words) if "averaged" in strategies else None
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
@@ -479,11 +489,21 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
         mcfg = cfg.model(name)
         for strategy in strategies:
             fp = _fingerprint(cfg, mcfg, strategy, vfp)
-            if man.check(f"hidden/{name}/{strategy}", fp, force) and paths.hidden_file(cfg, name, strategy).exists():
+            if man.check(stage_key(name, strategy), fp, force):
                 log.info("hidden %s/%s: complete, skipping", name, strategy)
                 continue
             todo.append((name, strategy, fp))
     return words, todo, sentences
+
+
+def stage_key(model: str, strategy: str) -> str:
+    """Manifest key of one model x strategy extraction."""
+    return f"hidden/{model}/{strategy}"
+
+
+def rebuild_command(cfg: Config, model: str, strategy: str) -> str:
+    """The command that (re)writes `hidden/<model>/<strategy>.npy`."""
+    return f"python -m pipeline hidden --config {cfg.source} --model {model} --strategy {strategy}"
 
 
 def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
@@ -498,10 +518,10 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
                 f"--corpus FILE... --out {h.sentences} --max {h.max_sentences}`, or set hidden.harvest = "
                 f"[\"wordnet\"] to harvest WordNet glosses automatically")
         t0 = time.perf_counter()
-        summary = harvest(words, h.harvest, path, h.max_sentences)
+        summary = harvest(words, h.harvest, path, h.max_sentences, rules=Rules.of(cfg))
         log.info("hidden: harvested %d sentences from %s into %s (%.1f s); %d words have none", summary["sentences"],
                  ", ".join(h.harvest), path, time.perf_counter() - t0, len(summary["words_without_sentences"]))
-    return load_sentences(path, words, h.max_sentences)
+    return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
 
 
 def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> str:
@@ -509,25 +529,28 @@ def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> s
 
     h = cfg.hidden
     inputs = {"version": _VERSION, "vocab": vocab_fp, "model": mcfg.path, "revision": mcfg.revision,
-              "strategy": strategy, "dtype": h.dtype, "paper_compat": h.paper_compat,
+              "strategy": strategy, "dtype": h.dtype, "rules": Rules.of(cfg).name,
               "template": sha256_file(PROMPTS_DIR / f"{HIDDEN_TEMPLATES['meaning' if strategy == 'averaged' else strategy]}.txt")}
     if strategy == "averaged":
         inputs.update({"sentences": sha256_file(h.sentences), "max_sentences": h.max_sentences})
     return fingerprint(inputs)
 
 
-def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None) -> tuple[list[list[str]], list[str]]:
-    """Texts per word and the words that fell back to the meaning template."""
+def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None,
+           rules: Rules | None = None) -> tuple[list[list[str]], list[str]]:
+    """Texts per word and the words without sentences that fell back to
+    `Rules.averaged_fallback` (the meaning template, or the bare word in paper mode)."""
     from .prompts import hidden_prompt
 
     if strategy != "averaged":
         return [[hidden_prompt(strategy, w)] for w in words], []
+    bare = (rules or Rules()).averaged_fallback == "word"
     texts, fallback = [], []
     for w, sents in zip(words, sentences):
         if sents:
             texts.append(sents)
         else:
-            texts.append([hidden_prompt("meaning", w)])
+            texts.append([w if bare else hidden_prompt("meaning", w)])
             fallback.append(w)
     return texts, fallback
 
@@ -536,25 +559,41 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
             sentences: list[list[str]] | None = None) -> dict:
     """Extract one strategy for one model into `paths.hidden_file`, resumably.
 
-    Words with no sentence (``averaged``) use the meaning template instead; their names
-    and number go into the manifest summary and the sidecar json.
+    Takes a lock on the output, so a second run of the same cell is refused instead of
+    racing on the partial file. Words with no sentence (``averaged``) use
+    `Rules.averaged_fallback`; their names and number go into the manifest summary and the
+    sidecar json.
 
     Returns:
         The summary recorded in the manifest.
+
+    Raises:
+        PipelineError: another run holds the cell, or the model produced NaN or inf.
     """
+    out = paths.hidden_file(cfg, model_name, strategy)
+    key = stage_key(model_name, strategy)
+    man = Manifest(cfg.run_dir)
+    with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
+        if man.check(key, fp):
+            log.info("hidden %s/%s: completed by another run meanwhile, skipping", model_name, strategy)
+            return man.summary(key) or {}
+        return _extract(cfg, man, key, model_name, strategy, words, pooler, fp, sentences)
+
+
+def _extract(cfg, man, key, model_name, strategy, words, pooler, fp, sentences) -> dict:
     import torch
 
     out = paths.hidden_file(cfg, model_name, strategy)
     partial = out.with_name(out.name + ".partial")
     progress_path = out.with_name(out.name + ".progress.json")
-    key = f"hidden/{model_name}/{strategy}"
-    man = Manifest(cfg.run_dir)
     man.start(key, fp)
-    texts, fallback = _texts(strategy, words, sentences)
+    rules = Rules.of(cfg)
+    texts, fallback = _texts(strategy, words, sentences, rules)
     if fallback:
-        log.warning("hidden %s/%s: %d words have no sentence in %s and use the meaning template instead: %s",
-                    model_name, strategy, len(fallback), cfg.hidden.sentences, ", ".join(fallback[:20])
-                    + (" ..." if len(fallback) > 20 else ""))
+        log.warning("hidden %s/%s: %d words have no sentence in %s and use %s instead: %s",
+                    model_name, strategy, len(fallback), cfg.hidden.sentences,
+                    "the bare word" if rules.averaged_fallback == "word" else "the meaning template",
+                    ", ".join(fallback[:20]) + (" ..." if len(fallback) > 20 else ""))
     done, n_layers, dim = _resume_point(partial, progress_path, fp, len(words))
     if n_layers is None:
         probe = pooler.encode([words[0]], [words[0]])
@@ -585,6 +624,11 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
             sums.index_add_(1, owners_t[idx], vec)
         n_per_word = torch.bincount(owners_t, minlength=i1 - i0).to(torch.float32)
         block = (sums / n_per_word[None, :, None]).numpy()
+        if not np.isfinite(block).all():
+            bad = sorted({words[i0 + int(j)] for j in np.flatnonzero(~np.isfinite(block).all(axis=(0, 2)))})
+            raise PipelineError(f"hidden {model_name}/{strategy}: the model produced NaN or inf hidden states for "
+                                f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''} (hidden.dtype = "
+                                f"{cfg.hidden.dtype}); try hidden.dtype = \"float32\", or check the model files")
         big = np.abs(block) > _FP16_MAX
         if big.any():
             state["clipped"] = state.get("clipped", 0) + int(big.sum())
@@ -601,8 +645,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     summary = {"layers": n_layers, "dim": dim, "words": len(words), "texts": state["texts"],
                "word_not_found": state["not_found"], "clipped_fp16": state.get("clipped", 0),
                "fallback_words": len(fallback),
-               "fallback_word_list": fallback[:50], "paper_compat": cfg.hidden.paper_compat,
-               "dtype": cfg.hidden.dtype}
+               "fallback_word_list": fallback[:50], "rules": rules.name, "dtype": cfg.hidden.dtype}
     atomic_write_bytes(out.with_suffix(".json"), json.dumps({**summary, "fallback_word_list": fallback,
                                                              "vocabulary": words}, indent=1).encode())
     os.replace(partial, out)
@@ -613,7 +656,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     if state["not_found"]:
         log.warning("hidden %s/%s: in %d texts the word was not found; their vectors average all tokens",
                     model_name, strategy, state["not_found"])
-    man.complete(key, fp, summary)
+    man.complete(key, fp, summary, outputs=[out, out.with_suffix(".json")])
     return summary
 
 
@@ -638,17 +681,27 @@ def _resume_point(partial: Path, progress: Path, fp: str, n_words: int) -> tuple
     return int(state.get("done", 0)), n_layers, dim
 
 
-def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True) -> np.ndarray:
-    """The (L+1) x N x dim float16 stack of one model and strategy.
+def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_words: int | None = None) -> np.ndarray:
+    """The (L+1) x N x dim float16 stack of one model and strategy, validated.
+
+    Args:
+        n_words: expected N (the run's vocabulary size); not checked when None.
 
     Raises:
-        PipelineError: the hidden stage has not produced it.
+        PipelineError: missing, unreadable, wrong shape or dtype, not finite, or not the file
+            the hidden stage wrote; the message names the command that rebuilds it.
     """
+    from .store import load_npy
+
     path = paths.hidden_file(cfg, model, strategy)
-    if not path.exists():
-        raise PipelineError(f"{path} missing; run `python -m pipeline hidden --config {cfg.source} --model {model} "
-                            f"--strategy {strategy}`")
-    return np.load(path, mmap_mode="r" if mmap else None)
+    rebuild = rebuild_command(cfg, model, strategy)
+    Manifest(cfg.run_dir).require(path, f"hidden states of {model}/{strategy}", rebuild)
+    arr = load_npy(path, f"hidden states of {model}/{strategy}", rebuild, shape=(None, n_words, None),
+                   dtype=np.float16, mmap=mmap)
+    if arr.shape[0] < 2:
+        raise PipelineError(f"{path}: hidden states of {model}/{strategy} have {arr.shape[0]} layer(s), expected the "
+                            f"embeddings plus at least one block; rebuild it with `{rebuild}`")
+    return arr
 
 
 # ---------------------------------------------------------------- CLI

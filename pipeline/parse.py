@@ -1,7 +1,12 @@
-"""Parsing and validation of model answers, exactly as the paper's scripts do it (METHOD.md §2-§3).
+"""Parsing and validation of model answers, as the paper's scripts do it (METHOD.md §2-§3).
 
 The paper's rules decide which picks count; this module adds one `status` code per answer so
-that non-compliance can be counted by kind instead of silently dropped.
+that non-compliance can be counted by kind instead of silently dropped. One rule depends on
+the run's `rules.Rules`: what an FC pick may look like. Paper mode takes the authors'
+``[A-Za-z]+``; the default takes letters of any script with inner hyphens or apostrophes
+and compares NFC-normalized strings, so vocabularies of other languages (``café``, ``zoë``,
+``e-mail``, ``o'clock``) can be answered at all. On ASCII answers without inner ``-`` or
+``'`` both rules give the same picks.
 
 FC status precedence (the first that applies wins):
     ``empty`` (blank output) > ``unparseable`` (no ``output: a, b`` match and no comma line)
@@ -20,16 +25,24 @@ FA status precedence:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
+from .rules import Rules
+
 STATUSES = ("ok", "wrong_count", "not_in_list", "cue_repeat", "duplicate", "unparseable", "empty")
 
-_FC_PAIR = re.compile(r"output:\s*([A-Za-z]+)\s*,\s*([A-Za-z]+)", re.IGNORECASE)
 _FA_LIST = re.compile(r"output\s*:(.*?)(?:\.|\n|$)", re.IGNORECASE | re.DOTALL)
 _EDGE_NONWORD = re.compile(r"^[^\w]+|[^\w]+$")
 _LABEL = re.compile(r"^\s*output\s*:", re.IGNORECASE)
-_ONE_WORD = re.compile(r"^[^\w]*([A-Za-z]+)[^\w]*$")
+_DEFAULT_RULES = Rules()
+
+
+@functools.cache
+def _fc_patterns(word: str) -> tuple[re.Pattern, re.Pattern]:
+    return (re.compile(rf"output:\s*({word})\s*,\s*({word})", re.IGNORECASE),
+            re.compile(rf"^[^\w]*({word})[^\w]*$"))
 
 
 @dataclass
@@ -49,10 +62,10 @@ class Parsed:
     status: str = "ok"
 
 
-def _fc_extract(text: str, cue: str) -> list[str] | None:
+def _fc_extract(text: str, cue: str, pair: re.Pattern) -> list[str] | None:
     if cue.strip():
         text = re.sub(rf"^\s*{re.escape(cue.strip())}\s*:\s*", "output: ", text, flags=re.IGNORECASE)
-    matches = _FC_PAIR.findall(text)
+    matches = pair.findall(text)
     if matches:
         return list(matches[-1])
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -64,15 +77,17 @@ def _fc_extract(text: str, cue: str) -> list[str] | None:
     return None
 
 
-def parse_fc(output: str | None, cue: str, candidates: list[str], n_picks: int = 2) -> Parsed:
+def parse_fc(output: str | None, cue: str, candidates: list[str], n_picks: int = 2,
+             rules: Rules | None = None) -> Parsed:
     """Extract and validate the picks of one forced-choice answer.
 
     Follows `extract_picks` and `validate_picks` of the paper's `forced_choice_<model>.py`:
     strip; replace a leading ``<cue>:`` with ``output: ``; take the LAST case-insensitive
-    match of ``output:\\s*([A-Za-z]+)\\s*,\\s*([A-Za-z]+)``; else the last line with a comma
-    and no colon (its first two comma-separated parts). A pick is valid only if, after strip,
-    it equals (case-sensitively) one of the trial's candidates and is not the cue; an
-    identical second pick is dropped.
+    match of ``output:\\s*(W)\\s*,\\s*(W)`` with W the rule's pick pattern (paper:
+    ``[A-Za-z]+``); else the last line with a comma and no colon (its first two
+    comma-separated parts). A pick is valid only if, after strip, it equals (case-sensitively;
+    NFC-normalized by default) one of the trial's candidates and is not the cue; an identical
+    second pick is dropped. Valid picks are returned as the candidate strings themselves.
 
     Args:
         output: the model's raw answer (None counts as empty).
@@ -80,30 +95,35 @@ def parse_fc(output: str | None, cue: str, candidates: list[str], n_picks: int =
         candidates: the trial's candidates.
         n_picks: picks asked for. The paper's extraction is defined for 2; other values are
             rejected rather than silently parsed with the 2-pick rules.
+        rules: the run's rules (default: the project's default rules).
 
     Returns:
         `Parsed` with the valid picks, the extracted strings and the status.
     """
     if n_picks != 2:
         raise ValueError(f"parse_fc implements the paper's 2-pick rules; n_picks={n_picks} is not supported")
+    rules = rules or _DEFAULT_RULES
     if output is None or not output.strip():
         return Parsed(status="empty")
-    text = output.strip()
-    raw = _fc_extract(text, cue)
+    pair, one_word = _fc_patterns(rules.fc_word)
+    text = rules.normalize(output.strip())
+    cue_n = rules.normalize(cue)
+    raw = _fc_extract(text, cue_n, pair)
     if raw is None:
         bare = _LABEL.sub("", text, count=1).strip()
-        return Parsed(status="wrong_count" if _ONE_WORD.match(bare) else "unparseable")
+        return Parsed(status="wrong_count" if one_word.match(bare) else "unparseable")
     raw = [p.strip() for p in raw]
-    eligible = {c.strip() for c in candidates if isinstance(c, str) and c.strip()} - {cue}
+    eligible = {rules.normalize(c.strip()): c.strip() for c in candidates if isinstance(c, str) and c.strip()}
+    eligible.pop(cue_n, None)
     picks: list[str] = []
     status = "ok"
     for p in raw:
         if p in eligible:
-            if p in picks:
+            if eligible[p] in picks:
                 status = "duplicate" if status == "ok" else status
             else:
-                picks.append(p)
-        elif p.lower() == cue.lower():
+                picks.append(eligible[p])
+        elif p.lower() == cue_n.lower():
             status = "cue_repeat"
         elif status in ("ok", "duplicate"):
             status = "not_in_list"

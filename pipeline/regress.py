@@ -48,8 +48,10 @@ from . import paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
-from .rsa import _file_id, _write_parquet, parts_dir, selected
+from .rsa import parts_dir, selected
+from .rules import Rules
 from .similarity import cosine, sample_pairs
+from .store import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class Split:
 
 
 def make_split(words: list[str], seed: int, test_size: float, train_pairs: int,
-               valid: np.ndarray | None = None) -> Split:
+               valid: np.ndarray | None = None, split_words: list[str] | None = None) -> Split:
     """Word split and pair sets of one seed (METHOD.md §7).
 
     Args:
@@ -116,12 +118,15 @@ def make_split(words: list[str], seed: int, test_size: float, train_pairs: int,
         train_pairs: number of train-train pairs to sample.
         valid: words usable in pairs (False where the static vector is missing); pairs
             touching an invalid word are flagged in `keep_train`/`keep_test`.
+        split_words: the words that enter the split (default: all of `words`); paper mode
+            passes the authors' common words.
 
     Returns:
         The split.
     """
     index = {w: i for i, w in enumerate(words)}
-    train_w, test_w = train_test_split(sorted(words), test_size=test_size, random_state=seed)
+    train_w, test_w = train_test_split(sorted(words if split_words is None else split_words),
+                                       test_size=test_size, random_state=seed)
     train_idx = np.array([index[w] for w in train_w], dtype=np.int64)
     test_idx = np.array([index[w] for w in test_w], dtype=np.int64)
     a, b = sample_pairs(len(train_idx), train_pairs, seed)
@@ -251,45 +256,36 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.nd
 
 # ---------------------------------------------------------------- stage
 
-def _load_vectors(path: Path, n: int, what: str, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zero_missing: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    from .store import load_npy
+
+    rebuild = f"python -m pipeline baselines --config {cfg.source}"
     if not path.exists():
-        raise PipelineError(f"{path}: {what} is missing; the regression needs it: run `python -m pipeline "
-                            f"baselines --config {cfg.source}` (and configure baselines.static / "
-                            f"baselines.encoder)")
-    v = np.load(path, mmap_mode="r")
-    if v.ndim != 2 or v.shape[0] != n:
-        raise PipelineError(f"{path}: {what} has shape {v.shape}, expected ({n}, dim); re-run the baselines "
-                            f"stage with --force")
-    v = np.array(v, dtype=np.float64)
+        raise PipelineError(f"{path}: {what} is missing; the regression needs it: run `{rebuild}` (and configure "
+                            f"baselines.static / baselines.encoder)")
+    man.require(path, what, rebuild)
+    v = np.array(load_npy(path, what, rebuild, shape=(n, None), finite="rows"), dtype=np.float64)
     valid = np.isfinite(v).all(axis=1)
     v[~valid] = 0.0
-    return cosine(v), valid
+    return cosine(v), (np.ones(n, dtype=bool) if zero_missing else valid)
 
 
-def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> np.ndarray:
+def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from .store import load_npy
+
     path = paths.matrices_dir(cfg, model, paradigm) / "sim_counts.npy"
-    if not path.exists():
-        raise PipelineError(f"{path}: the {paradigm.upper()} counts-cosine matrix of {model} is missing; run "
-                            f"`python -m pipeline aggregate --config {cfg.source} --model {model}` first")
-    m = np.load(path, mmap_mode="r")
-    if m.shape != (n, n):
-        raise PipelineError(f"{path}: shape {m.shape}, expected ({n}, {n}); re-run aggregate with --force")
-    return np.asarray(m, dtype=np.float32)
-
-
-def _hidden(cfg: Config, model: str, strategy: str, n: int) -> np.ndarray:
-    path = paths.hidden_file(cfg, model, strategy)
-    if not path.exists():
-        raise PipelineError(f"{path}: hidden states of {model}/{strategy} are missing; run `python -m pipeline "
-                            f"hidden --config {cfg.source} --model {model} --strategy {strategy}` first")
-    h = np.load(path, mmap_mode="r")
-    if h.ndim != 3 or h.shape[1] != n or h.shape[0] < 2:
-        raise PipelineError(f"{path}: shape {h.shape}, expected (L+1, {n}, dim) with L >= 1")
-    return h
+    m = load_npy(path, f"the {paradigm.upper()} counts-cosine matrix of {model}",
+                 f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {paradigm}",
+                 shape=(n, n), finite="rows")
+    m = np.asarray(m, dtype=np.float32)
+    return m, ~np.isnan(m).all(axis=1)
 
 
 def _layer_values(cfg: Config, model: str, strategy: str, n: int, split: Split) -> list[tuple]:
-    h = _hidden(cfg, model, strategy, n)
+    from .hidden import load_hidden
+
+    h = load_hidden(cfg, model, strategy, n_words=n)
     return [pair_cosines(h[layer], split, cfg.regress.centered) for layer in range(1, h.shape[0])]
 
 
@@ -299,12 +295,35 @@ def _pairs(m: np.ndarray, split: Split) -> tuple[np.ndarray, np.ndarray]:
     return tr, te
 
 
+def _upstream(cfg: Config, man: Manifest, model: str, strategy: str, paradigms, models, static_path,
+              encoder_path) -> str:
+    from .hidden import rebuild_command
+
+    base = f"python -m pipeline baselines --config {cfg.source}"
+    ids = {"static": man.require(static_path, "the static baseline vectors", base),
+           "encoder": man.require(encoder_path, "the encoder baseline vectors", base)}
+    for p in paradigms:
+        ids[p] = man.require(paths.matrices_dir(cfg, model, p) / "sim_counts.npy",
+                             f"the {p.upper()} counts-cosine matrix of {model}",
+                             f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}")
+    ids["hidden"] = {m: man.require(paths.hidden_file(cfg, m, strategy), f"hidden states of {m}/{strategy}",
+                                    rebuild_command(cfg, m, strategy)) for m in models}
+    return fingerprint(ids)
+
+
 def run(cfg: Config, opts) -> None:
-    """`regress` stage: held-out-words regression for every model x strategy x layer x seed."""
+    """`regress` stage: held-out-words regression for every model x strategy x layer x seed.
+
+    Word sets follow `rules.Rules`: by default every vocabulary word enters the split and
+    pairs touching a word without a static vector or a behavioral row are dropped; in
+    paper mode the split is over the words with an FC and an FA row (the authors' common
+    words) and a missing static vector counts as a zero vector.
+    """
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     n = len(words)
+    rules = Rules.of(cfg)
     force = bool(getattr(opts, "force", False))
     man = Manifest(cfg.run_dir)
     models, strategies = selected(cfg, opts)
@@ -317,61 +336,78 @@ def run(cfg: Config, opts) -> None:
     base = paths.baselines_dir(cfg)
     static_path = base / f"{cfg.baselines.static_name}.npy"
     encoder_path = base / f"{cfg.baselines.encoder_name}.npy"
-    settings = {**asdict(cfg.regress), "sets": sets, "version": _VERSION, "vocab": vocab_fingerprint(cfg)}
-    static = encoder = valid = None
+    settings = {**asdict(cfg.regress), "sets": sets, "version": _VERSION, "vocab": vocab_fingerprint(cfg),
+                "rules": rules.name}
+    static = encoder = static_valid = None
 
     for strategy in strategies:
         pending = {}
         for model in models:
-            inputs = {"static": _file_id(static_path), "encoder": _file_id(encoder_path),
-                      **{p: _file_id(paths.matrices_dir(cfg, model, p) / "sim_counts.npy") for p in paradigms},
-                      "hidden": {m: _file_id(paths.hidden_file(cfg, m, strategy))
-                                 for m in (all_models if consensus else [model])}}
             key = f"regress/{model}/{strategy}"
-            fp = fingerprint({"settings": settings, "inputs": inputs})
+            fp = fingerprint({"settings": settings})
+            up = _upstream(cfg, man, model, strategy, paradigms, all_models if consensus else [model],
+                           static_path, encoder_path)
             part = parts_dir(cfg) / "regression" / model / f"{strategy}.parquet"
-            if man.check(key, fp, force) and part.exists():
+            if man.check(key, fp, force, upstream=up):
                 log.info("regress %s/%s: complete, skipped", model, strategy)
                 continue
-            man.start(key, fp)
-            pending[model] = (key, fp, part, [])
+            man.start(key, fp, up)
+            pending[model] = (key, fp, up, part, [])
         if not pending:
             continue
+        zero = rules.regress_missing_static == "zero"
         if static is None:
-            static, valid = _load_vectors(static_path, n, f"the {cfg.baselines.static_name} static vectors", cfg)
-            encoder, _ = _load_vectors(encoder_path, n, f"the {cfg.baselines.encoder_name} encoder vectors", cfg)
-            if not valid.all():
+            static, static_valid = _load_vectors(cfg, man, static_path, n,
+                                                 f"the {cfg.baselines.static_name} static vectors", zero)
+            encoder, _ = _load_vectors(cfg, man, encoder_path, n, f"the {cfg.baselines.encoder_name} encoder vectors",
+                                       True)
+            if not static_valid.all():
                 log.warning("regress: %d words have no static vector; pairs containing them are dropped",
-                            int((~valid).sum()))
+                            int((~static_valid).sum()))
         behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in paradigms} for m in pending}
-        for seed in cfg.regress.seeds:
-            split = make_split(words, seed, cfg.regress.test_size, cfg.regress.train_pairs, valid)
-            lexical = {"static": _pairs(static, split), "encoder": _pairs(encoder, split)}
-            needed = all_models if consensus else list(pending)
-            values = {m: _layer_values(cfg, m, strategy, n, split) for m in needed}
-            for model, (_, _, _, rows) in pending.items():
-                feats = dict(lexical)
-                for p in paradigms:
-                    feats[p] = _pairs(behavior[model][p], split)
-                if consensus:
-                    feats["consensus"] = consensus_pairs(values, model)
-                f_tr = {k: v[0] for k, v in feats.items()}
-                f_te = {k: v[1] for k, v in feats.items()}
-                n_layers = len(values[model])
-                for layer, (y_tr, y_te) in enumerate(values[model], start=1):
-                    for r in fit_sets(f_tr, y_tr, f_te, y_te, sets, cfg.regress.cv):
-                        rows.append({"model": model, "strategy": strategy, "layer": layer, "n_layers": n_layers,
-                                     "seed": seed, **r, "n_train": int(y_tr.size), "n_test": int(y_te.size),
-                                     "n_dropped": split.n_dropped})
-                log.info("regress %s/%s seed %d: %d layers fitted", model, strategy, seed, n_layers)
-            del values
-        for model, (key, fp, part, rows) in pending.items():
-            _write_parquet(pd.DataFrame(rows, columns=_COLUMNS), part)
+        groups: dict[bytes, list[str]] = {}
+        for model in pending:
+            ok = np.ones(n, dtype=bool)
+            for p in paradigms:
+                ok &= behavior[model][p][1]
+            groups.setdefault(ok.tobytes(), []).append(model)
+        for mask_bytes, group in groups.items():
+            beh_valid = np.frombuffer(mask_bytes, dtype=bool)
+            if rules.common_words:
+                split_words, valid = [w for w, ok in zip(words, beh_valid) if ok], static_valid
+            else:
+                split_words, valid = None, static_valid & beh_valid
+            for seed in cfg.regress.seeds:
+                split = make_split(words, seed, cfg.regress.test_size, cfg.regress.train_pairs, valid,
+                                   split_words=split_words)
+                lexical = {"static": _pairs(static, split), "encoder": _pairs(encoder, split)}
+                needed = all_models if consensus else group
+                values = {m: _layer_values(cfg, m, strategy, n, split) for m in needed}
+                for model in group:
+                    rows = pending[model][4]
+                    feats = dict(lexical)
+                    for p in paradigms:
+                        feats[p] = _pairs(behavior[model][p][0], split)
+                    if consensus:
+                        feats["consensus"] = consensus_pairs(values, model)
+                    f_tr = {k: v[0] for k, v in feats.items()}
+                    f_te = {k: v[1] for k, v in feats.items()}
+                    n_layers = len(values[model])
+                    for layer, (y_tr, y_te) in enumerate(values[model], start=1):
+                        for r in fit_sets(f_tr, y_tr, f_te, y_te, sets, cfg.regress.cv):
+                            rows.append({"model": model, "strategy": strategy, "layer": layer,
+                                         "n_layers": n_layers, "seed": seed, **r, "n_train": int(y_tr.size),
+                                         "n_test": int(y_te.size), "n_dropped": split.n_dropped})
+                    log.info("regress %s/%s seed %d: %d layers fitted", model, strategy, seed, n_layers)
+                del values
+        for model, (key, fp, up, part, rows) in pending.items():
+            write_parquet(pd.DataFrame(rows, columns=_COLUMNS), part)
             note = {} if consensus else {"consensus": "single model: sets needing consensus replaced by "
                                                       + ", ".join(s for s in sets if s != "base")}
             if dropped_sets:
                 note["skipped_sets"] = f"{', '.join(dropped_sets)}: paradigm not in behave.paradigms"
-            man.complete(key, fp, {"rows": len(rows), "feature_sets": list(sets), **note})
+            man.complete(key, fp, {"rows": len(rows), "feature_sets": list(sets), **note}, outputs=[part],
+                         upstream=up)
     _merge(cfg, man)
 
 
@@ -379,11 +415,14 @@ def _merge(cfg: Config, man: Manifest) -> None:
     stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"regress/{m}/{s}") or {}).get("complete")]
-    frames = [pd.read_parquet(p) for m, s in done
-              if (p := parts_dir(cfg) / "regression" / m / f"{s}.parquet").exists()]
-    _write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS),
-                   paths.results_dir(cfg) / "regression.parquet")
-    if len(done) == len(cells):
-        fp = fingerprint({f"{m}/{s}": stages[f"regress/{m}/{s}"]["inputs"] for m, s in done})
-        man.start("regress", fp)
-        man.complete("regress", fp, {"cells": len(done)})
+    sources = [parts_dir(cfg) / "regression" / m / f"{s}.parquet" for m, s in done]
+    fp = fingerprint({"cells": done, "version": _VERSION})
+    up = fingerprint(man.ids([p for p in sources if p.exists()]))
+    complete = len(done) == len(cells)
+    if complete and man.check("regress", fp, True, upstream=up):
+        return
+    frames = [pd.read_parquet(p) for p in sources if p.exists()]
+    out = paths.results_dir(cfg) / "regression.parquet"
+    write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS), out)
+    if complete:
+        man.complete("regress", fp, {"cells": len(done)}, outputs=[out], upstream=up)

@@ -440,24 +440,20 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
 
 def run(cfg: Config, opts) -> None:
     """`report` stage: figures and report.md (rebuilt when the results change)."""
-    from .rsa import _file_id
-
     res = load_results(cfg)
     if not res:
         raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `python -m pipeline rsa --config "
                             f"{cfg.source}` (and regress) first")
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
-    fp = fingerprint({"version": _VERSION, "results": {t: _file_id(paths.results_dir(cfg) / f"{t}.parquet")
-                                                        for t in _TABLES},
-                      "compliance": compliance(cfg).to_dict("records"),
-                      "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies})
-    rec = man.stage("report") or {}
-    if (rec.get("complete") and rec.get("inputs") == fp and (out / "report.md").exists()
-            and not getattr(opts, "force", False)):
+    fp = fingerprint({"version": _VERSION, "models": [m.name for m in cfg.models],
+                      "strategies": cfg.hidden.strategies})
+    up = fingerprint({"results": man.ids(paths.results_dir(cfg) / f"{t}.parquet" for t in _TABLES),
+                      "compliance": compliance(cfg).to_dict("records")})
+    if not getattr(opts, "force", False) and man.check("report", fp, True, upstream=up):
         log.info("report: results unchanged, skipped")
         return
-    man.start("report", fp)
+    man.start("report", fp, up)
     plt = _plt()
     figures = []
     if "rsa" in res:
@@ -476,5 +472,6 @@ def run(cfg: Config, opts) -> None:
         _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
-    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg)})
+    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg)},
+                 outputs=[out / "report.md", *(out / f for f in figures)], upstream=up)
     log.info("report: %s", out / "report.md")

@@ -14,8 +14,16 @@ Methods (`rsa.methods`), all computed by `compare`:
 
 - `spearman` (default): Spearman on all upper-triangle pairs, average ranks for ties;
 - `pearson`: Pearson on all upper-triangle pairs;
-- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.sample_pairs(N, size,
-  rsa.seed)`; the same pairs for every layer, reference and model (METHOD.md §6).
+- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.alphabetical_pairs`:
+  `np.random.default_rng(rsa.seed).choice` over the upper triangle of the words sorted
+  alphabetically, as the authors' matrices are; the same pairs for every layer, reference
+  and model (METHOD.md §6).
+
+Word sets. By default each reference masks its own missing words (a NaN row: no static
+vector, a cue without any valid response) and every pair touching one is dropped for that
+reference only. In paper mode (`experiment.paper_mode`) the analysis runs, as the authors'
+does, on the words common to the hidden states, the FC rows and the FA rows (hidden
+centering included); static and encoder vectors then mask their missing words within them.
 
 Beyond the paper:
 
@@ -51,21 +59,21 @@ parts.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from . import paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint
-from .similarity import cosine, ppmi, sample_pairs
+from .manifest import Manifest, fingerprint
+from .rules import Rules
+from .store import load_npy, write_parquet
+from .similarity import alphabetical_pairs, cosine, sample_pairs
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +91,8 @@ _REL_COLUMNS = ["model", "paradigm", "method", "n_words", "n_pairs", "r_half", "
 
 # ---------------------------------------------------------------- public comparison API
 
-def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int = 0) -> float:
+def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int = 0,
+            words: list[str] | None = None) -> float:
     """Correlate two similarity structures, in the spirit of `rsatoolbox.rdm.compare`.
 
     Args:
@@ -92,9 +101,11 @@ def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int
         b: the same kind of input as `a`, over the same words.
         method: 'spearman' (all pairs, average ranks for ties, as `scipy.stats.spearmanr`),
             'pearson' (all pairs), or 'paper' (Pearson on `n_pairs` pairs sampled with
-            `similarity.sample_pairs(N, n_pairs, seed)`, METHOD.md §6).
+            `similarity.sample_pairs(N, n_pairs, seed)` over the inputs' order, or over the
+            alphabetical order of `words` when given, METHOD.md §6).
         n_pairs: sample size of 'paper' mode (the paper uses 500,000).
         seed: pair-sampling seed of 'paper' mode (the paper uses 0).
+        words: the words of the rows ('paper' mode draws its pairs over them sorted).
 
     Returns:
         The correlation over pairs where both inputs are finite (NaN marks a missing pair);
@@ -107,7 +118,11 @@ def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int
     if n != nb:
         raise ValueError(f"inputs cover different numbers of words ({n} and {nb})")
     if method == "paper":
-        i, j = sample_pairs(n, n_pairs, seed)
+        if words is not None:
+            i, j = alphabetical_pairs(list(words), n_pairs, seed)
+            i, j = np.minimum(i, j), np.maximum(i, j)
+        else:
+            i, j = sample_pairs(n, n_pairs, seed)
         k = _pair_index(i, j, n)
         va, vb = va[k], vb[k]
     keep = np.isfinite(va) & np.isfinite(vb)
@@ -340,29 +355,6 @@ class _Reference:
     valid: np.ndarray
 
 
-def _load_square(path: Path, n: int, what: str, fix: str) -> np.ndarray:
-    if not path.exists():
-        raise PipelineError(f"{path}: {what} is missing; {fix}")
-    m = np.load(path, mmap_mode="r")
-    if m.shape != (n, n):
-        raise PipelineError(f"{path}: {what} has shape {m.shape}, expected ({n}, {n}) for the {n} words of "
-                            f"this run's vocabulary; {fix}")
-    return np.asarray(m, dtype=np.float32)
-
-
-def _vectors_cosine(path: Path, n: int, what: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
-    if not path.exists():
-        raise PipelineError(f"{path}: {what} is missing; {fix}")
-    v = np.load(path, mmap_mode="r")
-    if v.ndim != 2 or v.shape[0] != n:
-        raise PipelineError(f"{path}: {what} has shape {v.shape}, expected ({n}, dim) for the {n} words of "
-                            f"this run's vocabulary; {fix}")
-    v = np.array(v, dtype=np.float64)
-    valid = np.isfinite(v).all(axis=1)
-    v[~valid] = 0.0
-    return cosine(v), valid
-
-
 def reference_paths(cfg: Config, model: str, strategy: str) -> dict[str, Path]:
     """Files of each configured reference for one model x strategy (whether or not present)."""
     base = paths.baselines_dir(cfg)
@@ -403,44 +395,38 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
     return use, skipped
 
 
-def _what_and_fix(cfg: Config, name: str, model: str = "", strategy: str = "") -> tuple[str, str]:
+def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tuple[str, str]:
+    """(what the file of reference `name` holds, the command that rebuilds it)."""
     if name in _BEHAVIORAL:
-        return (f"the {name.upper()} PPMI-cosine matrix",
-                f"run `python -m pipeline aggregate --config {cfg.source}` first")
+        return (f"the {name.upper()} PPMI-cosine matrix of {model}",
+                f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {name}")
     if name == "consensus":
-        return ("the cross-model consensus matrix",
-                f"run `python -m pipeline baselines --config {cfg.source}` (after hidden for every model)")
+        return (f"the cross-model consensus matrix of {model}/{strategy}",
+                f"python -m pipeline baselines --config {cfg.source} --model {model} --strategy {strategy}")
     if name == "hidden":
-        return (f"hidden states of {model}/{strategy}",
-                f"run `python -m pipeline hidden --config {cfg.source} --model {model} --strategy {strategy}` first")
-    return f"the {name} baseline vectors", f"run `python -m pipeline baselines --config {cfg.source}` first"
+        from .hidden import rebuild_command
+        return f"hidden states of {model}/{strategy}", rebuild_command(cfg, model, strategy)
+    return f"the {name} baseline vectors", f"python -m pipeline baselines --config {cfg.source}"
 
 
-def _require(cfg: Config, files: dict[str, Path], model: str, strategy: str) -> None:
-    """Fail on the first missing input, naming the file and the stage that writes it."""
-    for name, path in files.items():
-        if not path.exists():
-            what, fix = _what_and_fix(cfg, name, model, strategy)
-            raise PipelineError(f"{path}: {what} is missing; {fix}")
+def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", strategy: str = "") -> _Reference:
+    """One reference's N x N similarity and valid-word mask, validated.
 
-
-def _load_reference(cfg: Config, name: str, path: Path, n: int) -> _Reference:
-    what, fix = _what_and_fix(cfg, name)
+    Behavioral and consensus files are similarity matrices whose masked words are NaN rows;
+    static and encoder files are vectors (NaN rows: no vector), turned into raw cosine.
+    """
+    what, rebuild = describe(cfg, name, model, strategy)
     if name in _BEHAVIORAL or name == "consensus":
-        sim = _load_square(path, n, what, fix)
+        sim = np.asarray(load_npy(path, what, rebuild, shape=(n, n), finite="rows"), dtype=np.float32)
         return _Reference(name, sim, ~np.isnan(sim).all(axis=1))
-    sim, valid = _vectors_cosine(path, n, what, fix)
-    return _Reference(name, sim, valid)
+    v = np.array(load_npy(path, what, rebuild, shape=(n, None), finite="rows"), dtype=np.float64)
+    valid = np.isfinite(v).all(axis=1)
+    v[~valid] = 0.0
+    return _Reference(name, cosine(v), valid)
 
 
-def _load_hidden(cfg: Config, model: str, strategy: str, n: int) -> np.ndarray:
-    path = paths.hidden_file(cfg, model, strategy)
-    _require(cfg, {"hidden": path}, model, strategy)
-    h = np.load(path, mmap_mode="r")
-    if h.ndim != 3 or h.shape[1] != n or h.shape[0] < 2:
-        raise PipelineError(f"{path}: hidden states have shape {h.shape}, expected (L+1, {n}, dim) with "
-                            f"L >= 1 for the {n} words of this run; re-run the hidden stage with --force")
-    return h
+def _restrict(ref: _Reference, rows: np.ndarray) -> _Reference:
+    return _Reference(ref.name, ref.sim[np.ix_(rows, rows)], ref.valid[rows])
 
 
 # ---------------------------------------------------------------- one model x strategy cell
@@ -476,7 +462,8 @@ def _sub(sim: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def analyse_cell(hidden: np.ndarray, refs: dict[str, _Reference], methods, *, paper_pairs: int, seed: int,
-                 nn_k=(), bootstrap: int = 0) -> tuple[list[dict], list[dict]]:
+                 nn_k=(), bootstrap: int = 0, words: list[str] | None = None,
+                 rows: np.ndarray | None = None) -> tuple[list[dict], list[dict]]:
     """RSA, NN@k and bootstrap CIs of every layer 1..L of one hidden stack against references.
 
     Each reference is prepared once (ranked with `scipy.stats.rankdata` for Spearman,
@@ -491,15 +478,21 @@ def analyse_cell(hidden: np.ndarray, refs: dict[str, _Reference], methods, *, pa
         seed: seed of the paper pairs and of the bootstrap.
         nn_k: neighbourhood sizes for NN@k (values >= the number of valid words are skipped).
         bootstrap: number of word resamples for CIs (0: none).
+        words: the words of the references' rows; the 'paper' method draws its pairs over
+            them in alphabetical order (default: row order).
+        rows: restrict the hidden stack to these word rows (centering included) to match
+            references already restricted the same way (paper mode's common words).
 
     Returns:
         (rsa rows, nn rows) without the model/strategy columns.
     """
     n_layers = hidden.shape[0] - 1
-    cell = _Cell(hidden.shape[1], n_layers, refs, methods, paper_pairs=paper_pairs, seed=seed, nn_k=nn_k,
-                 bootstrap=bootstrap)
+    n = hidden.shape[1] if rows is None else len(rows)
+    cell = _Cell(n, n_layers, refs, methods, paper_pairs=paper_pairs, seed=seed, nn_k=nn_k,
+                 bootstrap=bootstrap, words=words)
     for layer in range(1, n_layers + 1):
-        cell.layer(layer, _layer_similarity(hidden[layer]))
+        x = hidden[layer] if rows is None else np.asarray(hidden[layer])[rows]
+        cell.layer(layer, _layer_similarity(x))
     return cell.rows(), cell.nn_rows
 
 
@@ -507,13 +500,18 @@ class _Cell:
     """One model x strategy analysis: references prepared once, then fed layer by layer."""
 
     def __init__(self, n: int, n_layers: int, refs: dict[str, _Reference], methods, *, paper_pairs: int,
-                 seed: int, nn_k=(), bootstrap: int = 0):
+                 seed: int, nn_k=(), bootstrap: int = 0, words: list[str] | None = None):
         self.n, self.n_layers, self.refs = n, n_layers, refs
         self.methods = [m for m in METHODS if m in methods]
         self.kinds = {"rank" if m == "spearman" else "value" for m in self.methods}
         self.groups = _groups(refs)
         self.tri = _triu_mask(n)
-        self.pi, self.pj = sample_pairs(n, paper_pairs, seed) if "paper" in self.methods else (None, None)
+        if "paper" not in self.methods:
+            self.pi = self.pj = None
+        elif words is not None:
+            self.pi, self.pj = alphabetical_pairs(list(words), paper_pairs, seed)
+        else:
+            self.pi, self.pj = sample_pairs(n, paper_pairs, seed)
         self.boot = _BootPlan(n, bootstrap, seed) if bootstrap else None
         self.boot_h = np.empty((n_layers, self.boot.pi.size), dtype=np.float32) if self.boot else None
         self.values: dict[tuple[str, str, int], float] = {}
@@ -640,100 +638,51 @@ class _BootPlan:
 
 # ---------------------------------------------------------------- split-half reliability
 
-def _clean(word) -> str | None:
-    """`aggregate`'s response cleaning: lowercase and strip; drop empty, "na", "nan" and
-    strings without a letter or digit."""
-    if word is None:
-        return None
-    w = str(word).strip().lower()
-    if not w or w in ("na", "nan") or not any(ch.isalnum() for ch in w):
-        return None
-    return w
-
-
-def half_counts(cue_idx: np.ndarray, picks, words: list[str]) -> sp.csr_matrix:
-    """Cue x response counts of a subset of final trials, counted as `aggregate` counts.
-
-    Responses equal to the cue are dropped, duplicates within a trial are kept (METHOD.md
-    §2-§3). Columns are the responses in order of first appearance (their order does not
-    change any row cosine).
-    """
-    cues = [w.strip().lower() for w in words]
-    cols: dict[str, int] = {}
-    r_idx, c_idx = [], []
-    for cue, trial_picks in zip(cue_idx, picks):
-        if trial_picks is None:
-            continue
-        for p in trial_picks:
-            w = _clean(p)
-            if w is None or w == cues[cue]:
-                continue
-            r_idx.append(int(cue))
-            c_idx.append(cols.setdefault(w, len(cols)))
-    data = np.ones(len(r_idx), dtype=np.float64)
-    return sp.csr_matrix((data, (r_idx, c_idx)), shape=(len(words), max(len(cols), 1)))
-
-
 def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list[dict]:
     """Split-half reliability of one behavioral PPMI-cosine matrix, one row per method.
 
-    FC halves: the parity of the candidate group, ``trial_id mod m`` with m groups per cue
-    (`trials`: ``trial_id = cue_idx * m + group``). FA halves: the parity of the run.
+    Each half is counted by `aggregate.count_matrix` (the same cleaning, NA strings and
+    row masking as the full matrix). FC halves: the parity of the candidate group,
+    ``trial_id mod m`` with m groups per cue (`trials`: ``trial_id = cue_idx * m + group``).
+    FA halves: the parity of the run.
 
     Returns:
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
     """
-    from .logs import iter_final
+    from .aggregate import count_matrix, masked_similarity
+    from .similarity import ppmi
     from .trials import fc_group_sizes
 
     directory = paths.behavior_dir(cfg, model, paradigm)
-    cols = ["trial_id", "cue_idx", "picks"] + (["run"] if paradigm == "fa" else [])
-    batches = list(iter_final(directory, cols))
-    if not batches or not sum(b.num_rows for b in batches):
-        return []
-    cue_idx = np.concatenate([b.column("cue_idx").to_numpy(zero_copy_only=False) for b in batches]).astype(np.int64)
-    picks = [p for b in batches for p in b.column("picks").to_pylist()]
     n = len(words)
-    if paradigm == "fa":
-        half = np.concatenate([b.column("run").to_numpy(zero_copy_only=False) for b in batches]).astype(np.int64) % 2
-    else:
-        ids = np.concatenate([b.column("trial_id").to_numpy(zero_copy_only=False) for b in batches]).astype(np.int64)
-        half = (ids % len(fc_group_sizes(n, cfg.trials.fc_candidates))) % 2
-    sims = []
+    m = len(fc_group_sizes(n, cfg.trials.fc_candidates))
+    rules = Rules.of(cfg)
+
+    def half(h: int):
+        if paradigm == "fa":
+            return lambda b: b.column("run").to_numpy(zero_copy_only=False).astype(np.int64) % 2 == h
+        return lambda b: (b.column("trial_id").to_numpy().astype(np.int64) % m) % 2 == h
+
+    sims, sizes = [], []
     for h in (0, 1):
-        sel = np.flatnonzero(half == h)
-        sims.append(cosine(ppmi(half_counts(cue_idx[sel], [picks[i] for i in sel], words))))
+        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=half(h))
+        sims.append(masked_similarity(ppmi(counts), stats["row_valid"]))
+        sizes.append(stats["trials"])
+    if not sum(sizes):
+        return []
     rows = []
     for method in [m for m in METHODS if m in cfg.rsa.methods]:
-        r = compare(sims[0], sims[1], method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed)
+        r = compare(sims[0], sims[1], method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words)
         rel = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else np.nan
         n_pairs = min(cfg.rsa.paper_pairs, n * (n - 1) // 2) if method == "paper" else n * (n - 1) // 2
         rows.append({"model": model, "paradigm": paradigm, "method": method, "n_words": n, "n_pairs": n_pairs,
                      "r_half": r, "reliability": rel, "ceiling_low": rel,
                      "ceiling_high": float(np.sqrt(rel)) if np.isfinite(rel) and rel >= 0 else np.nan,
-                     "n_trials_a": int((half == 0).sum()), "n_trials_b": int((half == 1).sum())})
+                     "n_trials_a": sizes[0], "n_trials_b": sizes[1]})
     return rows
 
 
 # ---------------------------------------------------------------- stage
-
-def _file_id(path: Path) -> dict | None:
-    """Identity of an input file: rewriting it (atomic rename) changes size or mtime."""
-    if not path.exists():
-        return None
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _dir_id(directory: Path) -> list:
-    return [_file_id(f) for f in sorted(directory.glob("part-*.parquet"))] if directory.is_dir() else []
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
-
 
 def parts_dir(cfg: Config) -> Path:
     return paths.results_dir(cfg) / "parts"
@@ -755,97 +704,128 @@ def selected(cfg: Config, opts) -> tuple[list[str], list[str]]:
 
 def run(cfg: Config, opts) -> None:
     """`rsa` stage: RSA, NN@k and CIs per model x strategy cell, split-half reliability per model."""
+    from .hidden import load_hidden
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     n = len(words)
     vfp = vocab_fingerprint(cfg)
+    rules = Rules.of(cfg)
     force = bool(getattr(opts, "force", False))
     man = Manifest(cfg.run_dir)
     models, strategies = selected(cfg, opts)
-    settings = {**asdict(cfg.rsa), "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS}
-    shared: dict[tuple[str, str], _Reference] = {}
+    settings = {**asdict(cfg.rsa), "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS, "rules": rules.name}
+    shared: dict[str, _Reference] = {}
     for model in models:
-        per_model: dict[tuple[str, str], _Reference] = {}
+        per_model: dict[str, _Reference] = {}
         for strategy in strategies:
             use, skipped = available_references(cfg, model, strategy)
             hidden_path = paths.hidden_file(cfg, model, strategy)
-            _require(cfg, {"hidden": hidden_path, **use}, model, strategy)
+            upstream = {"hidden": man.require(hidden_path, *describe(cfg, "hidden", model, strategy))}
+            for name, path in use.items():
+                upstream[name] = man.require(path, *describe(cfg, name, model, strategy))
             key = f"rsa/{model}/{strategy}"
-            fp = fingerprint({"settings": settings, "vocab": vfp, "hidden": _file_id(hidden_path),
-                              "references": {k: _file_id(p) for k, p in use.items()}, "skipped": skipped})
+            fp = fingerprint({"settings": settings, "vocab": vfp, "skipped": skipped})
+            up = fingerprint(upstream)
             part_rsa = parts_dir(cfg) / "rsa" / model / f"{strategy}.parquet"
             part_nn = parts_dir(cfg) / "nn" / model / f"{strategy}.parquet"
-            if man.check(key, fp, force) and part_rsa.exists() and part_nn.exists():
+            if man.check(key, fp, force, upstream=up):
                 log.info("rsa %s/%s: complete, skipped", model, strategy)
                 continue
-            man.start(key, fp)
+            man.start(key, fp, up)
             for name, why in skipped.items():
                 log.warning("rsa %s/%s: reference '%s' skipped (%s)", model, strategy, name, why)
-            hidden = _load_hidden(cfg, model, strategy, n)
+            hidden = load_hidden(cfg, model, strategy, n_words=n)
             refs = {}
             for name, path in use.items():
                 cache = shared if name in ("static", "encoder") else per_model
-                if name == "consensus" or (name, str(path)) not in cache:
-                    ref = _load_reference(cfg, name, path, n)
-                    if name == "consensus":
-                        refs[name] = ref
-                        continue
-                    cache[name, str(path)] = ref
-                refs[name] = cache[name, str(path)]
+                if name == "consensus":
+                    refs[name] = load_reference(cfg, name, path, n, model, strategy)
+                    continue
+                if upstream[name] not in cache:
+                    cache[upstream[name]] = load_reference(cfg, name, path, n, model, strategy)
+                refs[name] = cache[upstream[name]]
+            rows_sel, cell_words = None, words
+            if rules.common_words:
+                rows_sel, cell_words, refs = _common(words, refs)
             log.info("rsa %s/%s: %d layers x %d references, methods %s", model, strategy, hidden.shape[0] - 1,
                      len(refs), ", ".join(cfg.rsa.methods))
             rows, nn_rows = analyse_cell(hidden, refs, cfg.rsa.methods, paper_pairs=cfg.rsa.paper_pairs,
-                                         seed=cfg.rsa.seed, nn_k=cfg.rsa.nn_k, bootstrap=cfg.rsa.bootstrap)
+                                         seed=cfg.rsa.seed, nn_k=cfg.rsa.nn_k, bootstrap=cfg.rsa.bootstrap,
+                                         words=cell_words, rows=rows_sel)
             cell = {"model": model, "strategy": strategy}
-            _write_parquet(pd.DataFrame([{**cell, **r} for r in rows], columns=_RSA_COLUMNS), part_rsa)
-            _write_parquet(pd.DataFrame([{**cell, **r} for r in nn_rows], columns=_NN_COLUMNS), part_nn)
+            write_parquet(pd.DataFrame([{**cell, **r} for r in rows], columns=_RSA_COLUMNS), part_rsa)
+            write_parquet(pd.DataFrame([{**cell, **r} for r in nn_rows], columns=_NN_COLUMNS), part_nn)
             man.complete(key, fp, {"layers": int(hidden.shape[0] - 1), "references": sorted(refs),
-                                   "skipped_references": skipped, "rows": len(rows), "nn_rows": len(nn_rows)})
+                                   "skipped_references": skipped, "rows": len(rows), "nn_rows": len(nn_rows),
+                                   "n_words": len(cell_words)},
+                         outputs=[part_rsa, part_nn], upstream=up)
         if cfg.rsa.split_half:
             _reliability(cfg, man, model, words, vfp, force)
     _merge(cfg, man)
 
 
+def _common(words: list[str], refs: dict[str, _Reference]) -> tuple[np.ndarray | None, list[str], dict]:
+    """Paper mode: restrict every reference to the words valid in FC and FA (the authors'
+    common-word intersection); None when that is every word."""
+    keep = np.ones(len(words), dtype=bool)
+    for name in _BEHAVIORAL:
+        if name in refs:
+            keep &= refs[name].valid
+    if keep.all():
+        return None, words, refs
+    rows = np.flatnonzero(keep)
+    dropped = [words[i] for i in np.flatnonzero(~keep)]
+    log.warning("rsa (paper mode): %d word(s) without an FC or FA row leave every comparison: %s", len(dropped),
+                ", ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""))
+    return rows, [words[i] for i in rows], {k: _restrict(r, rows) for k, r in refs.items()}
+
+
 def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: str, force: bool) -> None:
+    from .logs import list_parts
+
     key = f"rsa/reliability/{model}"
-    dirs = {p: paths.behavior_dir(cfg, model, p) for p in _BEHAVIORAL}
+    paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
     fp = fingerprint({"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
-                      "vocab": vfp, "logs": {p: _dir_id(d) for p, d in dirs.items()}, "version": _VERSION})
+                      "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms})
+    up = fingerprint({p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms})
     part = parts_dir(cfg) / "reliability" / f"{model}.parquet"
-    if man.check(key, fp, force) and part.exists():
+    if man.check(key, fp, force, upstream=up):
         return
-    man.start(key, fp)
+    man.start(key, fp, up)
     rows = []
-    for paradigm in [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]:
+    for paradigm in paradigms:
         got = split_half(cfg, model, paradigm, words)
         if not got:
-            log.warning("rsa %s: no final trials in %s; no split-half reliability for %s", model, dirs[paradigm],
-                        paradigm.upper())
+            log.warning("rsa %s: no final trials in %s; no split-half reliability for %s", model,
+                        paths.behavior_dir(cfg, model, paradigm), paradigm.upper())
         rows += got
-    _write_parquet(pd.DataFrame(rows, columns=_REL_COLUMNS), part)
-    man.complete(key, fp, {"rows": len(rows)})
+    write_parquet(pd.DataFrame(rows, columns=_REL_COLUMNS), part)
+    man.complete(key, fp, {"rows": len(rows)}, outputs=[part], upstream=up)
 
 
 def _merge(cfg: Config, man: Manifest) -> None:
-    """Rebuild the result tables from every finished cell part of the configured cells."""
+    """Rebuild the result tables from every finished cell part of the configured cells.
+
+    Skipped when the cells and the tables are what the last merge recorded.
+    """
     stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"rsa/{m}/{s}") or {}).get("complete")]
     out = paths.results_dir(cfg)
-    for table, columns in (("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS)):
-        frames = [pd.read_parquet(p) for m, s in done
-                  if (p := parts_dir(cfg) / table / m / f"{s}.parquet").exists()]
-        _write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
-                       out / f"{table}.parquet")
-    rel = [pd.read_parquet(p) for m in cfg.models
-           if (p := parts_dir(cfg) / "reliability" / f"{m.name}.parquet").exists()]
-    rel = [f for f in rel if not f.empty]
-    _write_parquet(pd.concat(rel, ignore_index=True) if rel else pd.DataFrame(columns=_REL_COLUMNS),
-                   out / "reliability.parquet")
-    fp = fingerprint({f"{m}/{s}": stages[f"rsa/{m}/{s}"]["inputs"] for m, s in done})
+    sources = {"rsa": [parts_dir(cfg) / "rsa" / m / f"{s}.parquet" for m, s in done],
+               "nn": [parts_dir(cfg) / "nn" / m / f"{s}.parquet" for m, s in done],
+               "reliability": [p for m in cfg.models if (p := parts_dir(cfg) / "reliability" / f"{m.name}.parquet").exists()]}
+    fp = fingerprint({"cells": done, "version": _VERSION})
+    up = fingerprint({k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()})
+    if len(done) == len(cells) and man.check("rsa", fp, True, upstream=up):
+        return
+    for table, columns in (("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS)):
+        frames = [f for p in sources[table] if p.exists() and not (f := pd.read_parquet(p)).empty]
+        write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
+                      out / f"{table}.parquet")
+    tables = [out / f"{t}.parquet" for t in ("rsa", "nn", "reliability")]
     if len(done) == len(cells):
-        man.start("rsa", fp)
-        man.complete("rsa", fp, {"cells": len(done)})
+        man.complete("rsa", fp, {"cells": len(done)}, outputs=tables, upstream=up)
     else:
         log.info("rsa: %d of %d model x strategy cells finished; tables hold those", len(done), len(cells))

@@ -95,3 +95,16 @@ def sample_pairs(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     i = np.searchsorted(off, k, side="right") - 1
     j = i + 1 + (k - off[i])
     return i, j
+
+
+def alphabetical_pairs(words: list[str], size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_pairs` over the words sorted alphabetically, as indices into `words`.
+
+    The paper draws its 500,000 RSA pairs over its matrices' order, which is the words
+    sorted with Python's `sorted` (METHOD.md §6); drawing over any other order gives other
+    pairs. Returned pairs are (i, j) positions in `words` with the alphabetically first word
+    first; similarity matrices are symmetric, so i > j is possible and harmless.
+    """
+    order = np.array(sorted(range(len(words)), key=words.__getitem__), dtype=np.int64)
+    a, b = sample_pairs(len(words), size, seed)
+    return order[a], order[b]

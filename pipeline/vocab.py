@@ -160,6 +160,7 @@ def run(cfg: Config, opts) -> None:
                             f"{cfg.trials.fc_candidates} in {cfg.source}; a cue needs at least "
                             f"{cfg.trials.fc_candidates} other words")
     words = words[:size]
+    check_words(cfg, source, words)
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
     fp = fingerprint({"words": fingerprint(words), "size": size})
@@ -172,8 +173,30 @@ def run(cfg: Config, opts) -> None:
     man.start("vocab", fp)
     atomic_write_bytes(out, data)
     man.complete("vocab", fp, {"n_words": size, "source": str(source), "source_sha256": sha256_file(source),
-                               "first": words[:5]})
+                               "first": words[:5]}, outputs=[out])
     log.info("vocab: %d words from %s -> %s", size, source, out)
+
+
+def check_words(cfg: Config, source: Path, words: list[str]) -> None:
+    """Refuse words the run's rules can never match in an answer (`rules.Rules`).
+
+    Raises:
+        PipelineError: naming the words, the rule and the fix.
+    """
+    from .rules import PANDAS_NA_STRINGS, Rules
+
+    rules = Rules.of(cfg)
+    bad = rules.unmatchable(words)
+    if bad:
+        raise PipelineError(f"{source}: {len(bad)} vocabulary word{'s' if len(bad) > 1 else ''} can never be parsed "
+                            f"from an answer: {', '.join(repr(w) for w in bad[:_MAX_LISTED])}"
+                            f"{' ...' if len(bad) > _MAX_LISTED else ''}; {rules.word_hint()}")
+    if rules.paper:
+        na = [w for w in words if w in PANDAS_NA_STRINGS]
+        if na:
+            raise PipelineError(f"{source}: {', '.join(repr(w) for w in na)}: paper mode drops responses that "
+                                f"pandas reads as missing (its default NA strings), so these words could never be "
+                                f"counted; remove them or set experiment.paper_mode = false")
 
 
 # ---------------------------------------------------------------------------------------

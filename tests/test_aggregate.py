@@ -85,11 +85,12 @@ def test_fc_matches_hand_computation(cfg):
     ])
     assert math.log(0.9) < 0 and expected_ppmi[2, 0] == 0.0
     np.testing.assert_allclose(out["ppmi"].toarray(), expected_ppmi, rtol=1e-6)
-    expected_sim = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=float)
+    nan = np.nan  # "milk" never got a response: masked, not a zero row
+    expected_sim = np.array([[1, 0, 0, nan], [0, 1, 1, nan], [0, 1, 1, nan], [nan] * 4], dtype=float)
     np.testing.assert_allclose(out["sim_ppmi"], expected_sim, atol=1e-6)
     c = 4 / (math.sqrt(17) * math.sqrt(2))
-    expected_sim_counts = np.array([[1, 0, c, 0], [0, 1, 1 / math.sqrt(2), 0],
-                                    [c, 1 / math.sqrt(2), 1, 0], [0, 0, 0, 0]])
+    expected_sim_counts = np.array([[1, 0, c, nan], [0, 1, 1 / math.sqrt(2), nan],
+                                    [c, 1 / math.sqrt(2), 1, nan], [nan] * 4])
     np.testing.assert_allclose(out["sim_counts"], expected_sim_counts, atol=1e-6)
     assert out["sim_ppmi"].dtype == np.float32 and out["sim_counts"].dtype == np.float32
     st = out["stats"]

@@ -9,7 +9,8 @@ from rsatoolbox.rdm import load_rdm
 
 import _synthetic as syn
 from pipeline import export, paths, rsa
-from pipeline.manifest import StaleStageError
+from pipeline.errors import PipelineError
+from pipeline.manifest import Manifest
 
 
 def _check_round_trip(stem, sim, words):
@@ -70,11 +71,16 @@ def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
     assert not (root / "m1" / "hidden_meaning_layer1.npz").exists()
 
     fa = np.load(paths.matrices_dir(cfg, "m1", "fa") / "sim_ppmi.npy")
-    np.save(paths.matrices_dir(cfg, "m1", "fc") / "sim_ppmi.npy", fa)
-    with pytest.raises(StaleStageError):
+    fc_file = paths.matrices_dir(cfg, "m1", "fc") / "sim_ppmi.npy"
+    np.save(fc_file, fa)
+    with pytest.raises(PipelineError, match="changed since the aggregate/m1/fc stage wrote it"):
         export.run(cfg, syn.opts())
-    export.run(cfg, syn.opts(force=True))
+    Manifest(cfg.run_dir).register([fc_file], "aggregate/m1/fc")  # a legitimate rebuild: re-exported
+    export.run(cfg, syn.opts())
     _check_round_trip(root / "m1" / "fc_ppmi", fa, data["words"])
+    (root / "m1" / "fc_ppmi.h5").unlink()
+    export.run(cfg, syn.opts())
+    assert (root / "m1" / "fc_ppmi.h5").exists()
 
 
 def test_bad_layer_is_named(make_config):

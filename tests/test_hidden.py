@@ -14,6 +14,9 @@ from pipeline import hidden, paths
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
 from pipeline.prompts import hidden_prompt
+from pipeline.rules import Rules
+
+PAPER = Rules(paper=True)
 
 WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
 
@@ -35,11 +38,26 @@ def test_locate_word_default_rule():
     assert hidden.locate_word("hotdogs only", "dog") is None
 
 
-def test_locate_word_paper_compat_quirks():
+def test_locate_word_paper_mode_quirks():
     text = "the art of starting"
-    assert hidden.locate_word(text, "art", paper_compat=True) == (13, 16)
+    assert hidden.locate_word(text, "art", PAPER) == (13, 16)
     assert text[13:16] == "art"
-    assert hidden.locate_word("Dog barks.", "dog", paper_compat=True) is None
+    assert hidden.locate_word("Dog barks.", "dog", PAPER) is None
+
+
+def test_locate_word_any_script_and_inner_joins():
+    assert hidden.locate_word("Un café, puis un autre CAFÉ.", "café") == (23, 27)
+    assert hidden.locate_word("cafés only", "café") is None
+    assert hidden.locate_word("Send an e-mail at five o'clock.", "e-mail") == (8, 14)
+    assert hidden.locate_word("Send an e-mail at five o'clock.", "o'clock") == (23, 30)
+    assert hidden.locate_word("Zoë and zoë", "zoë") == (8, 11)
+    assert hidden.locate_word("a_dog here", "dog") == (2, 5)  # underscore is not a letter
+
+
+def test_word_token_indices_zero_width_tokens_only_in_paper_mode():
+    offsets, special = [(0, 0), (0, 3), (3, 3), (3, 7)], [1, 0, 0, 0]
+    assert hidden.word_token_indices(offsets, special, (0, 7)) == ([1, 3], True)
+    assert hidden.word_token_indices(offsets, special, (0, 7), zero_width=True) == ([1, 2, 3], True)
 
 
 def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
@@ -96,7 +114,7 @@ def test_batched_pooling_equals_unbatched(tiny, paper_compat):
              "Art is long; the art of starting is short.", "Dog barks at the dog.",
              hidden_prompt("task_fa", "water"), "king"]
     words = ["xylophone", "dog", "art", "dog", "water", "king"]
-    pooler = hidden.Pooler(tok, model, batch_size=4, paper_compat=paper_compat)
+    pooler = hidden.Pooler(tok, model, batch_size=4, rules=Rules(paper=paper_compat))
     encoded = pooler.encode(texts, words)
     got = {}
     for idx, vec in pooler.pooled(encoded):

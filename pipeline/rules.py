@@ -1,0 +1,150 @@
+"""The rules where the project's default and the authors' code differ, in one place.
+
+`experiment.paper_mode = true` switches every rule below to the authors' own (their public
+code, commit 4dccc88, METHOD.md); the default is the project's rule where it is the better
+one. Each difference is listed in the README table "Paper mode vs default"; stages ask a
+`Rules` object instead of testing the switch themselves, and the active rule set is part of
+every fingerprint it affects.
+
+| rule | default | paper mode |
+|---|---|---|
+| FC pick words (`fc_word`) | letters and digits of any script, inner hyphens/apostrophes, NFC-normalized | ``[A-Za-z]+`` |
+| NA strings dropped from responses | "", "na", "nan" (after lowercasing) | also pandas' default NA strings (CSV round trip) |
+| empty cue rows (no valid response) | masked (NaN) for that reference only | FA: word dropped from every comparison; FC / all-cue-repeat rows: zero rows |
+| RSA word set | per-reference masks | intersection of hidden, FC rows, FA rows (alphabetical) |
+| hidden word location | last case-insensitive whole-word match | last case-sensitive ``str.rfind`` |
+| zero-width tokens in pooling | skipped | kept |
+| averaged strategy, word without sentences | meaning template | the bare word |
+| static vectors lookup | exact key, then lowercase, then first case variant | lowercased keys, later variants overwrite |
+| missing static vector in the regression | pairs dropped | cosine 0 (zero vector) |
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+PANDAS_NA_STRINGS = frozenset([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+    "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
+"""pandas' default NA strings (pandas >= 2.0, `pandas._libs.parsers.STR_NA_VALUES`), matched
+case-sensitively: the authors wrote picks and associations to CSV and read them back with
+`read_csv` defaults, so these strings became missing values (METHOD.md §2 "Clean")."""
+
+DROPPED_AFTER_LOWER = frozenset(["", "na", "nan"])
+"""Strings the authors drop explicitly after lowercasing and stripping (both modes)."""
+
+_ALNUM = r"[^\W_]"
+UNICODE_WORD = rf"{_ALNUM}+(?:['’\-]{_ALNUM}+)*"
+"""A word: letters (or digits) of any script, joined by inner hyphens or apostrophes
+(``o'clock``, ``e-mail``, ``mp3``)."""
+ASCII_WORD = r"[A-Za-z]+"
+"""The authors' FC pick pattern (`extract_picks`: ``output:\\s*([A-Za-z]+)\\s*,\\s*([A-Za-z]+)``)."""
+
+_PAPER_TOKEN_SPLIT = re.compile(r"[^a-z0-9]+")
+_UNICODE_TOKEN_SPLIT = re.compile(r"[\W_]+")
+_JOINED_TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)+")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The active rule set of a run (`Rules.of(cfg)`)."""
+
+    paper: bool = False
+
+    @classmethod
+    def of(cls, cfg) -> "Rules":
+        return cls(paper=bool(cfg.experiment.paper_mode))
+
+    @property
+    def name(self) -> str:
+        """Recorded in fingerprints and manifests: ``paper`` or ``default``."""
+        return "paper" if self.paper else "default"
+
+    # ------------------------------------------------------------ words and parsing
+
+    @property
+    def fc_word(self) -> str:
+        """Regex of one FC pick in the ``output: a, b`` pattern."""
+        return ASCII_WORD if self.paper else UNICODE_WORD
+
+    def normalize(self, text: str) -> str:
+        """NFC in default mode (a model may compose accents the vocabulary decomposes);
+        unchanged in paper mode, as the authors compared raw strings."""
+        return text if self.paper else unicodedata.normalize("NFC", text)
+
+    def unmatchable(self, words: list[str]) -> list[str]:
+        """Words an FC answer can never name under the active pick pattern."""
+        pat = re.compile(self.fc_word)
+        return [w for w in words if not pat.fullmatch(self.normalize(w))]
+
+    def word_hint(self) -> str:
+        if self.paper:
+            return ("paper mode parses FC picks with the authors' rule [A-Za-z]+ (ASCII letters only); "
+                    "remove these words or set experiment.paper_mode = false")
+        return ("an FC pick must be letters or digits (any script), optionally joined by inner hyphens or "
+                "apostrophes; remove or respell these words (spaces and other symbols cannot be matched)")
+
+    # ------------------------------------------------------------ aggregation
+
+    def drop_raw(self, value: str | None) -> bool:
+        """Whether a response string, as stored in the log, counts as missing before cleaning."""
+        return value is None or (self.paper and value in PANDAS_NA_STRINGS)
+
+    @property
+    def na_strings(self) -> list[str]:
+        """Raw strings dropped as missing (besides the lowercase ``DROPPED_AFTER_LOWER``)."""
+        return sorted(PANDAS_NA_STRINGS) if self.paper else []
+
+    # ------------------------------------------------------------ hidden states
+
+    def locate(self, text: str, word: str) -> tuple[int, int] | None:
+        """Character span of the occurrence of `word` whose tokens represent it.
+
+        Default: the last case-insensitive match not preceded or followed by a letter or
+        digit (any script). Paper: ``text.rfind(word)``, case-sensitive and without word
+        boundaries (it can land inside a longer word, e.g. "art" in "start").
+        """
+        if self.paper:
+            start = text.rfind(word)
+            return None if start < 0 else (start, start + len(word))
+        last = None
+        pattern = rf"(?<!{_ALNUM}){re.escape(word)}(?!{_ALNUM})"
+        for m in re.finditer(pattern, text, re.IGNORECASE):
+            last = m
+        return None if last is None else (last.start(), last.end())
+
+    @property
+    def pool_zero_width(self) -> bool:
+        """Whether tokens with an empty character span take part in pooling (paper: yes)."""
+        return self.paper
+
+    def sentence_tokens(self, sentence: str) -> set[str]:
+        """Tokens a sentence is matched to words by (harvesting, METHOD.md §1 step 8).
+
+        Paper: lowercase, split on ``[^a-z0-9]+``. Default: the same split on any non-letter,
+        non-digit character of any script, plus the hyphen/apostrophe-joined forms, so
+        ``café`` and ``e-mail`` can be matched; on ASCII text without such joins both agree.
+        """
+        low = sentence.lower()
+        if self.paper:
+            return set(_PAPER_TOKEN_SPLIT.split(low))
+        return set(_UNICODE_TOKEN_SPLIT.split(low)) | set(_JOINED_TOKEN.findall(low))
+
+    @property
+    def averaged_fallback(self) -> str:
+        """Text of a word without sentences (averaged strategy): ``word`` or ``meaning``."""
+        return "word" if self.paper else "meaning"
+
+    # ------------------------------------------------------------ analysis
+
+    @property
+    def common_words(self) -> bool:
+        """RSA over the words valid in hidden, FC and FA at once (paper) or per reference."""
+        return self.paper
+
+    @property
+    def regress_missing_static(self) -> str:
+        """``zero`` (paper: a missing vector is a zero vector) or ``drop`` (its pairs are dropped)."""
+        return "zero" if self.paper else "drop"
