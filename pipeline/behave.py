@@ -113,12 +113,6 @@ def _esc(word: str) -> str:
     return "".join(c if c.isalnum() else "\\" + c for c in word)
 
 
-def _vocab(cfg: Config) -> list[str]:
-    from .vocab import load_run_vocab
-
-    return load_run_vocab(cfg)
-
-
 def _retry_sampling(cfg: Config, model_cfg: ModelCfg) -> tuple[float, float]:
     t = model_cfg.retry_temperature if model_cfg.retry_temperature is not None else cfg.behave.retry_temperature
     p = model_cfg.retry_top_p if model_cfg.retry_top_p is not None else cfg.behave.retry_top_p
@@ -230,11 +224,12 @@ def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
     return rows.table()
 
 
-def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict]) -> pa.Table:
+def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict],
+            words: list[str] | None = None) -> pa.Table:
     b, k = cfg.behave, cfg.trials.fa_associates
     structured = b.structured_fa
     max_tokens = max(b.fa_max_tokens, _STRUCTURED_MIN_TOKENS["fa"]) if structured else b.fa_max_tokens
-    regex = fa_regex(k, _vocab(cfg)) if structured else None
+    regex = fa_regex(k, words) if structured else None
     reqs, shas, seeds = [], [], []
     for t in trials:
         text = backend.render(chat_messages(fa_prompt(t["cue"]), model_cfg.system_prompt))
@@ -251,7 +246,8 @@ def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
     return rows.table()
 
 
-def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str, chunk: pa.Table) -> pa.Table:
+def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str, chunk: pa.Table,
+              words: list[str] | None = None) -> pa.Table:
     """Run one chunk of plan rows and return its log rows (pure: no files touched).
 
     Args:
@@ -260,6 +256,8 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
         model_cfg: the model being run.
         paradigm: ``fc`` or ``fa``.
         chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`).
+        words: the run's vocabulary, whose letters structured FA answers may use (a-z only
+            when None).
 
     Returns:
         Log rows (`logs.SCHEMA`), every attempt of every trial, one final row per trial.
@@ -270,7 +268,7 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
     if paradigm == "fc":
         return _run_fc(backend, cfg, model_cfg, trials)
     if paradigm == "fa":
-        return _run_fa(backend, cfg, model_cfg, trials)
+        return _run_fa(backend, cfg, model_cfg, trials, words)
     raise ValueError(f"unknown paradigm {paradigm!r}")
 
 
@@ -387,13 +385,16 @@ def open_log(cfg: Config, man: Manifest, model_cfg, paradigm: str, force: bool) 
 
 
 def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> None:
+    from .vocab import load_run_vocab
+
+    words = load_run_vocab(cfg)
     size = cfg.behave.chunk_size
     done = ok = tokens = 0
     t0 = last_log = time.perf_counter()
     log.info("behave: %s, %d trials to run (shard %d/%d), chunks of %d", key, todo.num_rows, *shard, size)
     with _progress(todo.num_rows, key) as bar:
         for start in range(0, todo.num_rows, size):
-            rows = run_chunk(backend, cfg, model_cfg, paradigm, todo.slice(start, size))
+            rows = run_chunk(backend, cfg, model_cfg, paradigm, todo.slice(start, size), words)
             part = logs.write_part(directory, rows, shard)
             final = rows.filter(rows.column("final"))
             done += final.num_rows

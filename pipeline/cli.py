@@ -54,8 +54,15 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad command lines end in one line naming the problem (argparse adds a usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pipeline",
         description="Behavioral vs hidden-state semantic geometry of LLMs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

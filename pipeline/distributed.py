@@ -207,12 +207,13 @@ def _set_threads(n: int) -> None:
 class _BehaveWorker:
     """One inference engine for one model inside a Ray actor."""
 
-    def __init__(self, cfg: Config, model: str, threads: int, env: dict[str, str]):
+    def __init__(self, cfg: Config, model: str, threads: int, env: dict[str, str], words: list[str] | None = None):
         os.environ.update(env)
         logging.basicConfig(level=logging.WARNING)
         from .backends import get_backend
 
         self.cfg = cfg
+        self.words = words
         self.model_cfg = cfg.model(model)
         self.backend = get_backend(cfg.behave.backend, self.model_cfg, cfg)
         _set_threads(threads)
@@ -227,7 +228,7 @@ class _BehaveWorker:
         from .behave import run_chunk
 
         t0 = time.perf_counter()
-        rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk)
+        rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk, self.words)
         busy = time.perf_counter() - t0
         self.count += 1
         _maybe_fault(self.count)
@@ -351,7 +352,10 @@ def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, _Resources]
     actor_cls = ray.remote(_BehaveWorker).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
     worker_cfg = _worker_config(cfg)
-    actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), _worker_env())
+    from .vocab import load_run_vocab
+
+    words = load_run_vocab(cfg)
+    actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), _worker_env(), words)
               for _ in range(res.n)]
     log.info("behave: %s on %d Ray actor(s), each %g CPU / %g GPU", model_cfg.name, res.n, res.num_cpus,
              res.num_gpus)

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import paths
+from . import paths, published
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes, fingerprint
@@ -42,7 +42,7 @@ METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pe
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
 _TABLES = ("rsa", "nn", "reliability", "regression")
-_VERSION = 1
+_VERSION = 2
 
 
 # ---------------------------------------------------------------- inputs
@@ -213,10 +213,14 @@ def _legend(fig, handles_labels: dict, ncol: int | None = None) -> None:
                    ncol=ncol or min(len(handles_labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0))
 
 
-def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: str, models, strategies, path):
+def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: str, models, strategies, path,
+                      matched: dict[str, str] | None = None) -> int:
+    """Returns the number of published curves drawn (dashed) beside this run's."""
     d = rsa[rsa.method == method]
     fig, axes = _grid(plt, len(models), len(strategies))
     handles = {}
+    drawn = 0
+    pub = published.rsa() if matched else None
     for i, model in enumerate(models):
         for j, strategy in enumerate(strategies):
             ax = axes[i, j]
@@ -235,6 +239,15 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                         for y in (lo, hi):
                             edge = ax.axhline(y, color=REF_COLORS[ref], lw=0.9, ls="--")
                         handles.setdefault(f"{ref.upper()} noise ceiling (split-half)", edge)
+            if matched and model in matched:
+                theirs = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)]
+                for ref in _refs(cell):
+                    g = theirs[theirs.reference == ref].sort_values("layer")
+                    if g.empty:
+                        continue
+                    (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.2, ls="--")
+                    handles.setdefault("published (paper: Pearson, 500k pairs), dashed", line)
+                    drawn += 1
             ax.set_title(f"{model} · {strategy}")
             ax.axhline(0, color="black", lw=0.5)
             _integer_x(ax)
@@ -245,6 +258,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
     _legend(fig, handles, ncol=4)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     _save(fig, path)
+    return drawn
 
 
 def _fig_rsa_by_depth(plt, rsa: pd.DataFrame, method: str, strategies, path):
@@ -431,9 +445,74 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         lines += ["", "## Held-out-words regression (test R²)", "",
                   f"Mean over layers (seeds {', '.join(map(str, seeds))} averaged first) per feature set; peak layer "
                   f"by `{names['full']}`; gains at that layer over `{ref}`.{note}", "", _md_table(table, ".4f")]
+    lines += ["", "## This run vs published", ""] + vs_published(cfg, res)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Markdown lines comparing the run's models that are paper models with the published
+    numbers (`pipeline.published`), or one line saying no model matches."""
+    matched = published.match(cfg.models)
+    if not matched:
+        return [f"No model of this run is one of the paper's models ({', '.join(published.PAPER_MODELS)}), so "
+                f"there are no published numbers to compare with."]
+    lines = [f"Models matched to the paper: {', '.join(f'{k} = {v}' for k, v in matched.items())}. Published: "
+             "Schiekiera et al. (ICML 2026), their released result files (`pipeline/published/`, CC BY 4.0). "
+             "Differences are this run minus published."]
+    if "rsa" in res:
+        rsa = res["rsa"]
+        method = published.METHOD if published.METHOD in set(rsa.method) else primary_method(cfg, rsa)
+        note = "" if method == published.METHOD else (f" This run has no `paper`-method RSA, so its {method} values "
+                                                      f"are shown; add \"paper\" to rsa.methods for a like-for-like "
+                                                      f"comparison.")
+        mine = rsa_summary(rsa, method)
+        mine = mine[mine.model.isin(list(matched))]
+        pub = published.rsa()
+        rows = []
+        for r in mine.itertuples(index=False):
+            g = pub[(pub.paper_model == matched[r.model]) & (pub.strategy == r.strategy) & (pub.reference == r.reference)]
+            if g.empty:
+                continue
+            peak = g.loc[g.rsa.idxmax()]
+            rows.append({"model": r.model, "strategy": r.strategy, "reference": r.reference, "this run": r.mean,
+                         "published": g.rsa.mean(), "difference": r.mean - g.rsa.mean(),
+                         "peak (this run)": f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}",
+                         "peak (published)": f"{peak.rsa:.3f} @ {int(peak.layer)}/{int(g.layer.max())}"})
+        lines += ["", f"### RSA, mean over layers ({METHOD_LABELS.get(method, method)} here; published: Pearson on "
+                      f"500,000 pairs){note}", ""]
+        lines.append(_md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy x reference cells.")
+    if "nn" in res:
+        nn = res["nn"][res["nn"].model.isin(list(matched))]
+        pub = published.nn()
+        t = nn.groupby(["model", "strategy", "reference", "k"], sort=False).overlap.mean().reset_index()
+        rows = []
+        for r in t.itertuples(index=False):
+            g = pub[(pub.paper_model == matched[r.model]) & (pub.strategy == r.strategy)
+                    & (pub.reference == r.reference) & (pub.k == r.k)]
+            if not g.empty:
+                rows.append({"model": r.model, "strategy": r.strategy, "reference": r.reference, "k": int(r.k),
+                             "this run": r.overlap, "published": g["mean"].iloc[0],
+                             "difference": r.overlap - g["mean"].iloc[0]})
+        if rows:
+            lines += ["", "### NN@k overlap, mean over layers", "", _md_table(pd.DataFrame(rows))]
+    if "regression" in res:
+        summary, names = regression_summary(res["regression"])
+        summary = summary[summary.model.isin(list(matched))]
+        pub = published.regression()
+        rows = []
+        for r in summary.to_dict("records"):
+            for s in names["sets"]:
+                g = pub[(pub.paper_model == matched[r["model"]]) & (pub.strategy == r["strategy"])
+                        & (pub.feature_set == s)]
+                if not g.empty:
+                    rows.append({"model": r["model"], "strategy": r["strategy"], "feature set": s,
+                                 "this run": r[s], "published": g.mean_r2.iloc[0],
+                                 "difference": r[s] - g.mean_r2.iloc[0]})
+        if rows:
+            lines += ["", "### Regression, mean test R² over layers", "", _md_table(pd.DataFrame(rows), ".4f")]
+    return lines
 
 
 # ---------------------------------------------------------------- stage
@@ -460,7 +539,8 @@ def run(cfg: Config, opts) -> None:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         method = primary_method(cfg, rsa)
-        _fig_rsa_by_layer(plt, rsa, res.get("reliability"), method, models, strategies, out / FIGURES[0])
+        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), method, models, strategies, out / FIGURES[0],
+                                    published.match(cfg.models))
         _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
         figures += FIGURES[:2]
     if "regression" in res:
@@ -472,6 +552,7 @@ def run(cfg: Config, opts) -> None:
         _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
-    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg)},
+    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg),
+                                "published_curves": overlay if "rsa" in res else 0},
                  outputs=[out / "report.md", *(out / f for f in figures)], upstream=up)
     log.info("report: %s", out / "report.md")

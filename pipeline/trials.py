@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from . import paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, fingerprint, sha256_file
+from .manifest import Manifest, atomic_write, fingerprint, sha256_file
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,6 @@ def fc_group_sizes(n_words: int, k: int) -> np.ndarray:
     m = math.ceil(pool / k)
     base, r = divmod(pool, m)
     return np.where(np.arange(m) < r, base + 1, base).astype(np.int64)
-
-
-def shuffled_pool(n_words: int, cue_idx: int, seed: int) -> list[int]:
-    """The cue's shuffled pool of other-word indices, exactly as the authors build it."""
-    idx = [j for j in range(n_words) if j != cue_idx]
-    random.Random(seed + cue_idx).shuffle(idx)
-    return idx
 
 
 def _shuffle_block(n_words: int, start: int, stop: int, seed: int) -> np.ndarray:
@@ -172,20 +165,7 @@ def plan_fingerprint(cfg: Config, paradigm: str, words: list[str] | None = None)
 
 
 def _write_table(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, row_group_size=_ROW_GROUP, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=_ROW_GROUP, compression="zstd"))
 
 
 def _check_fc_sizes(cfg: Config, n_words: int) -> None:
@@ -211,7 +191,7 @@ def run(cfg: Config, opts) -> None:
         key = f"trials.{paradigm}"
         out = paths.trials_file(cfg, paradigm)
         fp = fingerprint(plan_inputs(cfg, paradigm, words))
-        if man.check(key, fp, force) and out.exists():
+        if man.check(key, fp, force):
             log.info("trials: %s plan is complete (%s), skipping", paradigm, out)
             continue
         man.start(key, fp)
@@ -229,7 +209,7 @@ def run(cfg: Config, opts) -> None:
         total_s = time.perf_counter() - t0
         man.complete(key, fp, {"n_trials": table.num_rows, "n_cues": len(words), **extra,
                                "build_s": round(build_s, 2), "total_s": round(total_s, 2),
-                               "sha256": sha256_file(out)})
+                               "sha256": sha256_file(out)}, outputs=[out])
         log.info("trials: %s plan, %d trials for %d cues, built in %.2f s, written in %.2f s -> %s",
                  paradigm, table.num_rows, len(words), build_s, total_s - build_s, out)
 
@@ -256,11 +236,12 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
                             f"other trial settings than {cfg.source} now gives; use a new "
                             f"experiment.name, or rebuild it with `python -m pipeline trials --config "
                             f"{cfg.source} --force` (logs of the old plan will no longer match)")
+    rebuild = f"python -m pipeline trials --config {cfg.source}"
+    Manifest(cfg.run_dir).require(path, f"the {paradigm.upper()} trial plan", rebuild)
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
-        raise PipelineError(f"{path}: unreadable trial plan ({e}); delete it and run "
-                            f"`python -m pipeline trials --config {cfg.source} --force`") from None
+        raise PipelineError(f"{path}: unreadable trial plan ({e}); rebuild it with `{rebuild}`") from None
     expected = FC_SCHEMA if paradigm == "fc" else FA_SCHEMA
     if not table.schema.equals(expected):
         raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "

@@ -21,7 +21,7 @@ def _table(md: str, heading: str) -> pd.DataFrame:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
     rows = []
     for line in lines[start + 1:]:
-        if line.startswith("## "):
+        if line.startswith("## ") or (rows and not line.startswith("|")):
             break
         if line.startswith("|") and not line.startswith("|---"):
             rows.append([c.strip() for c in line.strip("|").split("|")])
@@ -156,3 +156,36 @@ def test_regression_gains_over_baseline_without_consensus():
     assert row.fc_gain_mean == pytest.approx((0.3 + 0.05) / 2)
     assert row["base+fc+fa"] == pytest.approx(0.575)
     assert np.isfinite(row.peak_r2)
+
+
+def test_no_matching_model_says_so_in_one_line(run_dir):
+    md = (paths.report_dir(run_dir) / "report.md").read_text()
+    section = md.split("## This run vs published", 1)[1].split("## ", 1)[0].strip().splitlines()
+    assert len(section) == 1 and section[0].startswith("No model of this run is one of the paper's models")
+
+
+def test_paper_model_gets_published_overlay_and_table(make_config):
+    from pipeline import published
+
+    cfg = syn.config(make_config, models=("Llama-3.1-8B-Instruct", "other"), hidden={"strategies": ["meaning"]},
+                     rsa={"methods": ["spearman", "paper"], "bootstrap": 0, "nn_k": [5, 10]},
+                     regress={"seeds": [0], "cv": 2})
+    syn.build(cfg, n_layers=3)
+    for stage in (rsa, regress, report):
+        stage.run(cfg, syn.opts())
+    assert published.match(cfg.models) == {"Llama-3.1-8B-Instruct": "Llama-3.1-8B-Instruct"}
+    summary = Manifest(cfg.run_dir).summary("report")
+    assert summary["published_curves"] == 5  # fc, fa, static, encoder, consensus for the one matched panel
+    md = (paths.report_dir(cfg) / "report.md").read_text()
+    table = _table(md, "This run vs published")
+    assert set(table.model) == {"Llama-3.1-8B-Instruct"} and set(table.reference) == {
+        "fc", "fa", "static", "encoder", "consensus"}
+    pub = published.rsa().query("paper_model == 'Llama-3.1-8B-Instruct' and strategy == 'meaning'")
+    mine = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").query(
+        "model == 'Llama-3.1-8B-Instruct' and method == 'paper'")
+    for row in table.itertuples():
+        theirs = pub[pub.reference == row.reference].rsa.mean()
+        ours = mine[mine.reference == row.reference].rsa.mean()
+        assert float(row.published) == pytest.approx(theirs, abs=6e-4)
+        assert float(row.difference) == pytest.approx(ours - theirs, abs=1e-3)
+    assert "### Regression, mean test R² over layers" in md and "### NN@k overlap" in md
