@@ -202,3 +202,46 @@ def test_missing_logs_and_vocab_mismatch(cfg):
         {"trial_id": 0, "cue_idx": 1, "cue": "dog", "picks": ["tree"]}]))
     with pytest.raises(PipelineError, match="another vocabulary"):
         aggregate.aggregate_one(cfg, "m", "fc", WORDS)
+
+
+def _paper(make_config):
+    c = make_config(experiment={"name": "p", "data_dir": str(make_config().experiment.data_dir), "paper_mode": True})
+    paths.vocab_file(c).parent.mkdir(parents=True, exist_ok=True)
+    paths.vocab_file(c).write_text("\n".join(WORDS) + "\n")
+    return c
+
+
+NA_TRIALS = [_trial(0, "dog", ["bark", "null", "None", "n/a", "NA", "nan", "none"]),
+             _trial(1, "cat", ["purr", "NULL", "#N/A", "<NA>", "meow"])]
+
+
+def test_na_strings_default_vs_paper(cfg, make_config):
+    for c, expect in ((cfg, ["#n/a", "<na>", "bark", "meow", "n/a", "none", "null", "purr"]),
+                      (_paper(make_config), ["bark", "meow", "none", "purr"])):
+        write_part(paths.behavior_dir(c, "m", "fa"), _rows_table(NA_TRIALS))
+        stats = aggregate.aggregate_one(c, "m", "fa", WORDS)
+        out = aggregate.load_matrices(c, "m", "fa")
+        assert out["cols"] == expect, c.experiment.paper_mode
+        # "na" and "nan" (after lowercasing) go in both modes, as the authors drop them explicitly
+        assert "na" not in out["cols"] and "nan" not in out["cols"]
+    assert stats["dropped_na_strings"] == 6  # null, None, n/a, NULL, #N/A, <NA>
+
+
+def test_cue_without_responses_default_masks_paper_follows_the_authors(cfg, make_config):
+    rows = [_trial(0, "dog", ["bark", "leash"]), _trial(1, "cat", ["cat", "Cat"]),   # only cue repeats
+            _trial(2, "tree", ["??", "nan"]), _trial(3, "milk", ["white"])]         # nothing valid
+    for c, masked in ((cfg, ["cat", "tree"]), (_paper(make_config), ["tree"])):
+        write_part(paths.behavior_dir(c, "m", "fa"), _rows_table(rows))
+        stats = aggregate.aggregate_one(c, "m", "fa", WORDS)
+        sim = aggregate.load_matrices(c, "m", "fa")["sim_ppmi"]
+        assert stats["masked_row_words"] == masked
+        for w in WORDS:
+            i = WORDS.index(w)
+            assert np.isnan(sim[i]).all() == (w in masked)
+        if c.experiment.paper_mode:  # the authors' all-cue-repeat row: a zero row, diagonal included
+            row = np.asarray(sim[WORDS.index("cat")])
+            assert (row[[WORDS.index(w) for w in WORDS if w not in masked]] == 0).all()
+    fc = [_trial(0, "dog", ["cat"]), _trial(1, "tree", [])]
+    for c, masked in ((cfg, ["cat", "tree", "milk"]), (_paper(make_config), ["cat", "milk"])):
+        write_part(paths.behavior_dir(c, "m", "fc"), _rows_table(fc))
+        assert aggregate.aggregate_one(c, "m", "fc", WORDS)["masked_row_words"] == masked

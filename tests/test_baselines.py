@@ -187,3 +187,17 @@ def test_stage_single_model_static_only(make_config, tmp_path):
     assert report["missing"] == ["milk"]
     summary = Manifest(cfg.run_dir).summary("baselines/consensus")
     assert summary["available"] is False
+
+
+def test_paper_mode_reads_fasttext_as_the_authors(tmp_path):
+    """Keys lowercased, a later case variant overwrites, reading stops once every word is found."""
+    f = tmp_path / "v.vec"
+    rows = [("dog", [1, 0, 0]), ("Dog", [9, 9, 9]), ("Cat", [0, 1, 0]), ("tree", [0, 0, 1]),
+            ("paris", [1, 1, 0]), ("us", [3, 3, 3]), ("milk", [4, 4, 4]), ("CAT", [5, 5, 5])]
+    _write_vec(f, rows)
+    vecs, report = baselines.static_vectors(baselines.load_static(str(f), WORDS, paper=True), WORDS)
+    np.testing.assert_array_equal(vecs[WORDS.index("dog")], [9, 9, 9])    # 'Dog' overwrote 'dog'
+    np.testing.assert_array_equal(vecs[WORDS.index("cat")], [0, 1, 0])    # 'CAT' after the stop is never read
+    assert report["missing"] == []
+    vecs, _ = baselines.static_vectors(baselines.load_static(str(f), WORDS), WORDS)
+    np.testing.assert_array_equal(vecs[WORDS.index("dog")], [1, 0, 0])    # default: the exact key

@@ -298,3 +298,10 @@ def test_shared_prefix_pass_equals_reference(tiny, strategy):
     assert pooler.forward_calls == 1 + 3 + 1
     for i, (text, word) in enumerate(zip(texts, words)):
         np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)
+
+
+def test_averaged_fallback_default_meaning_paper_bare_word():
+    texts, fallback = hidden._texts("averaged", ["dog", "milk"], [["A dog ran home."], []])
+    assert texts == [["A dog ran home."], [hidden_prompt("meaning", "milk")]] and fallback == ["milk"]
+    texts, fallback = hidden._texts("averaged", ["dog", "milk"], [["A dog ran home."], []], PAPER)
+    assert texts == [["A dog ran home."], ["milk"]] and fallback == ["milk"]

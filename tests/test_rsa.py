@@ -391,3 +391,91 @@ def test_paradigm_not_configured_is_skipped_with_a_note(make_config):
     assert "fa" not in set(pd.read_parquet(res / "rsa.parquet").reference)
     assert set(pd.read_parquet(res / "reliability.parquet").paradigm) == {"fc"}
     assert "behave.paradigms" in Manifest(cfg.run_dir).stage("rsa/solo/meaning")["summary"]["skipped_references"]["fa"]
+
+
+# ---------------------------------------------------------------- the authors' 'paper' procedure
+
+def _authors_rsa(layer: np.ndarray, ref: np.ndarray, words: list[str], n_pairs: int, seed: int,
+                 ref_valid: np.ndarray | None = None) -> float:
+    """METHOD.md §6, written from the text: sort the words alphabetically, center the hidden
+    vectors over them, draw `n_pairs` linear indices of the upper triangle with
+    default_rng(seed).choice(M, n, replace=False), map k to (i, j) by the row offsets
+    i(2N-i-1)/2, and take scipy's pearsonr of the two pair vectors (pairs with a missing
+    reference word dropped)."""
+    order = sorted(range(len(words)), key=lambda i: words[i])
+    h = layer[order].astype(np.float64)
+    r = ref[np.ix_(order, order)].astype(np.float64)
+    h = h - h.mean(axis=0)
+    h /= np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+    n = len(words)
+    m = n * (n - 1) // 2
+    k = np.random.default_rng(seed).choice(m, size=n_pairs, replace=False)
+    off = np.array([i * (2 * n - i - 1) // 2 for i in range(n)])
+    i = np.searchsorted(off, k, side="right") - 1
+    j = i + 1 + (k - off[i])
+    vh = np.einsum("pd,pd->p", h[i], h[j])
+    vr = r[i, j]
+    if ref_valid is not None:
+        ok = ref_valid[order][i] & ref_valid[order][j]
+        vh, vr = vh[ok], vr[ok]
+    return float(ss.pearsonr(vh, vr)[0])
+
+
+@pytest.mark.parametrize("n", [1500])
+def test_paper_method_equals_the_authors_procedure(n):
+    rng = np.random.default_rng(7)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 6)) + str(i) for i in range(n)]
+    assert words != sorted(words)
+    z = rng.standard_normal((n, 8))
+    hidden = np.stack([z @ rng.standard_normal((8, 24)) + rng.standard_normal((n, 24)) + 1
+                       for _ in range(2)]).astype(np.float16)
+    ref = cosine(z + 1.5 * rng.standard_normal((n, 8)))
+    valid = np.ones(n, dtype=bool)
+    valid[rng.choice(n, 40, replace=False)] = False
+    refs = {"fc": rsa._Reference("fc", ref, np.ones(n, dtype=bool)), "static": rsa._Reference("static", ref, valid)}
+    rows, _ = rsa.analyse_cell(hidden, refs, ["paper"], paper_pairs=500_000, seed=0, words=words)
+    got = {r["reference"]: r["rsa"] for r in rows}
+    assert n * (n - 1) // 2 > 500_000
+    assert got["fc"] == pytest.approx(_authors_rsa(hidden[1], ref, words, 500_000, 0), abs=1e-6)
+    assert got["static"] == pytest.approx(_authors_rsa(hidden[1], ref, words, 500_000, 0, valid), abs=1e-6)
+    vocab_order, _ = rsa.analyse_cell(hidden, {"fc": refs["fc"]}, ["paper"], paper_pairs=500_000, seed=0)
+    assert abs(vocab_order[0]["rsa"] - got["fc"]) > 1e-5  # another order gives other pairs
+
+
+def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_config):
+    from pipeline.logs import write_part
+
+    cfg = syn.config(make_config, models=("m1",), hidden={"strategies": ["meaning"]},
+                     experiment={"name": "t", "data_dir": str(make_config().experiment.data_dir), "paper_mode": True},
+                     rsa={"methods": ["paper"], "paper_pairs": 300, "bootstrap": 0, "nn_k": [3], "split_half": False})
+    data = syn.build(cfg)
+    words = data["words"]
+    # The FA cue "king" loses every answer: in paper mode it leaves every comparison.
+    king = words.index("king")
+    d = paths.behavior_dir(cfg, "m1", "fa")
+    tab = pd.concat([pd.read_parquet(p) for p in sorted(d.glob("part-*"))])
+    for p in d.glob("part-*"):
+        p.unlink()
+    tab.loc[tab.cue_idx == king, "picks"] = pd.Series([["null", "??"]] * int((tab.cue_idx == king).sum()),
+                                                      index=tab.index[tab.cue_idx == king])
+    import pyarrow as pa
+    from pipeline.logs import SCHEMA
+    write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
+    from pipeline.aggregate import aggregate_one
+    aggregate_one(cfg, "m1", "fa", words)
+    rsa.run(cfg, syn.opts())
+    df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet")
+    assert set(df.query("reference != 'static'").n_words) == {29}
+    assert set(df.query("reference == 'static'").n_words) == {28}  # word 5 has no static vector
+    keep = [i for i in range(len(words)) if i != king]
+    sub_words = [words[i] for i in keep]
+    h = data["hidden"]["m1", "meaning"][2][keep]
+    for name in ("fc", "fa"):
+        sim = np.load(paths.matrices_dir(cfg, "m1", name) / "sim_ppmi.npy")[np.ix_(keep, keep)]
+        got = df.query("reference == @name and layer == 2").rsa.item()
+        assert got == pytest.approx(_authors_rsa(h, sim, sub_words, 300, 0), abs=1e-6)
+    static = data["static"][keep]
+    ok = np.isfinite(static).all(axis=1)
+    got = df.query("reference == 'static' and layer == 2").rsa.item()
+    assert got == pytest.approx(_authors_rsa(h, cosine(np.where(ok[:, None], static, 0)), sub_words, 300, 0, ok),
+                                abs=1e-6)

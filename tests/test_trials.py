@@ -207,9 +207,14 @@ def test_corrupt_plan_is_reported(make_config):
     cfg = make_config()
     vocab.run(cfg, _opts())
     trials.run(cfg, _opts())
+    good = paths.trials_file(cfg, "fa").read_bytes()
     paths.trials_file(cfg, "fa").write_bytes(b"not parquet")
-    with pytest.raises(PipelineError, match="unreadable trial plan"):
+    with pytest.raises(PipelineError, match=r"fa\.parquet: the FA trial plan changed since the trials\.fa stage "
+                                            r"wrote it.*pipeline trials --config"):
         trials.load_trials(cfg, "fa")
+    trials.run(cfg, _opts())  # a finished stage whose output was damaged rebuilds it
+    assert paths.trials_file(cfg, "fa").read_bytes() == good
+    assert trials.load_trials(cfg, "fa").num_rows == 60
 
 
 def test_too_few_candidates_for_picks(make_config):

@@ -210,3 +210,52 @@ def test_committed_list_follows_the_rules():
     assert words[:10] == ["time", "people", "way", "year", "day", "life", "world", "man", "home", "part"]
     assert all(re.fullmatch(r"[a-z]{3,}", w) for w in words)
     assert not set(words) & vocab.stop_words()
+
+
+def test_paper_stimuli_ship_and_give_the_authors_first_group(make_config):
+    import csv
+    import random
+
+    from pipeline import trials
+
+    src = Path(__file__).resolve().parents[1] / "vocab" / "subtlex_stimuli_5k_final.csv"
+    words = vocab.load_words(src)
+    assert len(words) == 5000 and words[:3] == ["time", "man", "way"]
+    with open(src, newline="") as f:
+        assert words == [r["word"] for r in csv.DictReader(f)]
+    # The authors' procedure for cue 0 (METHOD.md §2), written out: shuffle the other indices
+    # with random.Random(12345 + 0), the first of 313 balanced groups holds 16 of them.
+    idx = [j for j in range(5000) if j != 0]
+    random.Random(12345).shuffle(idx)
+    first = [words[j] for j in idx[:16]]
+    perm = trials._shuffle_block(5000, 0, 1, 12345)
+    sizes = trials.fc_group_sizes(5000, 16)
+    assert len(sizes) == 313 and sizes[0] == 16
+    assert [words[j] for j in perm[0, :16]] == first
+    cfg = make_config(experiment={"name": "p", "data_dir": str(make_config().experiment.data_dir),
+                                  "paper_mode": True}, vocab={"source": str(src), "size": 5000})
+    vocab.run(cfg, _opts())
+    assert vocab.load_run_vocab(cfg) == words
+
+
+@pytest.mark.parametrize("paper, words, bad", [
+    (False, ["dog", "café", "c++", "e-mail", "x.y", "zoë"], "'c\\+\\+', 'x\\.y'"),
+    (True, ["dog", "café", "e-mail", "cat"], "'café', 'e-mail'.*paper mode"),
+])
+def test_stage_refuses_words_the_rules_cannot_match(make_config, tmp_path, paper, words, bad):
+    src = tmp_path / "w.txt"
+    src.write_text("\n".join(words + [f"pad{c}" for c in "abcdefghijklmnopqrst"]) + "\n")
+    cfg = make_config(experiment={"name": "u", "data_dir": str(tmp_path / "d"), "paper_mode": paper},
+                      vocab={"source": str(src), "size": None})
+    with pytest.raises(PipelineError, match=rf"w\.txt: \d vocabulary words can never be parsed from an answer: {bad}"):
+        vocab.run(cfg, _opts())
+    assert not paths.vocab_file(cfg).exists()
+
+
+def test_paper_mode_refuses_na_like_words(make_config, tmp_path):
+    src = tmp_path / "w.txt"
+    src.write_text("\n".join(["dog", "null"] + [f"pad{c}" for c in "abcdefghijklmnopqrst"]) + "\n")
+    cfg = make_config(experiment={"name": "u", "data_dir": str(tmp_path / "d"), "paper_mode": True},
+                      vocab={"source": str(src), "size": None})
+    with pytest.raises(PipelineError, match="'null': paper mode drops responses that pandas reads as missing"):
+        vocab.run(cfg, _opts())
