@@ -101,7 +101,10 @@ def run_stage(name: str, cfg, opts) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    try:
+        opts = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if opts.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):

@@ -163,9 +163,16 @@ class Manifest:
         if all(json.dumps(current.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
                for k, v in new.items()):
             return
-        with self._locked() as m:
-            m.update(new)
-            m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            with self._locked() as m:
+                m.update(new)
+                m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        except PipelineError as e:
+            if self.path.exists() and not os.access(self.run_dir, os.W_OK) or "Read-only" in str(e):
+                log.warning("%s: not updated (%s); a finished experiment can still be checked and read",
+                            self.path, str(e).split(": the experiment directory")[0])
+                return
+            raise
 
     def append(self, key: str, value: Any) -> None:
         """Append `value` to the top-level list `key` (e.g. the demo's stage timings)."""

@@ -224,6 +224,76 @@ def test_second_writer_is_refused(make_config):
             behave.run(cfg, opts(paradigm="fc"))
 
 
+# ---------- self-healing logs and hostile outputs ----------
+
+def test_finished_log_that_lost_a_part_reruns_exactly_its_trials(make_config, monkeypatch):
+    from pipeline import aggregate
+
+    cfg = prepare(make_config(behave={"chunk_size": 16}))
+    behave.run(cfg, opts(paradigm="fc"))
+    d = paths.behavior_dir(cfg, "m", "fc")
+    parts = logs.list_parts(d)
+    before = final_rows(cfg, "fc")
+    lost = parts[1]
+    lost_ids = set(pq.read_table(lost).column("trial_id").to_pylist())
+    lost.rename(lost.with_name(lost.name + ".bad"))  # what a corrupt-part message advises
+    with pytest.raises(PipelineError, match=rf"{lost.name}.*behave --config test\.toml --model m --paradigm fc"):
+        aggregate.aggregate_one(cfg, "m", "fc", vocab.load_run_vocab(cfg))
+    asked = []
+    real = FakeBackend.generate
+    monkeypatch.setattr(FakeBackend, "generate", lambda self, reqs: asked.extend(reqs) or real(self, reqs))
+    behave.run(cfg, opts(paradigm="fc", force=True))
+    assert len(asked) == len(lost_ids)
+    after = final_rows(cfg, "fc")
+    assert after.column("trial_id").to_pylist() == before.column("trial_id").to_pylist()
+    assert after.column("picks").to_pylist() == before.column("picks").to_pylist()
+    assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
+    assert aggregate.aggregate_one(cfg, "m", "fc", vocab.load_run_vocab(cfg))["trials"] == before.num_rows
+    asked.clear()
+    behave.run(cfg, opts(paradigm="fc"))
+    assert asked == []
+
+
+def test_deleted_log_folder_is_run_again(make_config):
+    import shutil
+
+    cfg = prepare(make_config())
+    behave.run(cfg, opts(paradigm="fa"))
+    shutil.rmtree(paths.behavior_dir(cfg, "m", "fa"))
+    behave.run(cfg, opts(paradigm="fa"))
+    assert final_rows(cfg, "fa").num_rows == trials.load_trials(cfg, "fa").num_rows
+    assert Manifest(cfg.run_dir).stage("behave/m/fa")["complete"]
+
+
+def test_lone_surrogates_are_stored_escaped(make_config, monkeypatch):
+    cfg = prepare(make_config(behave={"chunk_size": 8}))
+    monkeypatch.setattr(FakeBackend, "_fc", lambda self, text, r: "output: \udc80bad, \ud800")
+    monkeypatch.setattr(FakeBackend, "_fa", lambda self, text, r: "output: caf\udce9, x.")
+    behave.run(cfg, opts())
+    fc = all_rows(cfg, "fc")
+    assert set(fc.column("raw_output").to_pylist()) == {"output: \\udc80bad, \\ud800"}
+    assert set(final_rows(cfg, "fc").column("status").to_pylist()) == {"unparseable"}
+    assert final_rows(cfg, "fa").column("raw_output")[0].as_py() == "output: caf\\udce9, x."
+    assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
+
+
+def test_unicode_vocabulary_answers_are_parsed(make_config, tmp_path):
+    from pipeline import aggregate
+
+    words = ["café", "zoë", "e-mail", "o'clock", "東京", "naïve", "façade", "jalapeño"] + \
+        [f"mot{c}" for c in "abcdefghijkl"]
+    src = tmp_path / "uni.txt"
+    src.write_text("\n".join(words) + "\n", encoding="utf-8")
+    cfg = prepare(make_config(vocab={"source": str(src), "size": len(words)}, behave={"paradigms": ["fc"]}))
+    behave.run(cfg, opts())
+    got = final_rows(cfg, "fc")
+    assert set(got.column("status").to_pylist()) == {"ok"}
+    stats = aggregate.aggregate_one(cfg, "m", "fc", words)
+    assert stats["masked_rows"] == 0 and stats["picks"] == 2 * got.num_rows
+    counts = aggregate.load_matrices(cfg, "m", "fc")["counts"]
+    assert counts[words.index("zoë")].sum() > 0
+
+
 # ---------- kill and resume through the CLI ----------
 
 def _write_config(tmp_path: Path, data_dir: Path, backend: str, model: str, fa_runs: int) -> Path:

@@ -305,3 +305,61 @@ def test_averaged_fallback_default_meaning_paper_bare_word():
     assert texts == [["A dog ran home."], [hidden_prompt("meaning", "milk")]] and fallback == ["milk"]
     texts, fallback = hidden._texts("averaged", ["dog", "milk"], [["A dog ran home."], []], PAPER)
     assert texts == [["A dog ran home."], ["milk"]] and fallback == ["milk"]
+
+
+# ------------------------------------------------------------ damaged outputs, concurrency
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "all NaN", "deleted"])
+def test_damaged_output_is_named_then_rebuilt(stage_cfg, damage):
+    import os
+
+    cfg = stage_cfg(strategies=["meaning"])
+    hidden.run(cfg, _opts())
+    out = paths.hidden_file(cfg, "tiny", "meaning")
+    good = np.load(out)
+    if damage == "random bytes":
+        out.write_bytes(os.urandom(out.stat().st_size))
+    elif damage == "truncated":
+        out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    elif damage == "all NaN":
+        np.save(out, np.full_like(good, np.nan))
+    else:
+        out.unlink()
+    with pytest.raises(PipelineError, match=r"meaning\.npy: hidden states of tiny/meaning .*"
+                                            r"pipeline hidden --config test\.toml --model tiny --strategy meaning"):
+        hidden.load_hidden(cfg, "tiny", "meaning")
+    hidden.run(cfg, _opts())
+    np.testing.assert_array_equal(np.load(out), good)
+
+
+def test_unregistered_non_finite_file_is_refused(stage_cfg):
+    cfg = stage_cfg(strategies=["meaning"])
+    out = paths.hidden_file(cfg, "tiny", "meaning")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((3, len(WORDS), 32), dtype=np.float16)
+    arr[1, 2, 0] = np.inf
+    np.save(out, arr)
+    with pytest.raises(PipelineError, match=r"non-finite values \(NaN or inf\) in 1 layer of 3"):
+        hidden.load_hidden(cfg, "tiny", "meaning", n_words=len(WORDS))
+
+
+def test_second_extraction_of_one_cell_is_refused(stage_cfg):
+    from pipeline.manifest import StageLock
+
+    cfg = stage_cfg(strategies=["meaning"])
+    out = paths.hidden_file(cfg, "tiny", "meaning")
+    with StageLock(out.with_name(f".{out.stem}.lock"), "test"):
+        with pytest.raises(PipelineError, match=r"\.meaning\.lock is held by another run \(pid"):
+            hidden.run(cfg, _opts())
+    hidden.run(cfg, _opts())
+    assert out.exists()
+
+
+def test_cuda_device_without_cuda_is_named(stage_cfg):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = stage_cfg(device="cuda")
+    with pytest.raises(PipelineError, match=r"hidden.device = 'cuda' but this machine has no usable CUDA device"):
+        hidden.run(cfg, _opts())
