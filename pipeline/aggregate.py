@@ -41,6 +41,7 @@ from . import paths
 from .config import PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
+from .options import Options, select
 from .rules import PANDAS_NA_STRINGS, Rules
 from .similarity import cosine, ppmi
 from .vocab import load_run_vocab
@@ -64,14 +65,12 @@ def run(cfg: Config, opts) -> None:
     A pair already aggregated from the same log parts is skipped; new or changed parts
     (a resumed or extended behave run) trigger a recomputation.
     """
-    models = [getattr(opts, "model", None)] if getattr(opts, "model", None) else [m.name for m in cfg.models]
-    for name in models:
-        cfg.model(name)
-    paradigms = [opts.paradigm] if getattr(opts, "paradigm", None) else list(cfg.behave.paradigms)
+    o = Options.of(opts)
+    sel = select(cfg, o)
     words = load_run_vocab(cfg)
-    for model in models:
-        for paradigm in paradigms:
-            aggregate_one(cfg, model, paradigm, words, force=bool(getattr(opts, "force", False)))
+    for model in sel.models:
+        for paradigm in sel.paradigms:
+            aggregate_one(cfg, model, paradigm, words, force=o.force)
 
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
@@ -110,15 +109,14 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
             raise PipelineError(f"{src}: {len(lost)} trial log part(s) that behave recorded as complete are gone "
                                 f"({', '.join(Path(r).name for r in lost[:3])}{' ...' if len(lost) > 3 else ''}); "
                                 f"run `{behave_cmd}` to redo exactly their trials, then aggregate again")
-    fp = fingerprint(settings(cfg, words, paradigm))
-    upstream = fingerprint(man.ids(parts))
-    if man.check(key, fp, force, upstream=upstream):
+    step = man.step(key, settings(cfg, words, paradigm), man.ids(parts), force)
+    if step.done():
         log.info("aggregate %s/%s: complete, skipping (%s)", model, paradigm, out)
         return json.loads((out / "stats.json").read_text())
     if not (behave and behave.get("complete")):
         log.warning("aggregate %s/%s: the behave stage has not completed for this log; aggregating the "
                     "%d parts written so far", model, paradigm, len(parts))
-    man.start(key, fp, upstream)
+    step.start()
     t0 = time.perf_counter()
     counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg))
     stats.update({"model": model, "paradigm": paradigm, "parts": len(parts),
@@ -134,10 +132,10 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
                     "left out of every comparison with this matrix): %s", model, paradigm, stats["masked_rows"],
                     ", ".join(stats["masked_row_words"][:20]) + (" ..." if stats["masked_rows"] > 20 else ""))
     summary = {k: v for k, v in stats.items() if k != "row_valid"}
-    man.complete(key, fp, {**summary, "empty_row_words": stats["empty_row_words"][:20],
-                           "masked_row_words": stats["masked_row_words"][:20],
-                           "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)},
-                 outputs=[out / f for f in OUTPUT_FILES], upstream=upstream)
+    step.complete([out / f for f in OUTPUT_FILES],
+                  {**summary, "empty_row_words": stats["empty_row_words"][:20],
+                   "masked_row_words": stats["masked_row_words"][:20],
+                   "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)})
     return stats
 
 
@@ -340,6 +338,50 @@ def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: lis
 
 def _one_line(s: str) -> str:
     return s.replace("\r", " ").replace("\n", " ")
+
+
+def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list[dict]:
+    """Split-half reliability of one behavioral PPMI-cosine matrix, one row per `rsa.methods`.
+
+    Each half is counted by `count_matrix` (the same cleaning, NA strings and row masking as
+    the full matrix), its PPMI-cosine correlated with the other half's and Spearman-Brown
+    corrected, 2r/(1+r). FC halves: the parity of the candidate group,
+    ``trial_id mod m`` with m groups per cue (`trials`: ``trial_id = cue_idx * m + group``).
+    FA halves: the parity of the run.
+
+    Returns:
+        Rows of `reliability.parquet`; empty when the behavior log has no final rows.
+    """
+    from .comparison import METHODS, compare
+    from .trials import fc_group_sizes
+
+    directory = paths.behavior_dir(cfg, model, paradigm)
+    n = len(words)
+    m = len(fc_group_sizes(n, cfg.trials.fc_candidates))
+    rules = Rules.of(cfg)
+
+    def half(h: int):
+        if paradigm == "fa":
+            return lambda b: b.column("run").to_numpy(zero_copy_only=False).astype(np.int64) % 2 == h
+        return lambda b: (b.column("trial_id").to_numpy().astype(np.int64) % m) % 2 == h
+
+    sims, sizes = [], []
+    for h in (0, 1):
+        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=half(h))
+        sims.append(masked_similarity(ppmi(counts), stats["row_valid"]))
+        sizes.append(stats["trials"])
+    if not sum(sizes):
+        return []
+    rows = []
+    for method in [m for m in METHODS if m in cfg.rsa.methods]:
+        r = compare(sims[0], sims[1], method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words)
+        rel = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else np.nan
+        n_pairs = min(cfg.rsa.paper_pairs, n * (n - 1) // 2) if method == "paper" else n * (n - 1) // 2
+        rows.append({"model": model, "paradigm": paradigm, "method": method, "n_words": n, "n_pairs": n_pairs,
+                     "r_half": r, "reliability": rel, "ceiling_low": rel,
+                     "ceiling_high": float(np.sqrt(rel)) if np.isfinite(rel) and rel >= 0 else np.nan,
+                     "n_trials_a": sizes[0], "n_trials_b": sizes[1]})
+    return rows
 
 
 def load_matrices(cfg: Config, model: str, paradigm: str) -> dict:

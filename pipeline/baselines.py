@@ -29,10 +29,11 @@ import numpy as np
 from . import paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint
+from .manifest import Manifest, atomic_write_bytes
+from .options import Options, select
+from .similarity import centered_cosine
 from .store import save_npy
 from .vocab import load_run_vocab
-from .similarity import centered_cosine
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from .hidden import word_token_indices
+    from .pooling import word_token_indices
     from .resources import resolve
 
     path = resolve(spec)
@@ -304,7 +305,7 @@ def consensus(cfg: Config, strategy: str, target_model: str, center_rows: np.nda
 
 
 def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
-    return paths.baselines_dir(cfg) / "consensus" / model / f"{strategy}.npy"
+    return paths.consensus_file(cfg, model, strategy)
 
 
 # ---------------------------------------------------------------- stage
@@ -316,7 +317,8 @@ def run(cfg: Config, opts) -> None:
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
-    force = bool(getattr(opts, "force", False))
+    o = Options.of(opts)
+    force = o.force
     b = cfg.baselines
     if b.static:
         _static_stage(cfg, man, words, vfp, force)
@@ -326,7 +328,8 @@ def run(cfg: Config, opts) -> None:
         _encoder_stage(cfg, man, words, vfp, force)
     else:
         log.info("baselines: no baselines.encoder configured; encoder reference skipped")
-    _consensus_stage(cfg, man, vfp, force, getattr(opts, "model", None), getattr(opts, "strategy", None))
+    sel = select(cfg, o) if cfg.models else None
+    _consensus_stage(cfg, man, vfp, force, sel)
 
 
 def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
@@ -335,43 +338,44 @@ def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force:
 
     b = cfg.baselines
     key = f"baselines/static/{b.static_name}"
-    target = paths.baselines_dir(cfg) / f"{b.static_name}.npy"
+    target = paths.static_file(cfg)
     src = Path(resolve(b.static))
     stat = [src.stat().st_size, src.stat().st_mtime_ns] if src.is_file() else None
     paper = Rules.of(cfg).paper and b.static != GLOVE_PACKAGE
-    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.static, "file": stat,
-                      **({"rules": "paper"} if paper else {})})
-    if man.check(key, fp, force):
+    step = man.step(key, {"version": _VERSION, "vocab": vfp, "spec": b.static, "file": stat,
+                          **({"rules": "paper"} if paper else {})}, force=force)
+    if step.done():
         log.info("baselines: %s complete, skipping", target)
         return
-    man.start(key, fp)
+    step.start()
     t0 = time.perf_counter()
     vecs, report = static_vectors(load_static(b.static, words, paper), words)
     report.update({"source": b.static, "seconds": round(time.perf_counter() - t0, 2)})
     save_npy(target, vecs)
-    atomic_write_bytes(target.with_suffix(".json"), json.dumps(report, indent=1).encode())
+    atomic_write_bytes(paths.sidecar(target), json.dumps(report, indent=1).encode())
     if report["n_missing"]:
         log.warning("baselines: %d of %d words have no %s vector (NaN rows, masked downstream): %s",
                     report["n_missing"], len(words), b.static_name, ", ".join(report["missing"][:30])
                     + (" ..." if report["n_missing"] > 30 else ""))
     log.info("baselines: %s coverage %d/%d (%d via lowercase)", b.static_name, report["found"], len(words),
              report["lowercase_matches"])
-    man.complete(key, fp, {k: v for k, v in report.items() if k != "missing"} | {"missing": report["missing"][:50]},
-                 outputs=[target, target.with_suffix(".json")])
+    step.complete([target, paths.sidecar(target)],
+                  {k: v for k, v in report.items() if k != "missing"} | {"missing": report["missing"][:50]})
 
 
 def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
     b = cfg.baselines
     key = f"baselines/encoder/{b.encoder_name}"
-    target = paths.baselines_dir(cfg) / f"{b.encoder_name}.npy"
-    fp = fingerprint({"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template})
-    if man.check(key, fp, force):
+    target = paths.encoder_file(cfg)
+    step = man.step(key, {"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template},
+                    force=force)
+    if step.done():
         log.info("baselines: %s complete, skipping", target)
         return
-    from .hidden import resolve_device
+    from .pooling import resolve_device
 
     device = resolve_device(cfg.hidden.device)
-    man.start(key, fp)
+    step.start()
     t0 = time.perf_counter()
     vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, device)
     if not np.isfinite(vecs).all():
@@ -379,27 +383,24 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
     summary = {"source": b.encoder, "template": b.encoder_template, "words": len(words), "dim": vecs.shape[1],
                "seconds": round(time.perf_counter() - t0, 2)}
     save_npy(target, vecs)
-    atomic_write_bytes(target.with_suffix(".json"), json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(paths.sidecar(target), json.dumps(summary, indent=1).encode())
     log.info("baselines: %s vectors for %d words (%.1f s)", b.encoder_name, len(words), summary["seconds"])
-    man.complete(key, fp, summary, outputs=[target, target.with_suffix(".json")])
+    step.complete([target, paths.sidecar(target)], summary)
 
 
-def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool,
-                     only_model: str | None, only_strategy: str | None) -> None:
+def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> None:
     from .hidden import load_hidden, rebuild_command
 
     key_root = "baselines/consensus"
     if len(cfg.models) < 2:
         log.info("baselines: cross-model consensus needs >= 2 models; %s has %d, so it is unavailable",
                  cfg.source, len(cfg.models))
-        fp = fingerprint({"models": [m.name for m in cfg.models]})
-        if not man.check(key_root, fp, True):
-            man.complete(key_root, fp, {"available": False,
-                                        "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
+        step = man.step(key_root, {"models": [m.name for m in cfg.models]}, force=True)
+        if not step.done():
+            step.complete([], {"available": False, "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
         return
     n = len(load_run_vocab(cfg))
-    strategies = [only_strategy] if only_strategy else list(cfg.hidden.strategies)
-    targets = [only_model] if only_model else [m.name for m in cfg.models]
+    strategies, targets = sel.strategies, sel.models
     for strategy in strategies:
         records = {}
         for m in cfg.models:
@@ -410,31 +411,30 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool,
             records[m.name] = man.require(paths.hidden_file(cfg, m.name, strategy),
                                           f"hidden states of {m.name}/{strategy}",
                                           rebuild_command(cfg, m.name, strategy))
-        fp = fingerprint({"version": _VERSION, "vocab": vfp})
-        up = fingerprint({"hidden": records})
-        todo = [t for t in targets if not man.check(f"{key_root}/{t}/{strategy}", fp, force, upstream=up)]
+        steps = {t: man.step(f"{key_root}/{t}/{strategy}", {"version": _VERSION, "vocab": vfp},
+                             {"hidden": records}, force) for t in targets}
+        todo = [t for t in targets if not steps[t].done()]
         if not todo:
             log.info("baselines: consensus/%s complete for %s, skipping", strategy, ", ".join(targets))
             continue
-        sums_dir = paths.baselines_dir(cfg) / "consensus" / ".sums" / strategy
+        sums_dir = paths.consensus_sums_dir(cfg, strategy)
         per_model: dict[str, tuple[Path, int]] = {}
         for m in cfg.models:
             per_model[m.name] = _model_sum(sums_dir, m.name, records[m.name],
-                                           lambda name=m.name: load_hidden(cfg, name, strategy, n_words=n))
+                                           lambda name=m.name, s=strategy: load_hidden(cfg, name, s, n_words=n))
         grand, grand_layers = None, 0
         for path, layers in per_model.values():
             s = np.load(path)
             grand = s if grand is None else grand + s
             grand_layers += layers
         for t in todo:
-            key = f"{key_root}/{t}/{strategy}"
-            man.start(key, fp, up)
+            steps[t].start()
             own_path, own_layers = per_model[t]
             mean = (grand - np.load(own_path)) / (grand_layers - own_layers)
             target = consensus_file(cfg, t, strategy)
             save_npy(target, mean.astype(np.float32))
-            man.complete(key, fp, {"models": [name for name in per_model if name != t],
-                                   "layers": grand_layers - own_layers}, outputs=[target], upstream=up)
+            steps[t].complete([target], {"models": [name for name in per_model if name != t],
+                                         "layers": grand_layers - own_layers})
             log.info("baselines: consensus/%s/%s from %d layers of %d models", t, strategy,
                      grand_layers - own_layers, len(per_model) - 1)
 
@@ -462,7 +462,7 @@ def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(N x d float32 vectors, boolean mask of words that have one) of the static baseline."""
     from .store import load_npy
 
-    path = paths.baselines_dir(cfg) / f"{cfg.baselines.static_name}.npy"
+    path = paths.static_file(cfg)
     v = np.asarray(load_npy(path, f"the {cfg.baselines.static_name} static vectors",
                             f"python -m pipeline baselines --config {cfg.source}", ndim=2, finite="rows"))
     return v, ~np.isnan(v).any(axis=1)

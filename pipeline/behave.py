@@ -46,10 +46,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import logs, paths
-from .backends import Backend, GenRequest, get_backend
+from .backends import Backend, GenRequest, backend_class, get_backend
 from .config import Config, ModelCfg
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
+from .options import Options, select
 from .parse import STATUSES, parse_fa, parse_fc
 from .prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_hashes, prompt_sha
 from .rules import Rules
@@ -128,8 +129,7 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": b.backend,
          "model": {k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt",
                                                       "dtype", "extra_eos")}}
-    if b.backend == "hf":
-        d["batch_size"] = b.batch_size
+    d.update(backend_class(b.backend, cfg).log_settings(cfg))
     if paradigm == "fc":
         d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
                  retries=b.retries, max_tokens=b.fc_max_tokens, retry=_retry_sampling(cfg, model_cfg),
@@ -325,21 +325,16 @@ def run(cfg: Config, opts) -> None:
 
     Args:
         cfg: experiment config.
-        opts: CLI options; uses ``model``, ``paradigm``, ``shard`` (I, N), ``limit``, ``force``
-            and ``engine``.
+        opts: CLI options (`options.Options`); uses ``model``, ``paradigm``, ``shard`` (I, N),
+            ``limit`` and ``force``. ``--engine ray`` is dispatched by the CLI to
+            `distributed.run_behave` instead.
     """
-    if getattr(opts, "engine", "local") == "ray":
-        from .distributed import run_behave
-        return run_behave(cfg, opts)
-    models = [cfg.model(opts.model)] if getattr(opts, "model", None) else cfg.models
-    if not models:
-        raise PipelineError(f"{cfg.source}: no [[models]] entries; add one (see configs/demo.toml)")
-    paradigms = [opts.paradigm] if getattr(opts, "paradigm", None) else list(cfg.behave.paradigms)
-    shard = tuple(getattr(opts, "shard", None) or (0, 1))
-    limit = getattr(opts, "limit", None)
-    force = bool(getattr(opts, "force", False))
+    o = Options.of(opts)
+    sel = select(cfg, o)
+    shard, limit, force = o.shard, o.limit, o.force
     man = Manifest(cfg.run_dir)
-    for model_cfg in models:
+    for model_cfg in (cfg.model(name) for name in sel.models):
+        paradigms = sel.paradigms
         backend = None
         try:
             for paradigm in paradigms:

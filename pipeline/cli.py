@@ -1,7 +1,9 @@
-"""Command line: `python -m pipeline STAGE --config FILE`.
+"""Command line: `python -m pipeline STAGE --config FILE`, every stage option in one parser.
 
-Stages are looked up by name in `STAGES`; each stage module exposes `run(cfg, opts)`.
-Modules are imported only when their stage runs, so `trials` works without torch or vLLM.
+Stages are looked up by name in `STAGES`; each stage module exposes `run(cfg, opts)` and
+runs in this process. ``--engine ray`` hands the stages that fan out (`ENGINES`) to the Ray
+drivers in `distributed` instead, so no stage knows which engine runs it. Modules are
+imported only when their stage runs, so `trials` works without torch or vLLM.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ STAGES: dict[str, str] = {
     "export": "Analysis-ready exports of the similarity matrices.",
 }
 DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "regress", "report"]
+ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
 
 log = logging.getLogger("pipeline")
 
@@ -61,6 +64,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _layers(text: str) -> list[int]:
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layer numbers separated by commas, e.g. 1,16,32") from None
+    if not layers or min(layers) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: layers are numbered from 1 (layer 0, the embeddings, is not "
+                                         f"analysed)")
+    return layers
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m pipeline",
@@ -78,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="only this hidden-state strategy")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="behave: run only shard I of N (deterministic split of trial_ids)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
+    p.add_argument("--engine", choices=["local", *ENGINES], default="local",
                    help="behave/hidden: run in this process or on a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -87,16 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=None, metavar="N",
                    help="behave: run at most N trials per model and paradigm (smoke tests)")
     p.add_argument("--force", action="store_true",
-                   help="recompute a stage whose inputs changed instead of refusing")
+                   help="recompute a stage whose settings changed instead of refusing")
+    p.add_argument("--hidden", action="store_true", help="export: also export hidden-layer centered cosines")
+    p.add_argument("--layers", type=_layers, default=None, metavar="L,L,...",
+                   help="export --hidden: only these layers, e.g. 1,16,32 (default: all)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def run_stage(name: str, cfg, opts) -> None:
-    """Import `pipeline.<name>` and call its `run(cfg, opts)`."""
-    module = importlib.import_module(f"pipeline.{name}")
+    """Run stage `name`: `pipeline.<name>.run(cfg, opts)`, or its driver for ``--engine``."""
+    from .options import Options
+
+    target = ENGINES.get(Options.of(opts).engine, {}).get(name, f"pipeline.{name}:run")
+    module, func = target.split(":")
     t0 = time.perf_counter()
-    module.run(cfg, opts)
+    getattr(importlib.import_module(module), func)(cfg, opts)
     log.info("stage %s finished in %.1f s", name, time.perf_counter() - t0)
 
 

@@ -162,7 +162,6 @@ PARADIGMS = ("fc", "fa")
 STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
 RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "static", "encoder", "consensus")
-BACKENDS = ("vllm", "hf", "fake")
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
                                    "see the README table 'Paper mode vs default')"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -356,7 +355,9 @@ def _validate(cfg: Config) -> None:
                   f"{t.fc_candidates}: a cue needs at least {t.fc_candidates} other words; "
                   f"raise vocab.size to {t.fc_candidates + 1} or more")
     b = cfg.behave
-    _choices(cfg, "behave.backend", [b.backend], BACKENDS)
+    from .backends import names
+
+    _choices(cfg, "behave.backend", [b.backend], tuple(names()))
     _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
     for key in ("chunk_size", "batch_size", "fc_max_tokens", "fa_max_tokens"):
         if getattr(b, key) < 1:

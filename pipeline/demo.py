@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, secs in timings.items():
         print(f"   {name:<10} {_fmt_seconds(secs)}")
     print(f"   {'total':<10} {_fmt_seconds(total)}")
+    from .paths import report_file
     from .report import headline
-    from .paths import report_dir
-    print(f"\n>> report: {report_dir(cfg) / 'report.md'} (figures beside it)")
+    print(f"\n>> report: {report_file(cfg)} (figures beside it)")
     print(">> headline")
     for key, value in headline(cfg).items():
         print(f"   {key:<32} {value}")

@@ -61,6 +61,7 @@ from . import logs
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
+from .options import Options, select
 from .rules import Rules
 
 log = logging.getLogger(__name__)
@@ -284,8 +285,7 @@ def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard,
     """Skip complete logs, lock and list the pending trials of the others (as `behave.run`)."""
     from .behave import open_log, pending_trials
 
-    limit = getattr(opts, "limit", None)
-    force = bool(getattr(opts, "force", False))
+    limit, force = opts.limit, opts.force
     jobs, chunks = [], []
     for paradigm in paradigms:
         job = open_log(cfg, man, model_cfg, paradigm, force)
@@ -313,11 +313,10 @@ def run_behave(cfg: Config, opts) -> None:
         opts: CLI options; uses ``model``, ``paradigm``, ``shard``, ``limit``, ``force``,
             ``address`` and ``workers`` (actors per model; default: as many as fit).
     """
-    models = [cfg.model(opts.model)] if getattr(opts, "model", None) else cfg.models
-    if not models:
-        raise PipelineError(f"{cfg.source}: no [[models]] entries; add one (see configs/demo.toml)")
-    paradigms = [opts.paradigm] if getattr(opts, "paradigm", None) else list(cfg.behave.paradigms)
-    shard = tuple(getattr(opts, "shard", None) or (0, 1))
+    opts = Options.of(opts)
+    sel = select(cfg, opts)
+    models = [cfg.model(name) for name in sel.models]
+    paradigms, shard = sel.paradigms, opts.shard
     man = Manifest(cfg.run_dir)
     with contextlib.ExitStack() as session:
         ray = None
@@ -330,7 +329,7 @@ def run_behave(cfg: Config, opts) -> None:
                 if not chunks:
                     continue
                 if ray is None:
-                    ray = session.enter_context(ray_session(getattr(opts, "address", None)))
+                    ray = session.enter_context(ray_session(opts.address))
                 with _progress(sum(c.table.num_rows for c in chunks), model_cfg.name) as bar:
                     _run_model(ray, cfg, opts, man, model_cfg, chunks, shard, bar)
 
@@ -342,13 +341,13 @@ def _progress(total: int, model: str):
 
 
 def _gpus_per_worker(cfg: Config, model_cfg) -> int:
-    if cfg.behave.backend == "vllm":
-        return model_cfg.tensor_parallel_size
-    return 1 if cfg.behave.backend == "hf" else 0
+    from .backends import backend_class
+
+    return backend_class(cfg.behave.backend, cfg).gpus_per_engine(model_cfg)
 
 
 def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, _Resources]:
-    res = plan_workers(ray.cluster_resources(), _gpus_per_worker(cfg, model_cfg), getattr(opts, "workers", None))
+    res = plan_workers(ray.cluster_resources(), _gpus_per_worker(cfg, model_cfg), opts.workers)
     actor_cls = ray.remote(_BehaveWorker).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
     worker_cfg = _worker_config(cfg)
@@ -505,7 +504,7 @@ def _publish(job: _Job, rows: pa.Table, shard) -> int:
 
 def _engine_summary(opts, stats: list[_WorkerStats], wall: float) -> dict:
     trials = sum(s.trials for s in stats)
-    return {"name": "ray", "address": getattr(opts, "address", None), "wall_s": round(wall, 3),
+    return {"name": "ray", "address": opts.address, "wall_s": round(wall, 3),
             "trials_per_s": round(trials / wall, 3) if wall else None,
             "worker_failures": sum(s.failures for s in stats),
             "workers": [s.record() for s in stats]}
@@ -546,7 +545,8 @@ def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[st
     """Extract one model x strategy on a Ray worker with the hidden module's own code."""
     os.environ.update(env)
     logging.basicConfig(level=logging.WARNING)
-    from .hidden import Pooler, extract, load_model
+    from .hidden import extract
+    from .pooling import Pooler, load_model
 
     t0 = time.perf_counter()
     tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
@@ -578,7 +578,7 @@ def run_hidden(cfg: Config, opts) -> None:
     words, todo, sentences = pending(cfg, opts)
     if not todo:
         return
-    with ray_session(getattr(opts, "address", None)) as ray:
+    with ray_session(opts.address) as ray:
         _run_hidden_tasks(ray, cfg, opts, todo, words, sentences)
 
 
@@ -587,7 +587,7 @@ def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> N
     from tqdm import tqdm
 
     gpus = 0 if cfg.hidden.device == "cpu" else 1
-    res = plan_workers(ray.cluster_resources(), gpus, getattr(opts, "workers", None))
+    res = plan_workers(ray.cluster_resources(), gpus, opts.workers)
     task = ray.remote(_hidden_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                             max_retries=MAX_RESTARTS, retry_exceptions=False)
     worker_cfg, env = _worker_config(cfg), _worker_env()

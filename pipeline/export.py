@@ -15,7 +15,7 @@ For every model x paradigm (FC, FA) x kind (`ppmi`: PPMI-cosine, the RSA referen
 plus `export/words.txt`. Hidden layers (centered cosine, METHOD.md §4) are exported only on
 request, as `hidden_<strategy>_layer<l>.*`, because at the paper's scale each is 100 MB:
 
-    python -m pipeline.export --config FILE [--hidden] [--layers 1,16,32] [--force]
+    python -m pipeline export --config FILE [--hidden] [--layers 1,16,32] [--force]
 
 Each model x source is recorded in the manifest (`export/<model>/<source>`); a re-run skips
 finished exports and refuses, unless --force, to replace exports whose inputs changed.
@@ -23,11 +23,9 @@ finished exports and refuses, unless --force, to replace exports whose inputs ch
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
-import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import paths
-from .config import Config, load_config
+from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint
+from .manifest import Manifest, atomic_write, atomic_write_bytes
+from .options import Options, select
+from .similarity import centered_cosine
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,7 @@ def write_rdm(path: Path, sim: np.ndarray, words: list[str], descriptors: dict[s
     desc = {**descriptors, "word_encoding": "ascii" if ascii_ok else "unicode_escape"}
     rdm = RDMs((1.0 - np.asarray(sim, dtype=np.float64)[i, j])[None, :], dissimilarity_measure="1 - similarity",
                descriptors=desc, pattern_descriptors={"word": list(stored)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        rdm.save(str(tmp), file_type="hdf5")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: rdm.save(str(tmp), file_type="hdf5"))
 
 
 def load_rdm_words(rdm) -> list[str]:
@@ -110,91 +98,68 @@ def export_matrix(out_stem: Path, sim: np.ndarray, words: list[str], descriptors
     return files
 
 
-def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[tuple[str, Path, int | None]]:
-    out = [(f"{p}_{kind}", paths.matrices_dir(cfg, model, p) / fname, None)
-           for p in ("fc", "fa") for kind, fname in KINDS.items()]
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    path: Path
+    what: str
+    rebuild: str
+    layer: int | None = None
+    strategy: str | None = None
+
+
+def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
+    from .hidden import load_hidden, rebuild_command
+
+    out = []
+    for p in ("fc", "fa"):
+        rebuild = f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}"
+        for kind in KINDS:
+            out.append(_Source(f"{p}_{kind}", paths.matrix_file(cfg, model, p, f"sim_{kind}"),
+                               f"the {p.upper()} {kind}-cosine matrix of {model}", rebuild))
     if hidden:
         for strategy in cfg.hidden.strategies:
-            h = paths.hidden_file(cfg, model, strategy)
-            if not h.exists():
-                raise PipelineError(f"{h}: hidden states of {model}/{strategy} are missing; run `python -m "
-                                    f"pipeline hidden --config {cfg.source}` first or export without --hidden")
-            n_layers = np.load(h, mmap_mode="r").shape[0] - 1
-            chosen = layers or range(1, n_layers + 1)
-            for layer in chosen:
+            n_layers = load_hidden(cfg, model, strategy).shape[0] - 1
+            for layer in layers or range(1, n_layers + 1):
                 if not 1 <= layer <= n_layers:
                     raise PipelineError(f"--layers {layer}: {model}/{strategy} has layers 1..{n_layers}")
-                out.append((f"hidden_{strategy}_layer{layer}", h, layer))
+                out.append(_Source(f"hidden_{strategy}_layer{layer}", paths.hidden_file(cfg, model, strategy),
+                                   f"hidden states of {model}/{strategy}", rebuild_command(cfg, model, strategy),
+                                   layer, strategy))
     return out
 
 
 def run(cfg: Config, opts) -> None:
-    """`export` stage: every behavioral matrix (and, with ``opts.hidden``, hidden layers)."""
+    """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
     from .hidden import load_hidden
-    from .hidden import rebuild_command as hidden_rebuild
-    from .rsa import _layer_similarity
     from .store import load_npy
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     n = len(words)
-    force = bool(getattr(opts, "force", False))
+    o = Options.of(opts)
     man = Manifest(cfg.run_dir)
     root = paths.export_dir(cfg)
-    atomic_write_bytes(root / "words.txt", "".join(w + "\n" for w in words).encode("utf-8"))
-    models = [cfg.model(opts.model).name] if getattr(opts, "model", None) else [m.name for m in cfg.models]
+    listing = "".join(w + "\n" for w in words).encode("utf-8")
+    if not (root / "words.txt").is_file() or (root / "words.txt").read_bytes() != listing:
+        atomic_write_bytes(root / "words.txt", listing)
     vfp = vocab_fingerprint(cfg)
     count = 0
-    for model in models:
-        for name, src, layer in _sources(cfg, model, bool(getattr(opts, "hidden", False)),
-                                         getattr(opts, "layers", None)):
-            if layer is None:
-                paradigm = name.split("_")[0]
-                rebuild = f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {paradigm}"
-                desc = f"the {paradigm.upper()} similarity matrix of {model}"
-            else:
-                strategy = name.split("_layer")[0].removeprefix("hidden_")
-                rebuild = hidden_rebuild(cfg, model, strategy)
-                desc = f"hidden states of {model}/{strategy}"
-            key = f"export/{model}/{name}"
-            fp = fingerprint({"version": _VERSION, "vocab": vfp, "layer": layer})
-            up = man.require(src, desc, rebuild)
-            stem = root / model / name
-            if man.check(key, fp, force, upstream=up):
+    for model in select(cfg, o).models:
+        for src in _sources(cfg, model, o.hidden, o.layers):
+            step = man.step(f"export/{model}/{src.name}", {"version": _VERSION, "vocab": vfp, "layer": src.layer},
+                            man.require(src.path, src.what, src.rebuild), o.force)
+            if step.done():
                 continue
-            man.start(key, fp, up)
-            if layer is None:
-                sim = load_npy(src, desc, rebuild, shape=(n, n), finite="rows")
-                what = "cosine of PPMI rows" if name.endswith("ppmi") else "cosine of count rows"
+            step.start()
+            if src.layer is None:
+                sim = load_npy(src.path, src.what, src.rebuild, shape=(n, n), finite="rows")
+                what = "cosine of PPMI rows" if src.name.endswith("ppmi") else "cosine of count rows"
             else:
-                sim = _layer_similarity(load_hidden(cfg, model, strategy, n_words=n)[layer])
-                what = f"mean-centered cosine of layer {layer}"
-            files = export_matrix(stem, sim, words, {"experiment": cfg.experiment.name, "model": model,
-                                                     "source": name, "kind": what})
-            man.complete(key, fp, {"files": [str(f.relative_to(cfg.run_dir)) for f in files]}, outputs=files,
-                         upstream=up)
+                sim = centered_cosine(load_hidden(cfg, model, src.strategy, n_words=n)[src.layer], compute=np.float32)
+                what = f"mean-centered cosine of layer {src.layer}"
+            files = export_matrix(root / model / src.name, sim, words,
+                                  {"experiment": cfg.experiment.name, "model": model, "source": src.name, "kind": what})
+            step.complete(files, {"files": [str(f.relative_to(cfg.run_dir)) for f in files]})
             count += 1
     log.info("export: %d matrices written under %s", count, root)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--model")
-    p.add_argument("--hidden", action="store_true", help="also export hidden-layer centered cosines")
-    p.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                   help="hidden layers to export, e.g. 1,16,32 (default: all)")
-    p.add_argument("--force", action="store_true")
-    opts = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        run(load_config(opts.config, opts.overrides), opts)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,9 +24,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
-import logging
 import time
 from importlib import metadata
 from pathlib import Path
@@ -111,6 +111,32 @@ class StageLock:
             self._f = None
 
 
+class Step:
+    """One manifest record's unit of work: is it done, start it, complete it.
+
+    The stage toolkit: a stage describes its work once (the record key, the settings whose
+    change makes old results stale, the content of what it reads) and then asks `done()`,
+    calls `start()` before working and `complete(outputs, summary)` after, instead of
+    passing fingerprints to three manifest calls. Made by `Manifest.step`.
+    """
+
+    def __init__(self, man: "Manifest", key: str, settings, upstream=None, force: bool = False):
+        self.man, self.key, self.force = man, key, force
+        self.fp = settings if isinstance(settings, str) else fingerprint(settings)
+        self.up = None if upstream is None else upstream if isinstance(upstream, str) else fingerprint(upstream)
+
+    def done(self, quiet: bool = False) -> bool:
+        """`Manifest.check`: complete, same settings and upstream, outputs intact."""
+        return self.man.check(self.key, self.fp, self.force, upstream=self.up, quiet=quiet)
+
+    def start(self) -> None:
+        self.man.start(self.key, self.fp, self.up)
+
+    def complete(self, outputs=(), summary: dict | None = None) -> None:
+        """Record the stage complete with the files it wrote (hashed and registered)."""
+        self.man.complete(self.key, self.fp, summary, outputs=list(outputs), upstream=self.up)
+
+
 class Manifest:
     """Read-modify-write access to `manifest.json`, serialised by a file lock.
 
@@ -182,7 +208,8 @@ class Manifest:
     def stage(self, key: str) -> dict | None:
         return self.read()["stages"].get(key)
 
-    def check(self, key: str, inputs_fp: str, force: bool = False, upstream: str | None = None) -> bool:
+    def check(self, key: str, inputs_fp: str, force: bool = False, upstream: str | None = None,
+              quiet: bool = False) -> bool:
         """Decide whether stage `key` is already complete for these settings and inputs.
 
         Args:
@@ -191,6 +218,7 @@ class Manifest:
             force: accept changed settings (the caller replaces the old outputs).
             upstream: fingerprint of the content of what the stage reads, or None when the
                 stage reads nothing but its settings.
+            quiet: do not log why the work is to be (re)done (a second check of the same record).
 
         Returns:
             True when a completed record with the same settings and upstream exists and every
@@ -215,15 +243,15 @@ class Manifest:
         if not rec.get("complete"):
             return False
         if upstream is not None and rec.get("upstream") != upstream:
-            log.info("%s: what it reads was rebuilt since it ran; recomputing", key)
+            if not quiet:
+                log.info("%s: what it reads was rebuilt since it ran; recomputing", key)
             return False
         problems = self.output_problems(rec)
-        if problems:
+        if problems and not quiet:
             log.warning("%s: %s; rebuilding %s", key, "; ".join(problems[:5])
                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
                         "it" if len(problems) == 1 else "them")
-            return False
-        return True
+        return not problems
 
     def start(self, key: str, inputs_fp: str, upstream: str | None = None) -> None:
         with self._locked() as m:
@@ -252,6 +280,11 @@ class Manifest:
                 rec["summary"] = summary
             m["stages"][key] = rec
             m.setdefault("artifacts", {}).update(ids)
+
+    def step(self, key: str, settings, upstream=None, force: bool = False) -> Step:
+        """A `Step` for record `key`: `settings` and `upstream` are fingerprints or the
+        objects to fingerprint."""
+        return Step(self, key, settings, upstream, force)
 
     def invalidate(self, key: str) -> None:
         """Mark `key` incomplete (its outputs are being rebuilt), keeping its settings."""

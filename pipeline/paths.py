@@ -42,3 +42,47 @@ def report_dir(cfg: Config) -> Path:
 
 def export_dir(cfg: Config) -> Path:
     return cfg.run_dir / "export"
+
+
+def matrix_file(cfg: Config, model: str, paradigm: str, kind: str = "sim_ppmi") -> Path:
+    """One aggregated file: ``sim_ppmi``, ``sim_counts`` (.npy), or ``counts``, ``ppmi`` (.npz)."""
+    suffix = ".npz" if kind in ("counts", "ppmi") else ".npy"
+    return matrices_dir(cfg, model, paradigm) / f"{kind}{suffix}"
+
+
+def static_file(cfg: Config) -> Path:
+    return baselines_dir(cfg) / f"{cfg.baselines.static_name}.npy"
+
+
+def encoder_file(cfg: Config) -> Path:
+    return baselines_dir(cfg) / f"{cfg.baselines.encoder_name}.npy"
+
+
+def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
+    return baselines_dir(cfg) / "consensus" / model / f"{strategy}.npy"
+
+
+def consensus_sums_dir(cfg: Config, strategy: str) -> Path:
+    """Cached per-model layer sums of the consensus (`baselines`)."""
+    return baselines_dir(cfg) / "consensus" / ".sums" / strategy
+
+
+def sidecar(path: Path) -> Path:
+    """The JSON summary written beside an array (`hidden`, `baselines`)."""
+    return path.with_suffix(".json")
+
+
+def result_table(cfg: Config, name: str) -> Path:
+    """``rsa``, ``nn``, ``reliability`` or ``regression`` under `results/`."""
+    return results_dir(cfg) / f"{name}.parquet"
+
+
+def result_part(cfg: Config, table: str, model: str, strategy: str | None = None) -> Path:
+    """One finished cell of a result table (`results/parts/<table>/<model>/<strategy>.parquet`;
+    reliability parts are per model)."""
+    base = results_dir(cfg) / "parts" / table
+    return base / f"{model}.parquet" if strategy is None else base / model / f"{strategy}.parquet"
+
+
+def report_file(cfg: Config, name: str = "report.md") -> Path:
+    return report_dir(cfg) / name

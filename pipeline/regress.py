@@ -14,10 +14,12 @@ METHOD.md §7, for every model x strategy x layer (1..L) x seed of `regress.seed
   strategy), FC and FA cosine of raw count rows (`sim_counts.npy`).
 - Five nested feature sets, each `make_pipeline(StandardScaler(), RidgeCV(alphas=
   np.logspace(-2, 6, 15), cv=regress.cv))` fitted on the train pairs and scored (R²) on the
-  test pairs (computed in closed form by `ridge_cv`, checked against scikit-learn): `base` (static + encoder), `base+cross`, `base+cross+fc`, `base+cross+fa`,
-  `base+cross+fc+fa` (full). With a single model there is no consensus: the sets that need
-  it are replaced by `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it.
-- Pairs with a word whose static vector is missing are dropped (column `n_dropped`).
+  test pairs (computed in closed form by `ridge_cv`, checked against scikit-learn): `base`
+  (static + encoder), `base+cross`, `base+cross+fc`, `base+cross+fa`, `base+cross+fc+fa`
+  (full). With a single model there is no consensus: the sets that need it are replaced by
+  `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it.
+- Pairs with a word whose static vector or behavioral row is missing are dropped (column
+  `n_dropped`); paper mode follows the authors instead (`rules.Rules`).
 
 Output `results/regression.parquet`: model, strategy, layer, n_layers, seed, feature_set,
 r2_test, r2_train, alpha, n_train, n_test, n_dropped. Each model x strategy cell is written
@@ -48,9 +50,9 @@ from . import paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
-from .rsa import parts_dir, selected
+from .options import Options, select
 from .rules import Rules
-from .similarity import cosine, sample_pairs
+from .similarity import cosine, sample_pairs, unit_centered
 from .store import write_parquet
 
 log = logging.getLogger(__name__)
@@ -146,11 +148,7 @@ def pair_cosines(layer: np.ndarray, split: Split, centered: bool = True) -> tupl
     Returns:
         (train values, test values), float32, in the split's pair order.
     """
-    x = np.array(layer, dtype=np.float32)
-    if centered:
-        x -= x[split.train_idx].mean(axis=0, dtype=np.float64).astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    x /= np.where(norms > 0, norms, np.float32(1.0))[:, None]
+    x = unit_centered(layer, split.train_idx, center=centered)
     xs = x[split.train_idx]
     block = xs @ xs.T
     train = block[split.train_a, split.train_b][split.keep_train]
@@ -274,7 +272,7 @@ def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zer
 def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     from .store import load_npy
 
-    path = paths.matrices_dir(cfg, model, paradigm) / "sim_counts.npy"
+    path = paths.matrix_file(cfg, model, paradigm, "sim_counts")
     m = load_npy(path, f"the {paradigm.upper()} counts-cosine matrix of {model}",
                  f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {paradigm}",
                  shape=(n, n), finite="rows")
@@ -303,12 +301,46 @@ def _upstream(cfg: Config, man: Manifest, model: str, strategy: str, paradigms, 
     ids = {"static": man.require(static_path, "the static baseline vectors", base),
            "encoder": man.require(encoder_path, "the encoder baseline vectors", base)}
     for p in paradigms:
-        ids[p] = man.require(paths.matrices_dir(cfg, model, p) / "sim_counts.npy",
+        ids[p] = man.require(paths.matrix_file(cfg, model, p, "sim_counts"),
                              f"the {p.upper()} counts-cosine matrix of {model}",
                              f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}")
     ids["hidden"] = {m: man.require(paths.hidden_file(cfg, m, strategy), f"hidden states of {m}/{strategy}",
                                     rebuild_command(cfg, m, strategy)) for m in models}
     return fingerprint(ids)
+
+
+@dataclass
+class _Stage:
+    """What every cell of one regress invocation shares: words, rules, feature sets, and
+    the lexical baselines (loaded on first use)."""
+    cfg: Config
+    man: Manifest
+    words: list[str]
+    rules: Rules
+    paradigms: list[str]
+    sets: dict[str, tuple[str, ...]]
+    dropped_sets: list[str]
+    models: list[str]
+    static: np.ndarray | None = None
+    encoder: np.ndarray | None = None
+    static_valid: np.ndarray | None = None
+
+    @property
+    def consensus(self) -> bool:
+        return len(self.models) > 1
+
+    def lexical(self) -> None:
+        if self.static is not None:
+            return
+        cfg, n = self.cfg, len(self.words)
+        zero = self.rules.regress_missing_static == "zero"
+        self.static, self.static_valid = _load_vectors(cfg, self.man, paths.static_file(cfg), n,
+                                                       f"the {cfg.baselines.static_name} static vectors", zero)
+        self.encoder, _ = _load_vectors(cfg, self.man, paths.encoder_file(cfg), n,
+                                        f"the {cfg.baselines.encoder_name} encoder vectors", True)
+        if not self.static_valid.all():
+            log.warning("regress: %d words have no static vector; pairs containing them are dropped",
+                        int((~self.static_valid).sum()))
 
 
 def run(cfg: Config, opts) -> None:
@@ -321,108 +353,98 @@ def run(cfg: Config, opts) -> None:
     """
     from .vocab import load_run_vocab, vocab_fingerprint
 
-    words = load_run_vocab(cfg)
-    n = len(words)
-    rules = Rules.of(cfg)
-    force = bool(getattr(opts, "force", False))
-    man = Manifest(cfg.run_dir)
-    models, strategies = selected(cfg, opts)
+    force = Options.of(opts).force
+    sel = select(cfg, opts)
     all_models = [m.name for m in cfg.models]
-    consensus = len(all_models) > 1
-    sets = FEATURE_SETS if consensus else FEATURE_SETS_NO_CONSENSUS
+    all_sets = FEATURE_SETS if len(all_models) > 1 else FEATURE_SETS_NO_CONSENSUS
     paradigms = [p for p in ("fc", "fa") if p in cfg.behave.paradigms]
-    sets = {k: v for k, v in sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
-    dropped_sets = sorted(set(FEATURE_SETS if consensus else FEATURE_SETS_NO_CONSENSUS) - set(sets))
-    base = paths.baselines_dir(cfg)
-    static_path = base / f"{cfg.baselines.static_name}.npy"
-    encoder_path = base / f"{cfg.baselines.encoder_name}.npy"
-    settings = {**asdict(cfg.regress), "sets": sets, "version": _VERSION, "vocab": vocab_fingerprint(cfg),
-                "rules": rules.name}
-    static = encoder = static_valid = None
-
-    for strategy in strategies:
+    sets = {k: v for k, v in all_sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
+    st = _Stage(cfg, Manifest(cfg.run_dir), load_run_vocab(cfg), Rules.of(cfg), paradigms, sets,
+                sorted(set(all_sets) - set(sets)), all_models)
+    settings = {"settings": {**asdict(cfg.regress), "sets": sets, "version": _VERSION,
+                             "vocab": vocab_fingerprint(cfg), "rules": st.rules.name}}
+    for strategy in sel.strategies:
         pending = {}
-        for model in models:
-            key = f"regress/{model}/{strategy}"
-            fp = fingerprint({"settings": settings})
-            up = _upstream(cfg, man, model, strategy, paradigms, all_models if consensus else [model],
-                           static_path, encoder_path)
-            part = parts_dir(cfg) / "regression" / model / f"{strategy}.parquet"
-            if man.check(key, fp, force, upstream=up):
+        for model in sel.models:
+            up = _upstream(cfg, st.man, model, strategy, paradigms, all_models if st.consensus else [model],
+                           paths.static_file(cfg), paths.encoder_file(cfg))
+            step = st.man.step(f"regress/{model}/{strategy}", settings, up, force)
+            if step.done():
                 log.info("regress %s/%s: complete, skipped", model, strategy)
                 continue
-            man.start(key, fp, up)
-            pending[model] = (key, fp, up, part, [])
-        if not pending:
-            continue
-        zero = rules.regress_missing_static == "zero"
-        if static is None:
-            static, static_valid = _load_vectors(cfg, man, static_path, n,
-                                                 f"the {cfg.baselines.static_name} static vectors", zero)
-            encoder, _ = _load_vectors(cfg, man, encoder_path, n, f"the {cfg.baselines.encoder_name} encoder vectors",
-                                       True)
-            if not static_valid.all():
-                log.warning("regress: %d words have no static vector; pairs containing them are dropped",
-                            int((~static_valid).sum()))
-        behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in paradigms} for m in pending}
-        groups: dict[bytes, list[str]] = {}
-        for model in pending:
-            ok = np.ones(n, dtype=bool)
-            for p in paradigms:
-                ok &= behavior[model][p][1]
-            groups.setdefault(ok.tobytes(), []).append(model)
-        for mask_bytes, group in groups.items():
-            beh_valid = np.frombuffer(mask_bytes, dtype=bool)
-            if rules.common_words:
-                split_words, valid = [w for w, ok in zip(words, beh_valid) if ok], static_valid
-            else:
-                split_words, valid = None, static_valid & beh_valid
-            for seed in cfg.regress.seeds:
-                split = make_split(words, seed, cfg.regress.test_size, cfg.regress.train_pairs, valid,
-                                   split_words=split_words)
-                lexical = {"static": _pairs(static, split), "encoder": _pairs(encoder, split)}
-                needed = all_models if consensus else group
-                values = {m: _layer_values(cfg, m, strategy, n, split) for m in needed}
-                for model in group:
-                    rows = pending[model][4]
-                    feats = dict(lexical)
-                    for p in paradigms:
-                        feats[p] = _pairs(behavior[model][p][0], split)
-                    if consensus:
-                        feats["consensus"] = consensus_pairs(values, model)
-                    f_tr = {k: v[0] for k, v in feats.items()}
-                    f_te = {k: v[1] for k, v in feats.items()}
-                    n_layers = len(values[model])
-                    for layer, (y_tr, y_te) in enumerate(values[model], start=1):
-                        for r in fit_sets(f_tr, y_tr, f_te, y_te, sets, cfg.regress.cv):
-                            rows.append({"model": model, "strategy": strategy, "layer": layer,
-                                         "n_layers": n_layers, "seed": seed, **r, "n_train": int(y_tr.size),
-                                         "n_test": int(y_te.size), "n_dropped": split.n_dropped})
-                    log.info("regress %s/%s seed %d: %d layers fitted", model, strategy, seed, n_layers)
-                del values
-        for model, (key, fp, up, part, rows) in pending.items():
-            write_parquet(pd.DataFrame(rows, columns=_COLUMNS), part)
-            note = {} if consensus else {"consensus": "single model: sets needing consensus replaced by "
-                                                      + ", ".join(s for s in sets if s != "base")}
-            if dropped_sets:
-                note["skipped_sets"] = f"{', '.join(dropped_sets)}: paradigm not in behave.paradigms"
-            man.complete(key, fp, {"rows": len(rows), "feature_sets": list(sets), **note}, outputs=[part],
-                         upstream=up)
-    _merge(cfg, man)
+            step.start()
+            pending[model] = step
+        if pending:
+            _fit_strategy(st, strategy, pending)
+    _merge(cfg, st.man)
+
+
+def _fit_strategy(st: _Stage, strategy: str, pending: dict) -> None:
+    """Fit every pending model of one strategy; models whose behavioral rows mask the same
+    words share one split (and one pass over every model's layers for the consensus)."""
+    cfg, words, n = st.cfg, st.words, len(st.words)
+    st.lexical()
+    behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in st.paradigms} for m in pending}
+    groups: dict[bytes, list[str]] = {}
+    for model in pending:
+        ok = np.ones(n, dtype=bool)
+        for p in st.paradigms:
+            ok &= behavior[model][p][1]
+        groups.setdefault(ok.tobytes(), []).append(model)
+    rows: dict[str, list[dict]] = {m: [] for m in pending}
+    for mask_bytes, group in groups.items():
+        beh_valid = np.frombuffer(mask_bytes, dtype=bool)
+        if st.rules.common_words:
+            split_words, valid = [w for w, ok in zip(words, beh_valid) if ok], st.static_valid
+        else:
+            split_words, valid = None, st.static_valid & beh_valid
+        for seed in cfg.regress.seeds:
+            split = make_split(words, seed, cfg.regress.test_size, cfg.regress.train_pairs, valid,
+                               split_words=split_words)
+            values = {m: _layer_values(cfg, m, strategy, n, split) for m in (st.models if st.consensus else group)}
+            for model in group:
+                feats = {"static": _pairs(st.static, split), "encoder": _pairs(st.encoder, split)}
+                for p in st.paradigms:
+                    feats[p] = _pairs(behavior[model][p][0], split)
+                if st.consensus:
+                    feats["consensus"] = consensus_pairs(values, model)
+                rows[model] += _fit_layers(st, model, strategy, seed, split, feats, values[model])
+            del values
+    for model, step in pending.items():
+        part = paths.result_part(cfg, "regression", model, strategy)
+        write_parquet(pd.DataFrame(rows[model], columns=_COLUMNS), part)
+        note = {} if st.consensus else {"consensus": "single model: sets needing consensus replaced by "
+                                                     + ", ".join(s for s in st.sets if s != "base")}
+        if st.dropped_sets:
+            note["skipped_sets"] = f"{', '.join(st.dropped_sets)}: paradigm not in behave.paradigms"
+        step.complete([part], {"rows": len(rows[model]), "feature_sets": list(st.sets), **note})
+
+
+def _fit_layers(st: _Stage, model: str, strategy: str, seed: int, split: Split, feats: dict, layers: list) -> list:
+    f_tr = {k: v[0] for k, v in feats.items()}
+    f_te = {k: v[1] for k, v in feats.items()}
+    out = []
+    for layer, (y_tr, y_te) in enumerate(layers, start=1):
+        for r in fit_sets(f_tr, y_tr, f_te, y_te, st.sets, st.cfg.regress.cv):
+            out.append({"model": model, "strategy": strategy, "layer": layer, "n_layers": len(layers),
+                        "seed": seed, **r, "n_train": int(y_tr.size), "n_test": int(y_te.size),
+                        "n_dropped": split.n_dropped})
+    log.info("regress %s/%s seed %d: %d layers fitted", model, strategy, seed, len(layers))
+    return out
 
 
 def _merge(cfg: Config, man: Manifest) -> None:
     stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"regress/{m}/{s}") or {}).get("complete")]
-    sources = [parts_dir(cfg) / "regression" / m / f"{s}.parquet" for m, s in done]
-    fp = fingerprint({"cells": done, "version": _VERSION})
-    up = fingerprint(man.ids([p for p in sources if p.exists()]))
+    sources = [paths.result_part(cfg, "regression", m, s) for m, s in done]
+    step = man.step("regress", {"cells": done, "version": _VERSION}, man.ids([p for p in sources if p.exists()]),
+                    force=True)
     complete = len(done) == len(cells)
-    if complete and man.check("regress", fp, True, upstream=up):
+    if complete and step.done():
         return
     frames = [pd.read_parquet(p) for p in sources if p.exists()]
-    out = paths.results_dir(cfg) / "regression.parquet"
+    out = paths.result_table(cfg, "regression")
     write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS), out)
     if complete:
-        man.complete("regress", fp, {"cells": len(done)}, outputs=[out], upstream=up)
+        step.complete([out], {"cells": len(done)})

@@ -30,7 +30,8 @@ import pandas as pd
 from . import paths, published
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint
+from .manifest import Manifest, atomic_write_bytes
+from .options import Options
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
     """The result tables that exist (missing or empty ones are left out)."""
     out = {}
     for name in _TABLES:
-        path = paths.results_dir(cfg) / f"{name}.parquet"
+        path = paths.result_table(cfg, name)
         if path.exists():
             df = pd.read_parquet(path)
             if not df.empty:
@@ -472,7 +473,8 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
         pub = published.rsa()
         rows = []
         for r in mine.itertuples(index=False):
-            g = pub[(pub.paper_model == matched[r.model]) & (pub.strategy == r.strategy) & (pub.reference == r.reference)]
+            g = pub[(pub.paper_model == matched[r.model]) & (pub.strategy == r.strategy)
+                    & (pub.reference == r.reference)]
             if g.empty:
                 continue
             peak = g.loc[g.rsa.idxmax()]
@@ -525,14 +527,14 @@ def run(cfg: Config, opts) -> None:
                             f"{cfg.source}` (and regress) first")
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
-    fp = fingerprint({"version": _VERSION, "models": [m.name for m in cfg.models],
-                      "strategies": cfg.hidden.strategies})
-    up = fingerprint({"results": man.ids(paths.results_dir(cfg) / f"{t}.parquet" for t in _TABLES),
-                      "compliance": compliance(cfg).to_dict("records")})
-    if not getattr(opts, "force", False) and man.check("report", fp, True, upstream=up):
+    step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
+                               "strategies": cfg.hidden.strategies},
+                    {"results": man.ids(paths.result_table(cfg, t) for t in _TABLES),
+                     "compliance": compliance(cfg).to_dict("records")}, force=True)
+    if not Options.of(opts).force and step.done():
         log.info("report: results unchanged, skipped")
         return
-    man.start("report", fp, up)
+    step.start()
     plt = _plt()
     figures = []
     if "rsa" in res:
@@ -552,7 +554,7 @@ def run(cfg: Config, opts) -> None:
         _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
-    man.complete("report", fp, {"figures": list(figures), "headline": headline(cfg),
-                                "published_curves": overlay if "rsa" in res else 0},
-                 outputs=[out / "report.md", *(out / f for f in figures)], upstream=up)
+    step.complete([out / "report.md", *(out / f for f in figures)],
+                  {"figures": list(figures), "headline": headline(cfg),
+                   "published_curves": overlay if "rsa" in res else 0})
     log.info("report: %s", out / "report.md")

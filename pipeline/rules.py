@@ -2,21 +2,14 @@
 
 `experiment.paper_mode = true` switches every rule below to the authors' own (their public
 code, commit 4dccc88, METHOD.md); the default is the project's rule where it is the better
-one. Each difference is listed in the README table "Paper mode vs default"; stages ask a
-`Rules` object instead of testing the switch themselves, and the active rule set is part of
-every fingerprint it affects.
-
-| rule | default | paper mode |
-|---|---|---|
-| FC pick words (`fc_word`) | letters and digits of any script, inner hyphens/apostrophes, NFC-normalized | ``[A-Za-z]+`` |
-| NA strings dropped from responses | "", "na", "nan" (after lowercasing) | also pandas' default NA strings (CSV round trip) |
-| empty cue rows (no valid response) | masked (NaN) for that reference only | FA: word dropped from every comparison; FC / all-cue-repeat rows: zero rows |
-| RSA word set | per-reference masks | intersection of hidden, FC rows, FA rows (alphabetical) |
-| hidden word location | last case-insensitive whole-word match | last case-sensitive ``str.rfind`` |
-| zero-width tokens in pooling | skipped | kept |
-| averaged strategy, word without sentences | meaning template | the bare word |
-| static vectors lookup | exact key, then lowercase, then first case variant | lowercased keys, later variants overwrite |
-| missing static vector in the regression | pairs dropped | cosine 0 (zero vector) |
+one. Each difference, with the reason the default differs, is in the README table "Paper
+mode vs default"; stages ask a `Rules` object instead of testing the switch themselves, and
+the active rule set is part of every fingerprint it affects. The rules: the FC pick pattern
+(`fc_word`, `normalize`), the NA strings dropped from responses (`drop_raw`), rows of cues
+without a valid response (aggregate), the RSA word set (`common_words`), hidden-state word
+location (`locate`, `pool_zero_width`), the averaged fallback (`averaged_fallback`),
+sentence matching (`sentence_tokens`), static-vector lookup (baselines) and missing static
+vectors in the regression (`regress_missing_static`).
 """
 
 from __future__ import annotations

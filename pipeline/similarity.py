@@ -57,21 +57,43 @@ def cosine(x, dtype=np.float32) -> np.ndarray:
     return np.asarray(sim, dtype=dtype)
 
 
-def centered_cosine(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+def unit_centered(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=np.float32,
+                  center: bool = True) -> np.ndarray:
+    """Rows minus the mean row (of `center_rows` only, when given), scaled to unit length.
+
+    All-zero rows stay zero. The mean is accumulated in float64 whatever `dtype` is;
+    ``center=False`` only normalizes (raw cosine).
+    """
+    x = np.array(x, dtype=dtype)
+    if center:
+        base = x if center_rows is None else x[center_rows]
+        x -= base.mean(axis=0, dtype=np.float64).astype(dtype)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.where(norms > 0, norms, dtype(1.0))[:, None]
+    return x
+
+
+def centered_cosine(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=np.float32,
+                    compute=np.float64) -> np.ndarray:
     """Mean-centered cosine (Ethayarajh 2019): subtract the mean word vector, then cosine.
+
+    The one implementation of the hidden-state geometry (METHOD.md §4): the per-layer RSA,
+    the exports and the consensus call it (the regression uses `unit_centered` on pair
+    blocks).
 
     Args:
         x: N x D vectors (one layer).
         center_rows: indices of the rows whose mean is subtracted (e.g. training words
             only, METHOD.md §7); default all rows.
         dtype: output dtype.
+        compute: working precision; float32 is one BLAS syrk and the bulk of the RSA stage's
+            time, within float32 rounding of the float64 result.
 
     Returns:
         N x N similarities.
     """
-    x = np.asarray(x, dtype=np.float64)
-    mean = x[center_rows].mean(axis=0) if center_rows is not None else x.mean(axis=0)
-    return cosine(x - mean, dtype=dtype)
+    u = unit_centered(x, center_rows, compute)
+    return (u @ u.T).astype(dtype, copy=False)
 
 
 def upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -118,7 +118,8 @@ def load_npy(path: str | Path, what: str, rebuild: str, *, shape: tuple | None =
             else f"{ndim} dimensions"
         raise PipelineError(f"{path}: {what} has shape {tuple(arr.shape)}, expected {want} for this run's vocabulary "
                             f"and settings; rebuild it with `{rebuild}`")
-    if dtype is not None and arr.dtype != np.dtype(dtype) or dtype is None and not np.issubdtype(arr.dtype, np.floating):
+    wrong = arr.dtype != np.dtype(dtype) if dtype is not None else not np.issubdtype(arr.dtype, np.floating)
+    if wrong:
         raise PipelineError(f"{path}: {what} has dtype {arr.dtype}, expected {np.dtype(dtype) if dtype else 'float'}; "
                             f"rebuild it with `{rebuild}`")
     if finite != "any":

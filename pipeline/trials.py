@@ -38,6 +38,7 @@ from . import paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, fingerprint, sha256_file
+from .options import Options
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ def plan_fingerprint(cfg: Config, paradigm: str, words: list[str] | None = None)
     return fingerprint(plan_inputs(cfg, paradigm, load_run_vocab(cfg) if words is None else words))
 
 
-def _write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path) -> None:
+    """A plan table as zstd Parquet, written atomically."""
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=_ROW_GROUP, compression="zstd"))
 
 
@@ -184,17 +186,18 @@ def run(cfg: Config, opts) -> None:
     (`trials.fc`, `trials.fa`), so changing `fa_runs` leaves the FC plan and its logs valid.
     """
     words = load_run_vocab(cfg)
-    wanted = [p for p in cfg.behave.paradigms if getattr(opts, "paradigm", None) in (None, p)]
+    o = Options.of(opts)
+    wanted = [p for p in cfg.behave.paradigms if o.paradigm in (None, p)]
     man = Manifest(cfg.run_dir)
-    force = getattr(opts, "force", False)
+    force = o.force
     for paradigm in wanted:
         key = f"trials.{paradigm}"
         out = paths.trials_file(cfg, paradigm)
-        fp = fingerprint(plan_inputs(cfg, paradigm, words))
-        if man.check(key, fp, force):
+        step = man.step(key, plan_inputs(cfg, paradigm, words), force=force)
+        if step.done():
             log.info("trials: %s plan is complete (%s), skipping", paradigm, out)
             continue
-        man.start(key, fp)
+        step.start()
         t0 = time.perf_counter()
         if paradigm == "fc":
             _check_fc_sizes(cfg, len(words))
@@ -205,11 +208,10 @@ def run(cfg: Config, opts) -> None:
             table = build_fa_plan(words, cfg.trials.fa_runs, cfg.trials.fa_seed)
             extra = {"runs": cfg.trials.fa_runs}
         build_s = time.perf_counter() - t0
-        _write_table(table, out)
+        write_table(table, out)
         total_s = time.perf_counter() - t0
-        man.complete(key, fp, {"n_trials": table.num_rows, "n_cues": len(words), **extra,
-                               "build_s": round(build_s, 2), "total_s": round(total_s, 2),
-                               "sha256": sha256_file(out)}, outputs=[out])
+        step.complete([out], {"n_trials": table.num_rows, "n_cues": len(words), **extra,
+                              "build_s": round(build_s, 2), "total_s": round(total_s, 2), "sha256": sha256_file(out)})
         log.info("trials: %s plan, %d trials for %d cues, built in %.2f s, written in %.2f s -> %s",
                  paradigm, table.num_rows, len(words), build_s, total_s - build_s, out)
 

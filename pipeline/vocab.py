@@ -147,6 +147,7 @@ def run(cfg: Config, opts) -> None:
     Also records the run's config, versions, seeds and prompt hashes in the manifest, as
     the first stage of every run.
     """
+    from .options import Options
     from .prompts import prompt_hashes
 
     source = Path(cfg.vocab.source)
@@ -163,17 +164,17 @@ def run(cfg: Config, opts) -> None:
     check_words(cfg, source, words)
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
-    fp = fingerprint({"words": fingerprint(words), "size": size})
+    step = man.step("vocab", {"words": fingerprint(words), "size": size}, force=Options.of(opts).force)
     out = paths.vocab_file(cfg)
-    done = man.check("vocab", fp, getattr(opts, "force", False))
+    done = step.done()
     man.record_run(cfg, prompt_hashes())
-    if done and out.exists() and out.read_bytes() == data:
+    if done and out.read_bytes() == data:
         log.info("vocab: %s is complete (%d words), skipping", out, size)
         return
-    man.start("vocab", fp)
+    step.start()
     atomic_write_bytes(out, data)
-    man.complete("vocab", fp, {"n_words": size, "source": str(source), "source_sha256": sha256_file(source),
-                               "first": words[:5]}, outputs=[out])
+    step.complete([out], {"n_words": size, "source": str(source), "source_sha256": sha256_file(source),
+                          "first": words[:5]})
     log.info("vocab: %d words from %s -> %s", size, source, out)
 
 

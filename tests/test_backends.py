@@ -18,7 +18,7 @@ from pipeline.backends import GenRequest, get_backend, runtime_dtype
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
 from pipeline.parse import parse_fa, parse_fc
-from pipeline.prompts import chat_messages, fa_prompt, fc_prompt
+from pipeline.prompts import chat_messages, fc_prompt
 
 WORDS = ["dog", "cat", "house", "tree", "water", "music", "money", "car", "bread", "river", "doctor",
          "school", "window", "garden", "city", "horse", "paper", "king", "ship", "milk", "chair", "table",

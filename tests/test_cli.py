@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import WORDS
 
 from pipeline import cli
-from conftest import WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,6 +23,7 @@ import pytest
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 from pipeline import behave, distributed, hidden, logs, paths, trials, vocab  # noqa: E402
+from pipeline.cli import run_stage
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.manifest import Manifest  # noqa: E402
@@ -144,7 +145,7 @@ def test_plan_workers_gpu_and_cpu_clusters():
 @pytest.mark.slow
 def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path):
     cfg = build(tmp_path, tiny_llama_dir)
-    behave.run(cfg, opts(engine="ray", workers=2))
+    run_stage("behave", cfg, opts(engine="ray", workers=2))
     man = Manifest(cfg.run_dir)
     for paradigm in PARADIGMS:
         assert_complete_without_duplicates(cfg, paradigm)
@@ -166,7 +167,7 @@ def test_worker_killed_mid_chunk_loses_and_duplicates_nothing(cluster, reference
     cfg = build(tmp_path, tiny_llama_dir)
     marker = tmp_path / "crashed"
     monkeypatch.setenv("PIPELINE_FAULT_EXIT", f"2:{marker}")
-    behave.run(cfg, opts(engine="ray", workers=2, paradigm="fc"))
+    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc"))
     assert marker.exists(), "no worker died: the fault drill did not fire"
     assert "failed on a chunk of behave/m/fc" in caplog.text
     assert_complete_without_duplicates(cfg, "fc")
@@ -195,7 +196,7 @@ def test_killed_driver_resumes_from_the_store(cluster, tmp_path, smollm2_dir):
     before = len(logs.finished_ids(directory))
     assert 0 < before < 36
     assert not Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
-    behave.run(cfg, opts(engine="ray", workers=2, paradigm="fc"))
+    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc"))
     assert_complete_without_duplicates(cfg, "fc")
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
 
@@ -203,7 +204,7 @@ def test_killed_driver_resumes_from_the_store(cluster, tmp_path, smollm2_dir):
 @pytest.mark.slow
 def test_ray_shard_and_local_shard_fill_one_run(cluster, tmp_path, smollm2_dir):
     cfg = build(tmp_path, smollm2_dir, backend="fake", chunk_size=4)
-    behave.run(cfg, opts(engine="ray", workers=2, paradigm="fc", shard=(0, 2)))
+    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc", shard=(0, 2)))
     directory = paths.behavior_dir(cfg, "m", "fc")
     names = [p.name for p in logs.list_parts(directory)]
     assert names and all(n.startswith("part-000of002-") for n in names)
@@ -246,7 +247,7 @@ def test_engine_that_cannot_start_names_the_model(cluster, tmp_path, tiny_llama_
     cfg = build(tmp_path, tiny_llama_dir)
     cfg.models[0].path = str(tmp_path / "no-such-model")
     with pytest.raises(PipelineError, match="could not start its engine.*no-such-model"):
-        behave.run(cfg, opts(engine="ray", workers=1, paradigm="fc"))
+        run_stage("behave", cfg, opts(engine="ray", workers=1, paradigm="fc"))
     assert logs.list_parts(paths.behavior_dir(cfg, "m", "fc")) == []
 
 
@@ -255,7 +256,7 @@ def test_hidden_fan_out_writes_the_local_files(cluster, tiny_llama_dir, tmp_path
     local = build(tmp_path / "local", tiny_llama_dir)
     hidden.run(local, opts())
     cfg = build(tmp_path / "ray", tiny_llama_dir)
-    hidden.run(cfg, opts(engine="ray", workers=2))
+    run_stage("hidden", cfg, opts(engine="ray", workers=2))
     man = Manifest(cfg.run_dir)
     for strategy in ("meaning", "task_fc"):
         got = np.load(paths.hidden_file(cfg, "m", strategy))

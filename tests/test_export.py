@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import _synthetic as syn
 import numpy as np
 import pandas as pd
 import pytest
 from rsatoolbox.rdm import load_rdm
 
-import _synthetic as syn
 from pipeline import export, paths, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.similarity import centered_cosine
 
 
 def _check_round_trip(stem, sim, words):
@@ -66,7 +67,7 @@ def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
     assert npz.stat().st_mtime_ns == mtime
 
     export.run(cfg, syn.opts(hidden=True, layers=[2]))
-    sim = rsa._layer_similarity(data["hidden"]["m1", "meaning"][2])
+    sim = centered_cosine(data["hidden"]["m1", "meaning"][2], compute=np.float32)
     _check_round_trip(root / "m1" / "hidden_meaning_layer2", sim, data["words"])
     assert not (root / "m1" / "hidden_meaning_layer1.npz").exists()
 
@@ -86,6 +87,10 @@ def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
 def test_bad_layer_is_named(make_config):
     cfg = syn.config(make_config, models=("m1",), hidden={"strategies": ["meaning"]})
     syn.build(cfg, n_layers=2)
-    assert export.main(["--config", "unused.toml"]) == 2
+    from pipeline.cli import build_parser, main
+
+    assert main(["export", "--config", "unused.toml"]) == 2
+    opts = build_parser().parse_args(["export", "--config", "x.toml", "--hidden", "--layers", "1,16,32"])
+    assert opts.hidden and opts.layers == [1, 16, 32]
     with pytest.raises(export.PipelineError, match="layers 1..2"):
         export.run(cfg, syn.opts(hidden=True, layers=[3]))

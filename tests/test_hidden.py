@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import hidden, paths
+from pipeline import hidden, paths, pooling, sentences
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
 from pipeline.prompts import hidden_prompt
@@ -32,32 +32,32 @@ def _opts(**kw):
 
 def test_locate_word_default_rule():
     text = "Art lovers: the art of starting"
-    assert hidden.locate_word(text, "art") == (16, 19)
-    assert hidden.locate_word("Dog days. A DOG.", "dog") == (12, 15)
-    assert hidden.locate_word("Dogs run; dog-like", "dog") == (10, 13)
-    assert hidden.locate_word("hotdogs only", "dog") is None
+    assert pooling.locate_word(text, "art") == (16, 19)
+    assert pooling.locate_word("Dog days. A DOG.", "dog") == (12, 15)
+    assert pooling.locate_word("Dogs run; dog-like", "dog") == (10, 13)
+    assert pooling.locate_word("hotdogs only", "dog") is None
 
 
 def test_locate_word_paper_mode_quirks():
     text = "the art of starting"
-    assert hidden.locate_word(text, "art", PAPER) == (13, 16)
+    assert pooling.locate_word(text, "art", PAPER) == (13, 16)
     assert text[13:16] == "art"
-    assert hidden.locate_word("Dog barks.", "dog", PAPER) is None
+    assert pooling.locate_word("Dog barks.", "dog", PAPER) is None
 
 
 def test_locate_word_any_script_and_inner_joins():
-    assert hidden.locate_word("Un café, puis un autre CAFÉ.", "café") == (23, 27)
-    assert hidden.locate_word("cafés only", "café") is None
-    assert hidden.locate_word("Send an e-mail at five o'clock.", "e-mail") == (8, 14)
-    assert hidden.locate_word("Send an e-mail at five o'clock.", "o'clock") == (23, 30)
-    assert hidden.locate_word("Zoë and zoë", "zoë") == (8, 11)
-    assert hidden.locate_word("a_dog here", "dog") == (2, 5)  # underscore is not a letter
+    assert pooling.locate_word("Un café, puis un autre CAFÉ.", "café") == (23, 27)
+    assert pooling.locate_word("cafés only", "café") is None
+    assert pooling.locate_word("Send an e-mail at five o'clock.", "e-mail") == (8, 14)
+    assert pooling.locate_word("Send an e-mail at five o'clock.", "o'clock") == (23, 30)
+    assert pooling.locate_word("Zoë and zoë", "zoë") == (8, 11)
+    assert pooling.locate_word("a_dog here", "dog") == (2, 5)  # underscore is not a letter
 
 
 def test_word_token_indices_zero_width_tokens_only_in_paper_mode():
     offsets, special = [(0, 0), (0, 3), (3, 3), (3, 7)], [1, 0, 0, 0]
-    assert hidden.word_token_indices(offsets, special, (0, 7)) == ([1, 3], True)
-    assert hidden.word_token_indices(offsets, special, (0, 7), zero_width=True) == ([1, 2, 3], True)
+    assert pooling.word_token_indices(offsets, special, (0, 7)) == ([1, 3], True)
+    assert pooling.word_token_indices(offsets, special, (0, 7), zero_width=True) == ([1, 2, 3], True)
 
 
 def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
@@ -66,15 +66,15 @@ def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     text = "What is the meaning of the word xylophone?"
     enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-    sel, found = hidden.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"],
-                                           hidden.locate_word(text, "xylophone"))
+    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"],
+                                           pooling.locate_word(text, "xylophone"))
     assert found and len(sel) > 1
     assert tok.decode([enc["input_ids"][i] for i in sel]).strip() == "xylophone"
     assert sel == list(range(sel[0], sel[-1] + 1))
-    sel, found = hidden.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"], None)
+    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"], None)
     assert not found and sel == [i for i, s in enumerate(enc["special_tokens_mask"]) if not s]
     offsets, special = [(0, 0), (0, 3), (3, 7)], [1, 0, 0]
-    assert hidden.word_token_indices(offsets, special, (0, 3)) == ([1], True)
+    assert pooling.word_token_indices(offsets, special, (0, 3)) == ([1], True)
 
 
 # ------------------------------------------------------------ pooling
@@ -104,7 +104,7 @@ def _reference(model, tok, text, word, paper_compat=False):
 def tiny(tiny_llama_dir):
     from pipeline.config import ModelCfg
 
-    return hidden.load_model(ModelCfg(name="tiny", path=str(tiny_llama_dir)), dtype="float32", device="cpu")
+    return pooling.load_model(ModelCfg(name="tiny", path=str(tiny_llama_dir)), dtype="float32", device="cpu")
 
 
 @pytest.mark.parametrize("paper_compat", [False, True])
@@ -114,7 +114,7 @@ def test_batched_pooling_equals_unbatched(tiny, paper_compat):
              "Art is long; the art of starting is short.", "Dog barks at the dog.",
              hidden_prompt("task_fa", "water"), "king"]
     words = ["xylophone", "dog", "art", "dog", "water", "king"]
-    pooler = hidden.Pooler(tok, model, batch_size=4, rules=Rules(paper=paper_compat))
+    pooler = pooling.Pooler(tok, model, batch_size=4, rules=Rules(paper=paper_compat))
     encoded = pooler.encode(texts, words)
     got = {}
     for idx, vec in pooler.pooled(encoded):
@@ -168,7 +168,7 @@ def test_stage_output_matches_reference(stage_cfg, tiny, monkeypatch):
         ref = _reference(model, tok, hidden_prompt("meaning", w), w)
         np.testing.assert_allclose(meaning[:, j].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
     averaged = np.load(paths.hidden_file(cfg, "tiny", "averaged"))
-    sents = hidden.load_sentences(cfg.hidden.sentences, WORDS, 2)
+    sents = sentences.load_sentences(cfg.hidden.sentences, WORDS, 2)
     assert sents[0] == SENTENCES[:2] and sents[WORDS.index("milk")] == []
     for j, w in enumerate(WORDS):
         texts = sents[j] or [hidden_prompt("meaning", w)]
@@ -204,13 +204,13 @@ def test_resume_after_interruption(stage_cfg, monkeypatch):
     assert not Manifest(cfg.run_dir).stage("hidden/tiny/meaning")["complete"]
     monkeypatch.setattr(hidden, "_save_progress", real_save)
     encoded_words = []
-    real_encode = hidden.Pooler.encode
+    real_encode = pooling.Pooler.encode
 
     def spy(self, texts, words):
         encoded_words.extend(words)
         return real_encode(self, texts, words)
 
-    monkeypatch.setattr(hidden.Pooler, "encode", spy)
+    monkeypatch.setattr(pooling.Pooler, "encode", spy)
     hidden.run(cfg, _opts())
     assert encoded_words == WORDS[3:]
     resumed = np.load(out)
@@ -244,29 +244,29 @@ def test_harvest_rules_and_roundtrip(tmp_path):
         "The DOG barked again at the carrier.",
     ]) + "\n")
     out = tmp_path / "sents.txt"
-    summary = hidden.harvest(["dog", "cat", "tree"], [str(corpus)], out, max_per_word=2)
+    summary = sentences.harvest(["dog", "cat", "tree"], [str(corpus)], out, max_per_word=2)
     lines = out.read_text().splitlines()
     assert lines == ["The dog's bone lay in the yard.", "The cat watched it closely.",
                      "My cat and my dog sleep together every day."]
     assert summary["words_without_sentences"] == ["tree"]
-    loaded = hidden.load_sentences(out, ["dog", "cat", "tree"], 2)
+    loaded = sentences.load_sentences(out, ["dog", "cat", "tree"], 2)
     assert loaded == [[lines[0], lines[2]], [lines[1], lines[2]], []]
 
 
 def test_load_sentences_tab_assignment(tmp_path):
     f = tmp_path / "s.tsv"
     f.write_text("cat\tThe dog and the cat met.\nA dog alone here today.\n")
-    assert hidden.load_sentences(f, ["dog", "cat"], 5) == [["A dog alone here today."], ["The dog and the cat met."]]
+    assert sentences.load_sentences(f, ["dog", "cat"], 5) == [["A dog alone here today."], ["The dog and the cat met."]]
 
 
 def test_wordnet_sentences_split_gloss_and_examples():
     try:
-        sents = hidden.wordnet_sentences()
+        sents = sentences.wordnet_sentences()
         first = [next(sents) for _ in range(200)]
     except PipelineError:
         pytest.skip("WordNet Debian files not installed")
     assert not any('"' in s for s in first)
-    full = list(s for s in hidden.wordnet_sentences() if "barked all night" in s)
+    full = list(s for s in sentences.wordnet_sentences() if "barked all night" in s)
     assert "the dog barked all night" in full
 
 
@@ -275,10 +275,10 @@ def test_harvest_cli(tmp_path, capsys):
     vocab.write_text("dog\ncat\n")
     corpus = tmp_path / "c.txt"
     corpus.write_text("The dog sat on the mat today.\n")
-    assert hidden.main(["harvest", "--vocab", str(vocab), "--corpus", str(corpus), "--out",
+    assert sentences.main(["harvest", "--vocab", str(vocab), "--corpus", str(corpus), "--out",
                         str(tmp_path / "o.txt"), "--max", "3"]) == 0
     assert "1 without any: cat" in capsys.readouterr().out
-    assert hidden.main(["harvest", "--vocab", str(vocab), "--corpus", str(tmp_path / "missing.txt"),
+    assert sentences.main(["harvest", "--vocab", str(vocab), "--corpus", str(tmp_path / "missing.txt"),
                         "--out", str(tmp_path / "o.txt")]) == 2
 
 
@@ -287,9 +287,9 @@ def test_shared_prefix_pass_equals_reference(tiny, strategy):
     tok, model = tiny
     words = ["xylophone", "dog", "water", "king", "art"]
     texts = [hidden_prompt(strategy, w) for w in words]
-    pooler = hidden.Pooler(tok, model, batch_size=2)
+    pooler = pooling.Pooler(tok, model, batch_size=2)
     encoded = pooler.encode(texts, words)
-    assert pooler._common_prefix([ids for ids, _ in encoded]) >= hidden._MIN_PREFIX
+    assert pooler._common_prefix([ids for ids, _ in encoded]) >= pooling.MIN_PREFIX
     got = {}
     for idx, vec in pooler.pooled(encoded):
         for r, i in enumerate(idx):

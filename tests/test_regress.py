@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import _synthetic as syn
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-import _synthetic as syn
 from pipeline import paths, regress
 from pipeline.manifest import Manifest
 from pipeline.similarity import centered_cosine, cosine, l2_normalize_rows, sample_pairs

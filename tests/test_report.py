@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
+import _synthetic as syn
 import numpy as np
 import pandas as pd
 import pytest
 
-import _synthetic as syn
 from pipeline import export, paths, regress, report, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest

@@ -3,6 +3,7 @@ against direct implementations of their documented schemes, and the stage's resu
 
 from __future__ import annotations
 
+import _synthetic as syn
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,11 +11,14 @@ import scipy.stats as ss
 from rsatoolbox.rdm import RDMs
 from rsatoolbox.rdm import compare as rsa_compare
 
-import _synthetic as syn
-from pipeline import paths, rsa
+from pipeline import aggregate, analysis, comparison, paths, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
-from pipeline.similarity import centered_cosine, cosine, ppmi
+from pipeline.similarity import centered_cosine, cosine, ppmi, sample_pairs
+
+
+def _f32_centered(x, rows=None):
+    return centered_cosine(x, rows, compute=np.float32)
 
 
 def _sym(n, seed, ties=False, dtype=np.float32):
@@ -40,10 +44,10 @@ def test_fast_rank_equals_rankdata_with_ties(seed):
     v[5:9] = 0.0
     v[9] = np.inf
     v[10] = -np.inf
-    assert np.array_equal(rsa._rank(v), ss.rankdata(v))
+    assert np.array_equal(comparison.rank(v), ss.rankdata(v))
     w = rng.standard_normal(5000).astype(np.float32)
-    assert np.array_equal(rsa._rank(w), ss.rankdata(w))
-    ranks, norm = rsa._Ranker()(v)
+    assert np.array_equal(comparison.rank(w), ss.rankdata(w))
+    ranks, norm = comparison.Ranker()(v)
     centered = ss.rankdata(v) - ss.rankdata(v).mean()
     assert norm == pytest.approx(np.sqrt(centered @ centered), rel=1e-12)
 
@@ -51,14 +55,14 @@ def test_fast_rank_equals_rankdata_with_ties(seed):
 @pytest.mark.parametrize("v", [[1, 1, 1, 1], [0, 1, 2, 2], [2, 2, 0, 1], [5, 3], [3, 3], [1, 2, 2, 3, 3, 3, 4, 4]])
 def test_fast_rank_tie_runs_at_the_edges(v):
     v = np.array(v, dtype=np.float32)
-    ranks, norm = rsa._Ranker()(v)
+    ranks, norm = comparison.Ranker()(v)
     expected = ss.rankdata(v)
     assert np.array_equal(ranks, expected)
     assert norm == pytest.approx(np.sqrt(np.sum((expected - expected.mean()) ** 2)), abs=1e-12)
 
 
 def test_ranker_reuses_buffers_correctly():
-    ranker = rsa._Ranker()
+    ranker = comparison.Ranker()
     a = np.array([3, 1, 2, 2], dtype=np.float32)
     b = np.array([0.5, 0.1, 0.9, 0.7], dtype=np.float32)
     assert np.array_equal(ranker(a)[0], ss.rankdata(a))
@@ -71,13 +75,13 @@ def test_compare_equals_scipy_and_rsatoolbox(ties):
     a, b = _sym(n, 0, ties), _sym(n, 1, ties)
     b = (a + 2 * b).astype(np.float32)
     iu = np.triu_indices(n, 1)
-    rho = rsa.compare(a, b, "spearman")
-    r = rsa.compare(a, b, "pearson")
+    rho = comparison.compare(a, b, "spearman")
+    r = comparison.compare(a, b, "pearson")
     assert rho == pytest.approx(ss.spearmanr(a[iu], b[iu])[0], abs=1e-6)
     assert r == pytest.approx(ss.pearsonr(a[iu].astype(float), b[iu].astype(float))[0], abs=1e-6)
     assert rho == pytest.approx(rsa_compare(_rdm(a[iu]), _rdm(b[iu]), method="spearman")[0, 0], abs=1e-6)
     assert r == pytest.approx(rsa_compare(_rdm(a[iu]), _rdm(b[iu]), method="corr")[0, 0], abs=1e-6)
-    assert rsa.compare(a[iu], b[iu], "spearman") == pytest.approx(rho, abs=1e-12)
+    assert comparison.compare(a[iu], b[iu], "spearman") == pytest.approx(rho, abs=1e-12)
 
 
 def test_compare_masks_nan_pairs_like_rsatoolbox():
@@ -90,11 +94,11 @@ def test_compare_masks_nan_pairs_like_rsatoolbox():
     keep = np.isfinite(va)
     assert keep.sum() == (n - 2) * (n - 3) // 2
     expected = ss.spearmanr(va[keep], vb[keep])[0]
-    assert rsa.compare(a, b, "spearman") == pytest.approx(expected, abs=1e-6)
+    assert comparison.compare(a, b, "spearman") == pytest.approx(expected, abs=1e-6)
     vb_nan = np.where(keep, vb, np.nan)
     tool = rsa_compare(_rdm(va), _rdm(vb_nan), method="spearman")[0, 0]
-    assert rsa.compare(a, b, "spearman") == pytest.approx(tool, abs=1e-6)
-    assert rsa.compare(a, b, "pearson") == pytest.approx(
+    assert comparison.compare(a, b, "spearman") == pytest.approx(tool, abs=1e-6)
+    assert comparison.compare(a, b, "pearson") == pytest.approx(
         rsa_compare(_rdm(va), _rdm(vb_nan), method="corr")[0, 0], abs=1e-6)
 
 
@@ -111,26 +115,26 @@ def test_paper_mode_matches_method_formula():
     j = i + 1 + (k - off[i])
     assert (i < j).all() and (j < n).all()
     expected = ss.pearsonr(a[i, j].astype(float), b[i, j].astype(float))[0]
-    assert rsa.compare(a, b, "paper", n_pairs=size, seed=seed) == pytest.approx(expected, abs=1e-9)
+    assert comparison.compare(a, b, "paper", n_pairs=size, seed=seed) == pytest.approx(expected, abs=1e-9)
     iu = np.triu_indices(n, 1)
-    assert rsa.compare(a[iu], b[iu], "paper", n_pairs=size, seed=seed) == pytest.approx(expected, abs=1e-9)
-    assert rsa.compare(a, b, "paper", n_pairs=10**6) == pytest.approx(rsa.compare(a, b, "pearson"), abs=1e-12)
+    assert comparison.compare(a[iu], b[iu], "paper", n_pairs=size, seed=seed) == pytest.approx(expected, abs=1e-9)
+    assert comparison.compare(a, b, "paper", n_pairs=10**6) == pytest.approx(comparison.compare(a, b, "pearson"), abs=1e-12)
 
 
 def test_compare_rejects_bad_input():
     with pytest.raises(ValueError, match="method"):
-        rsa.compare(np.eye(3), np.eye(3), "kendall")
+        comparison.compare(np.eye(3), np.eye(3), "kendall")
     with pytest.raises(ValueError, match="upper triangle"):
-        rsa.compare(np.ones(4), np.ones(4))
+        comparison.compare(np.ones(4), np.ones(4))
 
 
 def test_layer_similarity_equals_centered_cosine():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((50, 16)) + 2).astype(np.float16)
     x[3] = x[:, :].astype(np.float32).mean(axis=0)
-    assert np.allclose(rsa._layer_similarity(x), centered_cosine(x.astype(np.float64)), atol=2e-6)
+    assert np.allclose(_f32_centered(x), centered_cosine(x.astype(np.float64)), atol=2e-6)
     rows = np.arange(0, 50, 2)
-    assert np.allclose(rsa._layer_similarity(x, rows), centered_cosine(x.astype(np.float64), rows), atol=2e-6)
+    assert np.allclose(_f32_centered(x, rows), centered_cosine(x.astype(np.float64), rows), atol=2e-6)
 
 
 # ---------------------------------------------------------------- NN@k
@@ -153,7 +157,7 @@ def test_nn_overlap_equals_brute_force(ties):
     if ties:
         b[:, :] = np.maximum(b, 0)
     ks = [1, 3, 10, 44]
-    got = rsa.nn_overlap(a, b, ks, chunk=7)
+    got = comparison.nn_overlap(a, b, ks, chunk=7)
     for k in ks:
         ta, tb = _brute_top(a, k), _brute_top(b, k)
         expected = np.mean([len(ta[r] & tb[r]) / k for r in range(n)])
@@ -164,7 +168,7 @@ def test_nn_overlap_equals_brute_force(ties):
 def test_topk_orders_by_value_then_index():
     sim = np.array([[9, 1, 1, 1, 0], [1, 9, 2, 2, 2], [1, 2, 9, 3, 0], [1, 2, 3, 9, 0], [0, 2, 0, 0, 9]],
                    dtype=np.float32)
-    top = rsa._topk(sim, 2, chunk=2)
+    top = comparison.topk(sim, 2, chunk=2)
     assert top.tolist() == [[1, 2], [2, 3], [3, 1], [2, 1], [1, 0]]
 
 
@@ -180,14 +184,14 @@ def _cell_inputs(n=36, layers=3, seed=0):
     valid = np.ones(n, dtype=bool)
     valid[[4, 11]] = False
     static = cosine(np.where(valid[:, None], vec, 0))
-    refs = {"fc": rsa._Reference("fc", fc, np.ones(n, dtype=bool)),
-            "static": rsa._Reference("static", static, valid)}
+    refs = {"fc": analysis.Reference("fc", fc, np.ones(n, dtype=bool)),
+            "static": analysis.Reference("static", static, valid)}
     return hidden, refs, valid
 
 
 def test_analyse_cell_matches_compare_per_layer_and_masks_missing_words():
     hidden, refs, valid = _cell_inputs()
-    rows, nn_rows = rsa.analyse_cell(hidden, refs, ["spearman", "pearson", "paper"], paper_pairs=150, seed=3,
+    rows, nn_rows = analysis.analyse_cell(hidden, refs, ["spearman", "pearson", "paper"], paper_pairs=150, seed=3,
                                      nn_k=[2, 5, 40])
     df = pd.DataFrame(rows)
     assert len(df) == 3 * 2 * 3
@@ -197,14 +201,14 @@ def test_analyse_cell_matches_compare_per_layer_and_masks_missing_words():
             sub = np.ix_(ref.valid, ref.valid)
             for method in ("spearman", "pearson"):
                 got = df.query("layer == @layer and reference == @name and method == @method").rsa.item()
-                assert got == pytest.approx(rsa.compare(h[sub], ref.sim[sub], method), abs=1e-5)
+                assert got == pytest.approx(comparison.compare(h[sub], ref.sim[sub], method), abs=1e-5)
             masked = np.where(np.outer(ref.valid, ref.valid), ref.sim, np.nan)
             got = df.query("layer == @layer and reference == @name and method == 'paper'")
-            assert got.rsa.item() == pytest.approx(rsa.compare(h, masked, "paper", n_pairs=150, seed=3), abs=1e-5)
+            assert got.rsa.item() == pytest.approx(comparison.compare(h, masked, "paper", n_pairs=150, seed=3), abs=1e-5)
             nv = int(ref.valid.sum())
-            assert got.n_pairs.item() == int(np.isfinite(rsa._pair_vector(masked)[0][
-                rsa._pair_index(*rsa.sample_pairs(36, 150, 3), 36)]).sum())
-            expected_nn = rsa.nn_overlap(h[sub], ref.sim[sub], [2, 5])
+            assert got.n_pairs.item() == int(np.isfinite(comparison.pair_vector(masked)[0][
+                comparison.pair_index(*sample_pairs(36, 150, 3), 36)]).sum())
+            expected_nn = comparison.nn_overlap(h[sub], ref.sim[sub], [2, 5])
             for k in (2, 5):
                 got_nn = [r["overlap"] for r in nn_rows if r["layer"] == layer and r["reference"] == name
                           and r["k"] == k]
@@ -220,15 +224,15 @@ def test_bootstrap_follows_documented_scheme():
     hidden, refs, _ = _cell_inputs(n=20, layers=2)
     refs = {"fc": refs["fc"]}
     n_boot, seed = 25, 4
-    rows, _ = rsa.analyse_cell(hidden, refs, ["spearman", "pearson"], paper_pairs=10, seed=seed,
+    rows, _ = analysis.analyse_cell(hidden, refs, ["spearman", "pearson"], paper_pairs=10, seed=seed,
                                bootstrap=n_boot)
     df = pd.DataFrame(rows)
     rng = np.random.default_rng([seed, 0xB007])
     draws = [np.unique(rng.integers(0, 20, 20)) for _ in range(n_boot)]
     for layer in (1, 2):
-        h = rsa._layer_similarity(hidden[layer])
+        h = _f32_centered(hidden[layer])
         for method in ("spearman", "pearson"):
-            stats = [rsa.compare(h[np.ix_(w, w)], refs["fc"].sim[np.ix_(w, w)], method) for w in draws]
+            stats = [comparison.compare(h[np.ix_(w, w)], refs["fc"].sim[np.ix_(w, w)], method) for w in draws]
             lo, hi = np.percentile(stats, [2.5, 97.5])
             row = df.query("layer == @layer and method == @method")
             assert row.ci_low.item() == pytest.approx(lo, abs=1e-6)
@@ -238,7 +242,7 @@ def test_bootstrap_follows_documented_scheme():
 
 def test_no_bootstrap_gives_nan_intervals():
     hidden, refs, _ = _cell_inputs(n=15, layers=1)
-    rows, _ = rsa.analyse_cell(hidden, refs, ["spearman"], paper_pairs=10, seed=0)
+    rows, _ = analysis.analyse_cell(hidden, refs, ["spearman"], paper_pairs=10, seed=0)
     assert all(np.isnan(r["ci_low"]) and np.isnan(r["ci_high"]) for r in rows)
 
 
@@ -283,7 +287,7 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
     cfg = syn.config(make_config, models=("m1",), rsa={"methods": ["spearman", "paper"], "paper_pairs": 100})
     data = syn.build(cfg)
     words = data["words"]
-    rows = pd.DataFrame(rsa.split_half(cfg, "m1", "fc", words) + rsa.split_half(cfg, "m1", "fa", words))
+    rows = pd.DataFrame(aggregate.split_half(cfg, "m1", "fc", words) + aggregate.split_half(cfg, "m1", "fa", words))
     assert set(rows.paradigm) == {"fc", "fa"} and set(rows.method) == {"spearman", "paper"}
     logs = {p: pd.concat([pd.read_parquet(f) for f in sorted(paths.behavior_dir(cfg, "m1", p).glob("part-*"))])
             for p in ("fc", "fa")}
@@ -293,7 +297,7 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
         sims = [cosine(ppmi(_counter_counts(d[half_of(d) == h].cue_idx.to_numpy(),
                                             list(d[half_of(d) == h].picks), words))) for h in (0, 1)]
         for method in ("spearman", "paper"):
-            r = rsa.compare(sims[0], sims[1], method, n_pairs=100, seed=0, words=words)
+            r = comparison.compare(sims[0], sims[1], method, n_pairs=100, seed=0, words=words)
             row = rows.query("paradigm == @paradigm and method == @method")
             assert row.r_half.item() == pytest.approx(r, abs=1e-12)
             assert row.reliability.item() == pytest.approx(2 * r / (1 + r), abs=1e-12)
@@ -319,7 +323,7 @@ def test_stage_writes_tables_and_resumes(make_config):
                    "and method == 'spearman'")
     fa = np.load(paths.matrices_dir(cfg, "m2", "fa") / "sim_ppmi.npy")
     h = centered_cosine(data["hidden"]["m2", "task_fc"][3].astype(np.float32))
-    assert row.rsa.item() == pytest.approx(rsa.compare(h, fa), abs=1e-5)
+    assert row.rsa.item() == pytest.approx(comparison.compare(h, fa), abs=1e-5)
     assert (df.ci_low <= df.ci_high).all()
     nn = pd.read_parquet(res / "nn.parquet")
     assert len(nn) == 2 * 2 * n_layers * 5 * 2
@@ -329,12 +333,12 @@ def test_stage_writes_tables_and_resumes(make_config):
     assert man.stage("rsa")["complete"]
     assert man.stage("rsa/m1/meaning")["summary"]["skipped_references"] == {}
 
-    part = rsa.parts_dir(cfg) / "rsa" / "m1" / "meaning.parquet"
+    part = paths.results_dir(cfg) / "parts" / "rsa" / "m1" / "meaning.parquet"
     mtime = part.stat().st_mtime_ns
     rsa.run(cfg, syn.opts())
     assert part.stat().st_mtime_ns == mtime
 
-    other = rsa.parts_dir(cfg) / "rsa" / "m2" / "meaning.parquet"
+    other = paths.results_dir(cfg) / "parts" / "rsa" / "m2" / "meaning.parquet"
     other_mtime = other.stat().st_mtime_ns
     with Manifest(cfg.run_dir)._locked() as m:
         m["stages"]["rsa/m2/meaning"]["complete"] = False
@@ -372,13 +376,13 @@ def test_missing_inputs_name_the_file_and_the_fix(make_config):
     cfg = syn.config(make_config, rsa={"bootstrap": 0}, hidden={"strategies": ["meaning"]})
     syn.build(cfg)
     paths.hidden_file(cfg, "m2", "meaning").unlink()
-    with pytest.raises(rsa.PipelineError, match=r"m2/meaning\.npy.*hidden --config"):
+    with pytest.raises(PipelineError, match=r"m2/meaning\.npy.*hidden --config"):
         rsa.run(cfg, syn.opts())
     (paths.baselines_dir(cfg) / "consensus" / "m1" / "meaning.npy").unlink()
-    with pytest.raises(rsa.PipelineError, match=r"consensus.*baselines --config"):
+    with pytest.raises(PipelineError, match=r"consensus.*baselines --config"):
         rsa.run(cfg, syn.opts(model="m1"))
     np.save(paths.hidden_file(cfg, "m2", "meaning"), np.zeros((3, 7, 4), dtype=np.float16))
-    with pytest.raises(rsa.PipelineError, match=r"shape \(3, 7, 4\)"):
+    with pytest.raises(PipelineError, match=r"shape \(3, 7, 4\)"):
         rsa.run(cfg, syn.opts(model="m2"))
 
 
@@ -432,13 +436,13 @@ def test_paper_method_equals_the_authors_procedure(n):
     ref = cosine(z + 1.5 * rng.standard_normal((n, 8)))
     valid = np.ones(n, dtype=bool)
     valid[rng.choice(n, 40, replace=False)] = False
-    refs = {"fc": rsa._Reference("fc", ref, np.ones(n, dtype=bool)), "static": rsa._Reference("static", ref, valid)}
-    rows, _ = rsa.analyse_cell(hidden, refs, ["paper"], paper_pairs=500_000, seed=0, words=words)
+    refs = {"fc": analysis.Reference("fc", ref, np.ones(n, dtype=bool)), "static": analysis.Reference("static", ref, valid)}
+    rows, _ = analysis.analyse_cell(hidden, refs, ["paper"], paper_pairs=500_000, seed=0, words=words)
     got = {r["reference"]: r["rsa"] for r in rows}
     assert n * (n - 1) // 2 > 500_000
     assert got["fc"] == pytest.approx(_authors_rsa(hidden[1], ref, words, 500_000, 0), abs=1e-6)
     assert got["static"] == pytest.approx(_authors_rsa(hidden[1], ref, words, 500_000, 0, valid), abs=1e-6)
-    vocab_order, _ = rsa.analyse_cell(hidden, {"fc": refs["fc"]}, ["paper"], paper_pairs=500_000, seed=0)
+    vocab_order, _ = analysis.analyse_cell(hidden, {"fc": refs["fc"]}, ["paper"], paper_pairs=500_000, seed=0)
     assert abs(vocab_order[0]["rsa"] - got["fc"]) > 1e-5  # another order gives other pairs
 
 
@@ -459,6 +463,7 @@ def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_conf
     tab.loc[tab.cue_idx == king, "picks"] = pd.Series([["null", "??"]] * int((tab.cue_idx == king).sum()),
                                                       index=tab.index[tab.cue_idx == king])
     import pyarrow as pa
+
     from pipeline.logs import SCHEMA
     write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
     from pipeline.aggregate import aggregate_one

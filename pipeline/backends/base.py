@@ -50,9 +50,28 @@ class GenResult:
 
 
 class Backend:
-    """Base class: subclasses implement `render`, `generate` and (if they hold resources) `close`."""
+    """Base class: subclasses implement `render`, `generate` and (if they hold resources) `close`,
+    and `create`, which builds one from the config; `backends.register` names them."""
 
     name = "base"
+    rank = 5
+    """Where `backends.names` lists it: the production backend first, test stand-ins last."""
+
+    @classmethod
+    def create(cls, model_cfg, cfg, **overrides) -> "Backend":
+        """Start this backend for `model_cfg` with the settings of `cfg` (overrides win)."""
+        raise NotImplementedError
+
+    @classmethod
+    def gpus_per_engine(cls, model_cfg) -> int:
+        """GPUs one engine of `model_cfg` occupies (what a Ray actor reserves)."""
+        return 0
+
+    @classmethod
+    def log_settings(cls, cfg) -> dict:
+        """Settings besides the sampling parameters that change this backend's answers, so
+        they belong to the trial log's fingerprint (hf: the batch size, which seeds batches)."""
+        return {}
 
     def render(self, messages: list[dict]) -> str:
         """The exact prompt string for chat `messages`, assistant turn opened."""

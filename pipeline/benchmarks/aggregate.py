@@ -185,11 +185,11 @@ def _child(code: str, arg: str) -> tuple[dict, float]:
 
 
 def run() -> list[Row]:
+    import shutil
+
     from .. import paths
     from ..aggregate import load_matrices
     from ..similarity import cosine, ppmi
-
-    import shutil
 
     cfg = ensure_data()
     shutil.rmtree(cfg.run_dir / "matrices", ignore_errors=True)

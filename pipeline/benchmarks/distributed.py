@@ -29,8 +29,8 @@ def _opts(**kw):
 
 
 def _config(root: Path):
-    from ..config import from_dict
     from .. import trials, vocab
+    from ..config import from_dict
 
     root.mkdir(parents=True, exist_ok=True)
     words = (_ROOT / "vocab" / "nouns-5000.txt").read_text().split()[:_WORDS]

@@ -2,7 +2,7 @@
 
 DESIGN.md target: under 2.5 s per layer once the reference is ranked, against
 `scipy.stats.spearmanr` on the same two pair vectors (12,497,500 pairs). The per-layer time
-is measured on the stage's own code path (`rsa._Cell`, which `rsa.analyse_cell` drives),
+is measured on the stage's own code path (`analysis.Cell`, which `analysis.analyse_cell` drives),
 after the one-off reference ranking: the centered cosine of the layer, the upper-triangle
 extraction, the exact ranking with ties and the correlation. Best of 3 layers, since other
 processes may share the cores; the ranking and correlation (single-threaded) are also
@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
+from ..analysis import Cell, Reference
+from ..comparison import rank, triu_mask
+from ..similarity import centered_cosine, cosine
 from . import Row
-from .. import rsa
 
 N = 5000
 DIM = 4096
@@ -31,19 +33,19 @@ def _synthetic(n: int, dim: int, seed: int = 0):
     for layer in range(4):
         hidden[layer] = latent @ mix + 3 * rng.standard_normal((n, dim), dtype=np.float32)
     ref_vectors = latent + rng.standard_normal((n, 64), dtype=np.float32)
-    ref = rsa.cosine(ref_vectors)
-    return hidden, rsa._Reference("fc", ref, np.ones(n, dtype=bool))
+    ref = cosine(ref_vectors)
+    return hidden, Reference("fc", ref, np.ones(n, dtype=bool))
 
 
 def run() -> list[Row]:
     hidden, ref = _synthetic(N, DIM)
     t0 = time.perf_counter()
-    cell = rsa._Cell(N, 3, {"fc": ref}, ["spearman"], paper_pairs=1, seed=0)
+    cell = Cell(N, 3, {"fc": ref}, ["spearman"], paper_pairs=1, seed=0)
     t_prepare = time.perf_counter() - t0
     times, cpu_rank = [], []
     for layer in (1, 2, 3):
         t0 = time.perf_counter()
-        s = rsa._layer_similarity(hidden[layer])
+        s = centered_cosine(hidden[layer], compute=np.float32)
         c0 = time.process_time()
         cell.layer(layer, s)
         cpu_rank.append(time.process_time() - c0)
@@ -51,9 +53,9 @@ def run() -> list[Row]:
     per_layer = min(times)
     rows = cell.rows()
 
-    tri = rsa._triu_mask(N)
+    tri = triu_mask(N)
     ref_vec = ref.sim[tri]
-    hv = rsa._layer_similarity(hidden[3])[tri]
+    hv = centered_cosine(hidden[3], compute=np.float32)[tri]
     t0, c0 = time.perf_counter(), time.process_time()
     rho_scipy = spearmanr(hv, ref_vec)[0]
     t_scipy, cpu_scipy = time.perf_counter() - t0, time.process_time() - c0
@@ -62,16 +64,16 @@ def run() -> list[Row]:
         raise AssertionError(f"fast Spearman {rho_ours} differs from scipy {rho_scipy}")
 
     t0 = time.perf_counter()
-    rsa._rank(hv)
+    rank(hv)
     t_rank = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rsa.rankdata(hv)
+    rankdata(hv)
     t_rankdata = time.perf_counter() - t0
 
     t_cos = np.inf
     for layer in (1, 2, 3):
         t0 = time.perf_counter()
-        rsa._layer_similarity(hidden[layer])
+        centered_cosine(hidden[layer], compute=np.float32)
         t_cos = min(t_cos, time.perf_counter() - t0)
     pairs = N * (N - 1) // 2
     return [

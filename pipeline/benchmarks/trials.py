@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..trials import FA_SCHEMA, FC_SCHEMA, _write_table, build_fa_plan, build_fc_plan
+from ..trials import FA_SCHEMA, FC_SCHEMA, build_fa_plan, build_fc_plan, write_table
 from . import Row
 
 N_WORDS = 5000
@@ -61,7 +61,7 @@ def run() -> list[Row]:
         out = Path(tmp)
         t0 = time.perf_counter()
         fc = build_fc_plan(words, K, SEED)
-        _write_table(fc, out / "fc.parquet")
+        write_table(fc, out / "fc.parquet")
         fc_s = time.perf_counter() - t0
         assert fc.num_rows == N_WORDS * math.ceil((N_WORDS - 1) / K)
 
@@ -76,7 +76,7 @@ def run() -> list[Row]:
 
         t0 = time.perf_counter()
         fa = build_fa_plan(words, FA_RUNS, SEED)
-        _write_table(fa, out / "fa.parquet")
+        write_table(fa, out / "fa.parquet")
         fa_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pq.write_table(pa.Table.from_pylist(_naive_fa_rows(words), schema=FA_SCHEMA), out / "naive-fa.parquet")

@@ -1,0 +1,76 @@
+"""Command-line options as one typed object, and the one function that turns them into the
+models, paradigms and strategies an invocation works on.
+
+Stages take ``opts`` from the CLI (an argparse namespace), from tests or from other code;
+`Options.of` accepts any of these (or None) and fills in the defaults, so no stage reads an
+option by name with a default of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one invocation asks for besides the config (see `python -m pipeline --help`)."""
+
+    model: str | None = None
+    paradigm: str | None = None
+    strategy: str | None = None
+    shard: tuple[int, int] = (0, 1)
+    engine: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    limit: int | None = None
+    force: bool = False
+    verbose: bool = False
+    hidden: bool = False
+    layers: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, opts=None) -> "Options":
+        """`opts` as `Options`: an `Options`, any object with some of its attributes, or None."""
+        if isinstance(opts, cls):
+            return opts
+        if opts is None:
+            return cls()
+        values = {}
+        for f in dataclasses.fields(cls):
+            v = getattr(opts, f.name, None)
+            if v is not None:
+                values[f.name] = tuple(v) if f.name in ("shard", "layers") else v
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The models, paradigms and strategies of one invocation, in config order."""
+
+    models: list[str]
+    paradigms: list[str]
+    strategies: list[str]
+
+
+def select(cfg: Config, opts=None) -> Selection:
+    """Narrow the config's models, paradigms and strategies by ``--model``, ``--paradigm``,
+    ``--strategy``.
+
+    Raises:
+        PipelineError: the config has no models, or a named one is not in it (the message
+            lists the valid names).
+    """
+    o = Options.of(opts)
+    if not cfg.models:
+        raise PipelineError(f"{cfg.source}: no [[models]] entries; add one (see configs/demo.toml)")
+    models = [cfg.model(o.model).name] if o.model else [m.name for m in cfg.models]
+    paradigms = [o.paradigm] if o.paradigm else list(cfg.behave.paradigms)
+    if o.strategy and o.strategy not in cfg.hidden.strategies:
+        raise PipelineError(f"--strategy {o.strategy}: not in hidden.strategies of {cfg.source} "
+                            f"({', '.join(cfg.hidden.strategies)})")
+    strategies = [o.strategy] if o.strategy else list(cfg.hidden.strategies)
+    return Selection(models, paradigms, strategies)
