@@ -1,7 +1,7 @@
 # The Makefile is the DAG: each stage is a target; every stage skips finished work, so
 # re-running after a crash or Ctrl-C continues where it stopped.
 #   make demo                  whole pipeline on the embedded default (configs/demo.toml)
-#   make test                  test suite
+#   make test                  lint (ruff) and the test suite
 #   make STAGE CONFIG=FILE     one stage (vocab trials behave aggregate hidden baselines rsa regress report export)
 #   make all CONFIG=FILE       the DAG for any config
 SHELL := /bin/bash
@@ -18,7 +18,7 @@ SMOLLM2 := data/models/smollm2-135m-instruct
 RUN = $(PY) -m pipeline $(1) --config $(CONFIG) --engine $(ENGINE) $(foreach s,$(SET),--set $(s)) $(ARGS)
 
 STAGES := vocab trials behave aggregate hidden baselines rsa regress report export
-.PHONY: install deps model test test-fast demo all bench clean-demo $(STAGES) vocab-build help
+.PHONY: install deps model lint test test-fast demo all bench clean-demo $(STAGES) vocab-build help
 
 help:
 	@sed -n '1,7p' Makefile
@@ -89,7 +89,10 @@ vocab-build: install
 demo: deps
 	$(PY) -m pipeline.demo --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
-test: deps
+lint: install
+	$(PY) -m ruff check pipeline tests
+
+test: deps lint
 	$(PY) -m pytest -q -ra tests
 
 test-fast: install

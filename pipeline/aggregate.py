@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from .manifest import Manifest, fingerprint
 from .options import Options, select
 from .rules import PANDAS_NA_STRINGS, Rules
 from .similarity import cosine, ppmi
+from .store import atomic_write, atomic_write_bytes, save_npy
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
@@ -172,83 +171,106 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     """
     from .logs import iter_final
 
-    rules = rules or Rules()
-    n = len(words)
-    vocab = pa.array(words, pa.string())
-    vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(vocab))
-    na = pa.array(sorted(PANDAS_NA_STRINGS), pa.string()) if rules.paper else None
-    col_words = pa.array([], pa.string())
-    pending_r: list[np.ndarray] = []
-    pending_c: list[np.ndarray] = []
-    pending = 0
-    acc = sp.csr_matrix((n, 0), dtype=np.int64)
-    seen = np.zeros(n, dtype=bool)
-    responded = np.zeros(n, dtype=bool)
-    st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_na_strings": 0, "dropped_cue_repeats": 0}
+    counter = _Counter(words, paradigm, rules or Rules(), src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
     for batch in iter_final(src, columns):
-        if batch.num_rows == 0:
-            continue
-        if select is not None:
+        if select is not None and batch.num_rows:
             batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
-            if batch.num_rows == 0:
-                continue
-        cue_idx = _checked_cues(batch, vocab, n, src)
-        seen[cue_idx] = True
-        st["trials"] += batch.num_rows
+        if batch.num_rows:
+            counter.add(batch)
+    return counter.result()
+
+
+class _Counter:
+    """Streaming cue x response counts (`count_matrix`): each batch's responses are cleaned
+    and dictionary-encoded with pyarrow, mapped to a growing column dictionary, and kept as
+    integer (row, column) codes, summed into a sparse matrix whenever they pile up."""
+
+    def __init__(self, words: list[str], paradigm: str, rules: Rules, src):
+        self.words, self.paradigm, self.rules, self.src = words, paradigm, rules, src
+        self.n = len(words)
+        self.vocab = pa.array(words, pa.string())
+        self.vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(self.vocab))
+        self.na = pa.array(sorted(PANDAS_NA_STRINGS), pa.string()) if rules.paper else None
+        self.col_words = pa.array([], pa.string())
+        self.pending_r: list[np.ndarray] = []
+        self.pending_c: list[np.ndarray] = []
+        self.pending = 0
+        self.acc = sp.csr_matrix((self.n, 0), dtype=np.int64)
+        self.seen = np.zeros(self.n, dtype=bool)
+        self.responded = np.zeros(self.n, dtype=bool)
+        self.st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_na_strings": 0,
+                   "dropped_cue_repeats": 0}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        cue_idx = _checked_cues(batch, self.vocab, self.n, self.src)
+        self.seen[cue_idx] = True
+        self.st["trials"] += batch.num_rows
         picks = batch.column("picks")
         flat = pc.list_flatten(picks)
-        parent = np.asarray(pc.list_parent_indices(picks).to_numpy(zero_copy_only=False), dtype=np.int64)
-        st["raw_responses"] += len(flat)
+        self.st["raw_responses"] += len(flat)
         if len(flat) == 0:
-            continue
+            return
+        parent = np.asarray(pc.list_parent_indices(picks).to_numpy(zero_copy_only=False), dtype=np.int64)
         rows = cue_idx[parent]
+        text, keep = self._clean(flat, rows)
+        if keep.any():
+            self._append(rows[keep], text.filter(pa.array(keep)))
+
+    def _clean(self, flat: pa.Array, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        """Lowercased, stripped responses and which of them count (METHOD.md §2 "Clean")."""
         text = pc.utf8_trim_whitespace(pc.utf8_lower(flat))
         valid = pc.fill_null(pc.and_(pc.match_substring_regex(text, _ALNUM),
                                      pc.invert(pc.is_in(text, value_set=_DROP))), False)
-        if na is not None:
-            is_na = pc.fill_null(pc.is_in(flat, value_set=na), False)
-            st["dropped_na_strings"] += int(pc.sum(pc.and_(is_na, valid)).as_py() or 0)
+        if self.na is not None:
+            is_na = pc.fill_null(pc.is_in(flat, value_set=self.na), False)
+            self.st["dropped_na_strings"] += int(pc.sum(pc.and_(is_na, valid)).as_py() or 0)
             valid = pc.and_(valid, pc.invert(is_na))
-        repeat = pc.fill_null(pc.equal(text, vocab_clean.take(pa.array(rows))), False)
+        repeat = pc.fill_null(pc.equal(text, self.vocab_clean.take(pa.array(rows))), False)
         keep = np.asarray(pc.and_(valid, pc.invert(repeat)).to_numpy(zero_copy_only=False), dtype=bool)
         valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), dtype=bool)
-        responded[rows[valid_np]] = True
-        st["dropped_invalid"] += int((~valid_np).sum())
-        st["dropped_cue_repeats"] += int((valid_np & ~keep).sum())
-        if not keep.any():
-            continue
-        kept = text.filter(pa.array(keep))
+        self.responded[rows[valid_np]] = True
+        self.st["dropped_invalid"] += int((~valid_np).sum())
+        self.st["dropped_cue_repeats"] += int((valid_np & ~keep).sum())
+        return text, keep
+
+    def _append(self, rows: np.ndarray, kept: pa.Array) -> None:
         enc = pc.dictionary_encode(kept)
-        known = pc.index_in(enc.dictionary, value_set=col_words)
+        known = pc.index_in(enc.dictionary, value_set=self.col_words)
         new = enc.dictionary.filter(pc.is_null(known))
         code_of_entry = np.asarray(pc.fill_null(known, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
         if len(new):
-            code_of_entry[code_of_entry < 0] = np.arange(len(col_words), len(col_words) + len(new))
-            col_words = pa.concat_arrays([col_words, new])
+            code_of_entry[code_of_entry < 0] = np.arange(len(self.col_words), len(self.col_words) + len(new))
+            self.col_words = pa.concat_arrays([self.col_words, new])
         indices = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        pending_r.append(rows[keep].astype(np.int32))
-        pending_c.append(code_of_entry[indices].astype(np.int32))
-        pending += int(keep.sum())
-        if pending >= _COMPACT_AT:
-            acc = _compact(acc, pending_r, pending_c, n, len(col_words))
-            pending_r, pending_c, pending = [], [], 0
-    acc = _compact(acc, pending_r, pending_c, n, len(col_words))
-    names = col_words.to_pylist()
-    order = np.asarray(pc.sort_indices(col_words).to_numpy(zero_copy_only=False), dtype=np.int64)
-    counts = acc[:, order].tocsr() if len(names) else acc
-    counts.sort_indices()
-    row_sums = np.asarray(counts.sum(axis=1)).ravel()
-    empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
-    if rules.paper:
-        row_valid = seen if paradigm == "fc" else responded
-    else:
-        row_valid = row_sums > 0
-    masked = [words[i] for i in np.flatnonzero(~row_valid)]
-    st.update({"picks": int(counts.sum()), "responses": len(names), "nonzero_cells": int(counts.nnz),
-               "empty_rows": len(empty), "empty_row_words": empty, "masked_rows": len(masked),
-               "masked_row_words": masked, "row_valid": row_valid.tolist(), "rules": rules.name})
-    return counts, [names[i] for i in order], st
+        self.pending_r.append(rows.astype(np.int32))
+        self.pending_c.append(code_of_entry[indices].astype(np.int32))
+        self.pending += len(rows)
+        if self.pending >= _COMPACT_AT:
+            self._compact()
+
+    def _compact(self) -> None:
+        self.acc = _compact(self.acc, self.pending_r, self.pending_c, self.n, len(self.col_words))
+        self.pending_r, self.pending_c, self.pending = [], [], 0
+
+    def result(self) -> tuple[sp.csr_matrix, list[str], dict]:
+        self._compact()
+        words, acc = self.words, self.acc
+        names = self.col_words.to_pylist()
+        order = np.asarray(pc.sort_indices(self.col_words).to_numpy(zero_copy_only=False), dtype=np.int64)
+        counts = acc[:, order].tocsr() if len(names) else acc
+        counts.sort_indices()
+        row_sums = np.asarray(counts.sum(axis=1)).ravel()
+        empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
+        if self.rules.paper:
+            row_valid = self.seen if self.paradigm == "fc" else self.responded
+        else:
+            row_valid = row_sums > 0
+        masked = [words[i] for i in np.flatnonzero(~row_valid)]
+        st = {**self.st, "picks": int(counts.sum()), "responses": len(names), "nonzero_cells": int(counts.nnz),
+              "empty_rows": len(empty), "empty_row_words": empty, "masked_rows": len(masked),
+              "masked_row_words": masked, "row_valid": row_valid.tolist(), "rules": self.rules.name}
+        return counts, [names[i] for i in order], st
 
 
 def masked_similarity(m: sp.csr_matrix, row_valid) -> np.ndarray:
@@ -308,32 +330,25 @@ def similarity(m: sp.csr_matrix) -> np.ndarray:
 
 
 def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: list[str], stats: dict) -> None:
-    """Write every output into a temp folder, then move the files into place.
+    """Write every output atomically (`store.atomic_write`): readers never see half a file; a
+    crash before the manifest record leaves the stage incomplete and the next run redoes it."""
+    pp = ppmi(counts)
+    valid = stats["row_valid"]
+    text = {"rows.txt": "".join(w + "\n" for w in words), "cols.txt": "".join(_one_line(c) + "\n" for c in cols),
+            "stats.json": json.dumps(stats, indent=2, ensure_ascii=False) + "\n"}
+    _save_npz(out / "counts.npz", counts.astype(np.int32))
+    _save_npz(out / "ppmi.npz", pp.astype(np.float32))
+    save_npy(out / "sim_ppmi.npy", masked_similarity(pp, valid))
+    save_npy(out / "sim_counts.npy", masked_similarity(counts, valid))
+    for name, body in text.items():
+        atomic_write_bytes(out / name, body.encode("utf-8"))
 
-    Readers never see half a file; a crash before the manifest record leaves the stage
-    incomplete, and the next run recomputes it.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        pp = ppmi(counts)
-        valid = stats["row_valid"]
-        sp.save_npz(tmp / "counts.npz", counts.astype(np.int32))
-        sp.save_npz(tmp / "ppmi.npz", pp.astype(np.float32))
-        np.save(tmp / "sim_ppmi.npy", masked_similarity(pp, valid))
-        np.save(tmp / "sim_counts.npy", masked_similarity(counts, valid))
-        (tmp / "rows.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
-        (tmp / "cols.txt").write_text("".join(_one_line(c) + "\n" for c in cols), encoding="utf-8")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for name in OUTPUT_FILES:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        for name in OUTPUT_FILES:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def _save_npz(path: Path, m: sp.spmatrix) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a path, save_npz would append ".npz"
+            sp.save_npz(f, m)
+    atomic_write(path, write)
 
 
 def _one_line(s: str) -> str:

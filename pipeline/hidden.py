@@ -118,7 +118,7 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
             raise PipelineError(
                 f"hidden.sentences = {h.sentences}: file not found; the 'averaged' strategy needs up to "
                 f"{h.max_sentences} sentences per word, one per line. Supply it (the paper uses 50 C4 sentences "
-                f"per word), build it with `python -m pipeline.hidden harvest --vocab {paths.vocab_file(cfg)} "
+                f"per word), build it with `python -m pipeline.sentences harvest --vocab {paths.vocab_file(cfg)} "
                 f"--corpus FILE... --out {h.sentences} --max {h.max_sentences}`, or set hidden.harvest = "
                 f"[\"wordnet\"] to harvest WordNet glosses automatically")
         t0 = time.perf_counter()
