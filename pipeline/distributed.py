@@ -10,7 +10,7 @@ everything that touches the trial log store; Ray actors only generate:
   (the hf backend seeds micro-batches from their first request, so even its samples match).
 - Each actor (`_BehaveWorker`) starts one inference engine through `backends.get_backend`
   (vLLM with the model's own `tensor_parallel_size`, or hf) on its own GPU(s) and runs
-  `behave.run_chunk`: trials in, log rows out. Chunks are handed out from one queue, so a
+  `attempts.run_chunk`: trials in, log rows out. Chunks are handed out from one queue, so a
   fast actor takes more of them and a restarted one rejoins once it answers again. The
   number of actors follows the cluster (one per `tensor_parallel_size` GPUs, or one per
   CPU without GPUs) unless ``--workers N`` says otherwise.
@@ -226,7 +226,7 @@ class _BehaveWorker:
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, paradigm: str, chunk: pa.Table) -> tuple[pa.Table, dict]:
-        from .behave import run_chunk
+        from .attempts import run_chunk
 
         t0 = time.perf_counter()
         rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk, self.words)

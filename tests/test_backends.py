@@ -13,7 +13,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from pipeline import behave, logs, paths, trials, vocab
+from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import GenRequest, get_backend, runtime_dtype
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
@@ -78,15 +78,15 @@ def test_hf_seeded_sampling_reproducible(tiny_hf):
 def test_hf_constrained_choices_give_valid_distinct_picks(tiny_hf):
     plan = fc_chunk(8).to_pylist()
     reqs = [GenRequest(text=tiny_hf.render(chat_messages(fc_prompt(t["cue"], t["candidates"]))), max_tokens=32,
-                       allowed_choices=behave.fc_choices(t["candidates"]),
-                       allowed_regex=behave.fc_regex(t["candidates"])) for t in plan]
+                       allowed_choices=attempts.fc_choices(t["candidates"]),
+                       allowed_regex=attempts.fc_regex(t["candidates"])) for t in plan]
     for t, r in zip(plan, tiny_hf.generate(reqs)):
-        assert r.text in behave.fc_choices(t["candidates"])
+        assert r.text in attempts.fc_choices(t["candidates"])
         assert parse_fc(r.text, t["cue"], t["candidates"]).status == "ok"
 
 
 def test_hf_refuses_regex_only_structured_fa(tiny_hf):
-    req = GenRequest(text="x", max_tokens=4, temperature=0.7, seed=1, allowed_regex=behave.fa_regex(5))
+    req = GenRequest(text="x", max_tokens=4, temperature=0.7, seed=1, allowed_regex=attempts.fa_regex(5))
     with pytest.raises(PipelineError, match="structured_fa"):
         tiny_hf.generate([req])
 
@@ -94,8 +94,8 @@ def test_hf_refuses_regex_only_structured_fa(tiny_hf):
 def test_hf_run_chunk_through_behave(tiny_llama_dir, make_config):
     cfg, mc = model_cfg(make_config, tiny_llama_dir, backend="hf", retries=1)
     be = get_backend("hf", mc, cfg)
-    out = behave.run_chunk(be, cfg, mc, "fc", fc_chunk(5))
-    again = behave.run_chunk(be, cfg, mc, "fc", fc_chunk(5))
+    out = attempts.run_chunk(be, cfg, mc, "fc", fc_chunk(5))
+    again = attempts.run_chunk(be, cfg, mc, "fc", fc_chunk(5))
     assert logs.conform(out).schema.equals(logs.SCHEMA)
     assert out.column("raw_output").to_pylist() == again.column("raw_output").to_pylist()
     assert out.filter(out.column("final")).num_rows == 5
@@ -107,12 +107,12 @@ def test_hf_run_chunk_through_behave(tiny_llama_dir, make_config):
 def test_hf_smollm2_fc_and_fa(smollm2_dir, make_config):
     cfg, mc = model_cfg(make_config, smollm2_dir, backend="hf", structured_fc=True, retries=0)
     be = get_backend("hf", mc, cfg)
-    out = behave.run_chunk(be, cfg, mc, "fc", fc_chunk(4))
+    out = attempts.run_chunk(be, cfg, mc, "fc", fc_chunk(4))
     assert set(out.column("status").to_pylist()) == {"ok"} and out.num_rows == 4
     cfg.behave.structured_fc = False
-    free = behave.run_chunk(be, cfg, mc, "fc", fc_chunk(4))
+    free = attempts.run_chunk(be, cfg, mc, "fc", fc_chunk(4))
     assert free.filter(free.column("final")).num_rows == 4
-    fa = behave.run_chunk(be, cfg, mc, "fa", fa_chunk(4))
+    fa = attempts.run_chunk(be, cfg, mc, "fa", fa_chunk(4))
     assert sum(len(p) for p in fa.column("picks").to_pylist()) > 0
 
 
@@ -132,14 +132,14 @@ def vllm_backend(smollm2_dir):
 def test_vllm_structured_fc_valid_and_deterministic(vllm_backend, make_config):
     cfg, mc = model_cfg(make_config, "unused", structured_fc=True, retries=2)
     chunk = fc_chunk(24)
-    a = behave.run_chunk(vllm_backend, cfg, mc, "fc", chunk)
-    b = behave.run_chunk(vllm_backend, cfg, mc, "fc", chunk)
+    a = attempts.run_chunk(vllm_backend, cfg, mc, "fc", chunk)
+    b = attempts.run_chunk(vllm_backend, cfg, mc, "fc", chunk)
     assert a.select(["trial_id", "attempt", "raw_output", "status"]).equals(
         b.select(["trial_id", "attempt", "raw_output", "status"]))
     final = a.filter(a.column("final"))
     assert final.num_rows == 24
     for t, r in zip(chunk.to_pylist(), final.to_pylist()):
-        assert re.fullmatch(behave.fc_regex(t["candidates"]), r["raw_output"]), r["raw_output"]
+        assert re.fullmatch(attempts.fc_regex(t["candidates"]), r["raw_output"]), r["raw_output"]
         assert r["status"] == "ok" and len(r["picks"]) == 2
         assert r["n_prompt_tokens"] > 200 and 0 < r["n_output_tokens"] <= 32
 
@@ -160,12 +160,12 @@ def test_vllm_free_fc_parses_and_greedy_is_deterministic(vllm_backend):
 def test_vllm_fa_structured_and_seeded(vllm_backend, make_config):
     cfg, mc = model_cfg(make_config, "unused", structured_fa=True)
     chunk = fa_chunk(48)
-    a = behave.run_chunk(vllm_backend, cfg, mc, "fa", chunk)
-    b = behave.run_chunk(vllm_backend, cfg, mc, "fa", chunk.slice(8).take(list(range(15, -1, -1))))
+    a = attempts.run_chunk(vllm_backend, cfg, mc, "fa", chunk)
+    b = attempts.run_chunk(vllm_backend, cfg, mc, "fa", chunk.slice(8).take(list(range(15, -1, -1))))
     got = dict(zip(a.column("trial_id").to_pylist(), a.column("raw_output").to_pylist()))
     for tid, text in zip(b.column("trial_id").to_pylist(), b.column("raw_output").to_pylist()):
         assert got[tid] == text  # per-request seeds: independent of batch composition and order
-    rx = re.compile(behave.fa_regex(5))
+    rx = re.compile(attempts.fa_regex(5))
     for t, text in zip(chunk.to_pylist(), a.column("raw_output").to_pylist()):
         assert rx.fullmatch(text), text
         assert len(parse_fa(text, t["cue"]).picks) == 5
@@ -180,7 +180,7 @@ def test_vllm_many_seeded_requests_do_not_crash(vllm_backend, make_config):
     cfg, mc = model_cfg(make_config, "unused", fa_max_tokens=6)
     plan = trials.build_fa_plan(WORDS, 12, 12345)
     for i in range(2):
-        out = behave.run_chunk(vllm_backend, cfg, mc, "fa", plan.slice(128 * i, 128))
+        out = attempts.run_chunk(vllm_backend, cfg, mc, "fa", plan.slice(128 * i, 128))
         assert out.num_rows == 128 and out.column("seed").null_count == 0
 
 

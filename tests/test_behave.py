@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import behave, logs, paths, trials, vocab
+from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import get_backend
 from pipeline.backends.fake import FakeBackend
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
 from pipeline.parse import parse_fc
+from pipeline.prompts import prompt_sha
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def test_plumbing_fc_and_fa(make_config):
     assert fc.column("run").null_count == fc.num_rows and fc.column("seed").null_count == fc.num_rows
     fa = final_rows(cfg, "fa")
     plan = trials.load_trials(cfg, "fa")
-    assert fa.column("seed").to_pylist() == [behave.derive_seed(s, c) for s, c in zip(
+    assert fa.column("seed").to_pylist() == [attempts.derive_seed(s, c) for s, c in zip(
         plan.column("seed").to_pylist(), plan.column("cue_idx").to_pylist())]
     assert fa.column("candidates").null_count == fa.num_rows
     assert fa.column("run").to_pylist() == plan.column("run").to_pylist()
@@ -90,7 +91,7 @@ def test_compliance_loop_attempts_and_statuses(make_config):
     cfg = make_config()
     fake = FakeBackend(fail=True)
     chunk = fc_table(60)
-    out = behave.run_chunk(fake, cfg, cfg.models[0], "fc", chunk)
+    out = attempts.run_chunk(fake, cfg, cfg.models[0], "fc", chunk)
     assert logs.conform(out).num_rows == out.num_rows
     by_trial: dict[int, list[dict]] = {}
     for r in out.to_pylist():
@@ -111,7 +112,7 @@ def test_compliance_loop_attempts_and_statuses(make_config):
             if r["attempt"] < 2:
                 assert r["seed"] is None
             else:
-                assert r["seed"] == behave.derive_seed(cfg.trials.fc_seed, tid, r["attempt"])
+                assert r["seed"] == attempts.derive_seed(cfg.trials.fc_seed, tid, r["attempt"])
         if rs[-1]["status"] != "ok":
             assert len(rs) == 7
             kinds_seen.add("exhausted")
@@ -126,14 +127,14 @@ def test_compliance_loop_attempts_and_statuses(make_config):
         tid = next(t for t in range(60) if f"candidates: [{', '.join(chunk.column('candidates')[t].as_py())}]" in text)
         if "Your previous answer was:" in text:
             assert f"Your previous answer was:\n{latest[tid].strip()}\n\n" in text
-        latest[tid] = next(r["raw_output"] for r in by_trial[tid] if r["prompt_sha"] == behave.prompt_sha(text))
+        latest[tid] = next(r["raw_output"] for r in by_trial[tid] if r["prompt_sha"] == prompt_sha(text))
 
 
 def test_compliance_loop_without_repair_and_retry_overrides(make_config):
     cfg = make_config(behave={"repair": False, "retries": 2, "retry_temperature": 0.3},
                       models=[{"name": "m", "path": "x", "retry_top_p": 0.8}])
     fake = FakeBackend(fail=True)
-    out = behave.run_chunk(fake, cfg, cfg.models[0], "fc", fc_table(30)).to_pylist()
+    out = attempts.run_chunk(fake, cfg, cfg.models[0], "fc", fc_table(30)).to_pylist()
     assert {r["attempt"] for r in out} <= {0, 2, 3}
     assert {r["attempt_kind"] for r in out if r["attempt"] > 0} <= {"retry"}
     sampled = [q for q in fake.requests if not q.greedy]
@@ -144,9 +145,13 @@ def test_compliance_loop_without_repair_and_retry_overrides(make_config):
 def test_structured_requests(make_config):
     import re
     cfg = make_config(behave={"structured_fc": True, "structured_fa": True})
-    fake = FakeBackend()
     chunk = fc_table(3)
-    behave.run_chunk(fake, cfg, cfg.models[0], "fc", chunk)
+    regex_only = FakeBackend()
+    attempts.run_chunk(regex_only, cfg, cfg.models[0], "fc", chunk)
+    assert regex_only.requests[0].allowed_regex and regex_only.requests[0].allowed_choices is None
+    fake = FakeBackend()
+    fake.structured = "choices"  # a backend that constrains by choice lists (hf) gets them too
+    attempts.run_chunk(fake, cfg, cfg.models[0], "fc", chunk)
     req = fake.requests[0]
     cands = chunk.column("candidates")[0].as_py()
     rx = re.compile(req.allowed_regex)
@@ -155,7 +160,7 @@ def test_structured_requests(make_config):
     assert not rx.fullmatch("output: waa, " + cands[0])
     assert len(req.allowed_choices) == 16 * 15 and all(rx.fullmatch(c) for c in req.allowed_choices)
     assert req.max_tokens >= 32
-    fa = re.compile(behave.fa_regex(5))
+    fa = re.compile(attempts.fa_regex(5))
     assert fa.fullmatch("output: bark, leash, pet, animal, cat.")
     assert not fa.fullmatch("output: bark, leash, pet, animal.")
     assert not fa.fullmatch("output: Bark, leash, pet, animal, cat.")

@@ -56,6 +56,12 @@ class Backend:
     name = "base"
     rank = 5
     """Where `backends.names` lists it: the production backend first, test stand-ins last."""
+    structured = "regex"
+    """How structured outputs are enforced: ``regex`` (`GenRequest.allowed_regex`) or
+    ``choices`` (`allowed_choices`, built only for such backends)."""
+    batch_invariant = True
+    """Whether an answer depends only on its own request, not on the requests sharing an
+    engine call (per-request seeds); only such backends may be fed by the pipelined driver."""
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "Backend":

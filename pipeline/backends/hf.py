@@ -45,6 +45,9 @@ def _trie(seqs: list[list[int]]) -> dict:
 class HFBackend(Backend):
     """Plain batched `model.generate` on CPU or one GPU."""
 
+    structured = "choices"
+    batch_invariant = False
+
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "HFBackend":
         kw = dict(dtype=runtime_dtype(model_cfg.dtype), batch_size=cfg.behave.batch_size,

@@ -49,8 +49,9 @@ def _config(root: Path):
 
 def _single_process(cfg) -> tuple[int, float, float]:
     from .. import logs, paths
+    from ..attempts import run_chunk
     from ..backends import get_backend
-    from ..behave import pending_trials, run_chunk
+    from ..behave import pending_trials
 
     t0 = time.perf_counter()
     backend = get_backend("hf", cfg.models[0], cfg)
