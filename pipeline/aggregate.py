@@ -51,8 +51,6 @@ _VERSION = 1
 _DROP = pa.array(["na", "nan"])
 _ALNUM = r"[\p{L}\p{N}]"
 _COMPACT_AT = 8_000_000
-_DENSE_COSINE_MAX_CELLS = 60_000_000
-_DENSE_COSINE_MIN_DENSITY = 0.02
 OUTPUT_FILES = ("counts.npz", "ppmi.npz", "sim_ppmi.npy", "sim_counts.npy", "rows.txt", "cols.txt",
                 "stats.json")
 
@@ -317,15 +315,8 @@ def _compact(acc: sp.csr_matrix, rows: list[np.ndarray], cols: list[np.ndarray],
 
 
 def similarity(m: sp.csr_matrix) -> np.ndarray:
-    """Cosine between rows via `similarity.cosine`, dense when that is faster.
-
-    A sparse product costs about sum_k nnz(column k)^2; for dense-ish count matrices
-    (FC: about 600 of 5,000 cells per row) BLAS on the dense matrix is several times
-    faster, so a matrix with few enough cells and enough density is densified first.
-    """
-    cells = m.shape[0] * m.shape[1]
-    if cells and cells <= _DENSE_COSINE_MAX_CELLS and m.nnz / cells >= _DENSE_COSINE_MIN_DENSITY:
-        return cosine(m.toarray())
+    """Cosine between the rows of a count or PPMI matrix (`similarity.cosine`, whose sparse
+    path multiplies frequent columns densely and rare ones sparsely)."""
     return cosine(m)
 
 
@@ -347,7 +338,7 @@ def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: lis
 def _save_npz(path: Path, m: sp.spmatrix) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: given a path, save_npz would append ".npz"
-            sp.save_npz(f, m)
+            sp.save_npz(f, m, compressed=False)
     atomic_write(path, write)
 
 
