@@ -76,3 +76,12 @@ def tiny_llama_dir(tmp_path_factory, smollm2_dir) -> Path:
         if (smollm2_dir / extra).exists() and not (out / extra).exists():
             shutil.copy(smollm2_dir / extra, out / extra)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_llama_dir):
+    """The tiny Llama loaded for pooling: (tokenizer, model), float32 on CPU."""
+    from pipeline.config import ModelCfg
+    from pipeline.pooling import load_model
+
+    return load_model(ModelCfg(name="tiny", path=str(tiny_llama_dir)), dtype="float32", device="cpu")

@@ -8,16 +8,19 @@ import json
 import math
 from collections import Counter
 
+import _synthetic as syn
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
-from pipeline import aggregate, paths
+from pipeline import aggregate, comparison, paths
 from pipeline.errors import PipelineError
 from pipeline.logs import SCHEMA, write_part
 from pipeline.manifest import Manifest
+from pipeline.similarity import cosine, ppmi
 
 WORDS = ["dog", "cat", "tree", "milk"]
 
@@ -245,3 +248,63 @@ def test_cue_without_responses_default_masks_paper_follows_the_authors(cfg, make
     for c, masked in ((cfg, ["cat", "tree", "milk"]), (_paper(make_config), ["cat", "milk"])):
         write_part(paths.behavior_dir(c, "m", "fc"), _rows_table(fc))
         assert aggregate.aggregate_one(c, "m", "fc", WORDS)["masked_row_words"] == masked
+
+
+def _counter_counts(cue_idx, picks, words):
+    """Plain-Python cue x response counts, with aggregate's cleaning (an independent reference)."""
+    cols = {}
+    rows, cols_idx = [], []
+    for c, trial in zip(cue_idx, picks):
+        for p in trial:
+            w = str(p).strip().lower()
+            if not w or w in ("na", "nan") or not any(ch.isalnum() for ch in w) or w == words[c].lower():
+                continue
+            rows.append(int(c))
+            cols_idx.append(cols.setdefault(w, len(cols)))
+    import scipy.sparse as sp
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols_idx)), shape=(len(words), max(len(cols), 1)))
+
+
+def test_halves_add_up_to_the_full_count(make_config):
+    from pipeline.aggregate import count_matrix
+
+    cfg = syn.config(make_config, models=("m1",))
+    data = syn.build(cfg)
+    for paradigm in ("fc", "fa"):
+        d = paths.behavior_dir(cfg, "m1", paradigm)
+        full, cols, _ = count_matrix(d, data["words"], paradigm)
+        halves = [count_matrix(d, data["words"], paradigm,
+                               select=lambda b, h=h: b.column("trial_id").to_numpy() % 2 == h) for h in (0, 1)]
+        assert halves[0][2]["trials"] + halves[1][2]["trials"] == count_matrix(d, data["words"], paradigm)[2]["trials"]
+        total = {}
+        for counts, hcols, _ in halves:
+            coo = counts.tocoo()
+            for r, c, v in zip(coo.row, coo.col, coo.data):
+                total[r, hcols[c]] = total.get((r, hcols[c]), 0) + v
+        coo = full.tocoo()
+        assert total == {(r, cols[c]): v for r, c, v in zip(coo.row, coo.col, coo.data)}
+
+
+def test_split_half_reliability_by_group_and_run_parity(make_config):
+    cfg = syn.config(make_config, models=("m1",), rsa={"methods": ["spearman", "paper"], "paper_pairs": 100})
+    data = syn.build(cfg)
+    words = data["words"]
+    rows = pd.DataFrame(aggregate.split_half(cfg, "m1", "fc", words) + aggregate.split_half(cfg, "m1", "fa", words))
+    assert set(rows.paradigm) == {"fc", "fa"} and set(rows.method) == {"spearman", "paper"}
+    logs = {p: pd.concat([pd.read_parquet(f) for f in sorted(paths.behavior_dir(cfg, "m1", p).glob("part-*"))])
+            for p in ("fc", "fa")}
+    groups = 8
+    for paradigm, half_of in (("fc", lambda d: (d.trial_id % groups) % 2), ("fa", lambda d: d.run % 2)):
+        d = logs[paradigm].query("final")
+        sims = [cosine(ppmi(_counter_counts(d[half_of(d) == h].cue_idx.to_numpy(),
+                                            list(d[half_of(d) == h].picks), words))) for h in (0, 1)]
+        for method in ("spearman", "paper"):
+            r = comparison.compare(sims[0], sims[1], method, n_pairs=100, seed=0, words=words)
+            row = rows.query("paradigm == @paradigm and method == @method")
+            assert row.r_half.item() == pytest.approx(r, abs=1e-12)
+            assert row.reliability.item() == pytest.approx(2 * r / (1 + r), abs=1e-12)
+            assert row.ceiling_high.item() == pytest.approx(np.sqrt(2 * r / (1 + r)), abs=1e-12)
+        assert rows.query("paradigm == @paradigm").n_trials_a.iloc[0] == (half_of(d) == 0).sum()
+    assert rows.query("paradigm == 'fc'").n_trials_a.iloc[0] == rows.query("paradigm == 'fc'").n_trials_b.iloc[0]
+
+

@@ -7,11 +7,11 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_behave import opts, prepare
 
 from pipeline import attempts, behave, driver, logs, paths, trials, vocab
 from pipeline.backends.fake import FakeBackend
 from pipeline.benchmarks import legacy_driver
-from test_behave import opts, prepare
 
 
 def _without_latency(t: pa.Table) -> list[dict]:

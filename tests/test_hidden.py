@@ -1,11 +1,10 @@
-"""hidden: word location, batched pooling vs a one-prompt-at-a-time reference on a tiny
-random Llama, the stage's output file, resume after an interruption, sentence harvesting."""
+"""hidden: the stage's output file against a one-prompt-at-a-time reference, resume after an
+interruption, damaged outputs rebuilt, one writer per cell."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import numpy as np
 import pytest
@@ -28,103 +27,7 @@ def _opts(**kw):
     return argparse.Namespace(**base)
 
 
-# ------------------------------------------------------------ location
-
-def test_locate_word_default_rule():
-    text = "Art lovers: the art of starting"
-    assert pooling.locate_word(text, "art") == (16, 19)
-    assert pooling.locate_word("Dog days. A DOG.", "dog") == (12, 15)
-    assert pooling.locate_word("Dogs run; dog-like", "dog") == (10, 13)
-    assert pooling.locate_word("hotdogs only", "dog") is None
-
-
-def test_locate_word_paper_mode_quirks():
-    text = "the art of starting"
-    assert pooling.locate_word(text, "art", PAPER) == (13, 16)
-    assert text[13:16] == "art"
-    assert pooling.locate_word("Dog barks.", "dog", PAPER) is None
-
-
-def test_locate_word_any_script_and_inner_joins():
-    assert pooling.locate_word("Un café, puis un autre CAFÉ.", "café") == (23, 27)
-    assert pooling.locate_word("cafés only", "café") is None
-    assert pooling.locate_word("Send an e-mail at five o'clock.", "e-mail") == (8, 14)
-    assert pooling.locate_word("Send an e-mail at five o'clock.", "o'clock") == (23, 30)
-    assert pooling.locate_word("Zoë and zoë", "zoë") == (8, 11)
-    assert pooling.locate_word("a_dog here", "dog") == (2, 5)  # underscore is not a letter
-
-
-def test_word_token_indices_zero_width_tokens_only_in_paper_mode():
-    offsets, special = [(0, 0), (0, 3), (3, 3), (3, 7)], [1, 0, 0, 0]
-    assert pooling.word_token_indices(offsets, special, (0, 7)) == ([1, 3], True)
-    assert pooling.word_token_indices(offsets, special, (0, 7), zero_width=True) == ([1, 2, 3], True)
-
-
-def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    text = "What is the meaning of the word xylophone?"
-    enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"],
-                                           pooling.locate_word(text, "xylophone"))
-    assert found and len(sel) > 1
-    assert tok.decode([enc["input_ids"][i] for i in sel]).strip() == "xylophone"
-    assert sel == list(range(sel[0], sel[-1] + 1))
-    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"], None)
-    assert not found and sel == [i for i, s in enumerate(enc["special_tokens_mask"]) if not s]
-    offsets, special = [(0, 0), (0, 3), (3, 7)], [1, 0, 0]
-    assert pooling.word_token_indices(offsets, special, (0, 3)) == ([1], True)
-
-
-# ------------------------------------------------------------ pooling
-
-def _reference(model, tok, text, word, paper_compat=False):
-    """One prompt per forward pass, tokens chosen from offsets, mean per layer (the paper)."""
-    import torch
-
-    enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
-    with torch.no_grad():
-        hs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                   output_hidden_states=True).hidden_states
-    if paper_compat:
-        start = text.rfind(word)
-        span = None if start < 0 else (start, start + len(word))
-    else:
-        ms = list(re.finditer(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text, re.I))
-        span = (ms[-1].start(), ms[-1].end()) if ms else None
-    offs = enc["offset_mapping"][0].tolist()
-    special = enc["special_tokens_mask"][0].tolist()
-    real = [i for i, (a, b) in enumerate(offs) if not special[i] and b > a]
-    sel = [i for i in real if span and offs[i][0] < span[1] and offs[i][1] > span[0]] or real
-    return torch.stack([h[0, sel].float().mean(0) for h in hs]).numpy()
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    from pipeline.config import ModelCfg
-
-    return pooling.load_model(ModelCfg(name="tiny", path=str(tiny_llama_dir)), dtype="float32", device="cpu")
-
-
-@pytest.mark.parametrize("paper_compat", [False, True])
-def test_batched_pooling_equals_unbatched(tiny, paper_compat):
-    tok, model = tiny
-    texts = [hidden_prompt("task_fc", "xylophone"), hidden_prompt("meaning", "dog"),
-             "Art is long; the art of starting is short.", "Dog barks at the dog.",
-             hidden_prompt("task_fa", "water"), "king"]
-    words = ["xylophone", "dog", "art", "dog", "water", "king"]
-    pooler = pooling.Pooler(tok, model, batch_size=4, rules=Rules(paper=paper_compat))
-    encoded = pooler.encode(texts, words)
-    got = {}
-    for idx, vec in pooler.pooled(encoded):
-        for r, i in enumerate(idx):
-            got[int(i)] = vec[:, r].numpy()
-    assert pooler.forward_calls == 2
-    for i, (text, word) in enumerate(zip(texts, words)):
-        ref = _reference(model, tok, text, word, paper_compat)
-        np.testing.assert_allclose(got[i], ref, rtol=1e-4, atol=1e-5)
-
+from test_pooling import _reference  # noqa: E402
 
 # ------------------------------------------------------------ stage
 
@@ -227,77 +130,6 @@ def test_missing_sentence_file_names_fix(stage_cfg, tmp_path):
     cfg = stage_cfg(sentences=str(tmp_path / "nope.txt"))
     with pytest.raises(PipelineError, match=r"nope\.txt: file not found.*harvest"):
         hidden.run(cfg, _opts(strategy="averaged"))
-
-
-# ------------------------------------------------------------ harvest
-
-def test_harvest_rules_and_roundtrip(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    long = "the dog " + " ".join(["word"] * 99)
-    corpus.write_text("\n".join([
-        "A dog ran.",                                   # 3 tokens: too short
-        long,                                           # 101 tokens: too long
-        "Dogs are loud animals at night.",              # 'dogs' is not 'dog'
-        "The dog's bone lay in the yard. The cat watched it closely.",
-        "My cat and my dog sleep together every day.",
-        "Another dog barked at the mail carrier.",
-        "The DOG barked again at the carrier.",
-    ]) + "\n")
-    out = tmp_path / "sents.txt"
-    summary = sentences.harvest(["dog", "cat", "tree"], [str(corpus)], out, max_per_word=2)
-    lines = out.read_text().splitlines()
-    assert lines == ["The dog's bone lay in the yard.", "The cat watched it closely.",
-                     "My cat and my dog sleep together every day."]
-    assert summary["words_without_sentences"] == ["tree"]
-    loaded = sentences.load_sentences(out, ["dog", "cat", "tree"], 2)
-    assert loaded == [[lines[0], lines[2]], [lines[1], lines[2]], []]
-
-
-def test_load_sentences_tab_assignment(tmp_path):
-    f = tmp_path / "s.tsv"
-    f.write_text("cat\tThe dog and the cat met.\nA dog alone here today.\n")
-    assert sentences.load_sentences(f, ["dog", "cat"], 5) == [["A dog alone here today."], ["The dog and the cat met."]]
-
-
-def test_wordnet_sentences_split_gloss_and_examples():
-    try:
-        sents = sentences.wordnet_sentences()
-        first = [next(sents) for _ in range(200)]
-    except PipelineError:
-        pytest.skip("WordNet Debian files not installed")
-    assert not any('"' in s for s in first)
-    full = list(s for s in sentences.wordnet_sentences() if "barked all night" in s)
-    assert "the dog barked all night" in full
-
-
-def test_harvest_cli(tmp_path, capsys):
-    vocab = tmp_path / "v.txt"
-    vocab.write_text("dog\ncat\n")
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("The dog sat on the mat today.\n")
-    assert sentences.main(["harvest", "--vocab", str(vocab), "--corpus", str(corpus), "--out",
-                        str(tmp_path / "o.txt"), "--max", "3"]) == 0
-    assert "1 without any: cat" in capsys.readouterr().out
-    assert sentences.main(["harvest", "--vocab", str(vocab), "--corpus", str(tmp_path / "missing.txt"),
-                        "--out", str(tmp_path / "o.txt")]) == 2
-
-
-@pytest.mark.parametrize("strategy", ["task_fc", "meaning"])
-def test_shared_prefix_pass_equals_reference(tiny, strategy):
-    tok, model = tiny
-    words = ["xylophone", "dog", "water", "king", "art"]
-    texts = [hidden_prompt(strategy, w) for w in words]
-    pooler = pooling.Pooler(tok, model, batch_size=2)
-    encoded = pooler.encode(texts, words)
-    assert pooler._common_prefix([ids for ids, _ in encoded]) >= pooling.MIN_PREFIX
-    got = {}
-    for idx, vec in pooler.pooled(encoded):
-        for r, i in enumerate(idx):
-            got[int(i)] = vec[:, r].numpy()
-    assert pooler.share_prefix and pooler._checked
-    assert pooler.forward_calls == 1 + 3 + 1
-    for i, (text, word) in enumerate(zip(texts, words)):
-        np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)
 
 
 def test_averaged_fallback_default_meaning_paper_bare_word():

@@ -1,0 +1,136 @@
+"""pooling: word location under both rules, token selection, batched and prefix-shared
+pooling against a one-prompt-at-a-time reference on a tiny random Llama."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import numpy as np
+import pytest
+
+from pipeline import pooling
+from pipeline.prompts import hidden_prompt
+from pipeline.rules import Rules
+
+PAPER = Rules(paper=True)
+
+WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
+
+
+def _opts(**kw):
+    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
+                limit=None, force=False)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+# ------------------------------------------------------------ location
+
+def test_locate_word_default_rule():
+    text = "Art lovers: the art of starting"
+    assert pooling.locate_word(text, "art") == (16, 19)
+    assert pooling.locate_word("Dog days. A DOG.", "dog") == (12, 15)
+    assert pooling.locate_word("Dogs run; dog-like", "dog") == (10, 13)
+    assert pooling.locate_word("hotdogs only", "dog") is None
+
+
+def test_locate_word_paper_mode_quirks():
+    text = "the art of starting"
+    assert pooling.locate_word(text, "art", PAPER) == (13, 16)
+    assert text[13:16] == "art"
+    assert pooling.locate_word("Dog barks.", "dog", PAPER) is None
+
+
+def test_locate_word_any_script_and_inner_joins():
+    assert pooling.locate_word("Un café, puis un autre CAFÉ.", "café") == (23, 27)
+    assert pooling.locate_word("cafés only", "café") is None
+    assert pooling.locate_word("Send an e-mail at five o'clock.", "e-mail") == (8, 14)
+    assert pooling.locate_word("Send an e-mail at five o'clock.", "o'clock") == (23, 30)
+    assert pooling.locate_word("Zoë and zoë", "zoë") == (8, 11)
+    assert pooling.locate_word("a_dog here", "dog") == (2, 5)  # underscore is not a letter
+
+
+def test_word_token_indices_zero_width_tokens_only_in_paper_mode():
+    offsets, special = [(0, 0), (0, 3), (3, 3), (3, 7)], [1, 0, 0, 0]
+    assert pooling.word_token_indices(offsets, special, (0, 7)) == ([1, 3], True)
+    assert pooling.word_token_indices(offsets, special, (0, 7), zero_width=True) == ([1, 2, 3], True)
+
+
+def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    text = "What is the meaning of the word xylophone?"
+    enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"],
+                                           pooling.locate_word(text, "xylophone"))
+    assert found and len(sel) > 1
+    assert tok.decode([enc["input_ids"][i] for i in sel]).strip() == "xylophone"
+    assert sel == list(range(sel[0], sel[-1] + 1))
+    sel, found = pooling.word_token_indices(enc["offset_mapping"], enc["special_tokens_mask"], None)
+    assert not found and sel == [i for i, s in enumerate(enc["special_tokens_mask"]) if not s]
+    offsets, special = [(0, 0), (0, 3), (3, 7)], [1, 0, 0]
+    assert pooling.word_token_indices(offsets, special, (0, 3)) == ([1], True)
+
+
+# ------------------------------------------------------------ pooling
+
+def _reference(model, tok, text, word, paper_compat=False):
+    """One prompt per forward pass, tokens chosen from offsets, mean per layer (the paper)."""
+    import torch
+
+    enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                   output_hidden_states=True).hidden_states
+    if paper_compat:
+        start = text.rfind(word)
+        span = None if start < 0 else (start, start + len(word))
+    else:
+        ms = list(re.finditer(rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])", text, re.I))
+        span = (ms[-1].start(), ms[-1].end()) if ms else None
+    offs = enc["offset_mapping"][0].tolist()
+    special = enc["special_tokens_mask"][0].tolist()
+    real = [i for i, (a, b) in enumerate(offs) if not special[i] and b > a]
+    sel = [i for i in real if span and offs[i][0] < span[1] and offs[i][1] > span[0]] or real
+    return torch.stack([h[0, sel].float().mean(0) for h in hs]).numpy()
+
+
+@pytest.mark.parametrize("paper_compat", [False, True])
+def test_batched_pooling_equals_unbatched(tiny, paper_compat):
+    tok, model = tiny
+    texts = [hidden_prompt("task_fc", "xylophone"), hidden_prompt("meaning", "dog"),
+             "Art is long; the art of starting is short.", "Dog barks at the dog.",
+             hidden_prompt("task_fa", "water"), "king"]
+    words = ["xylophone", "dog", "art", "dog", "water", "king"]
+    pooler = pooling.Pooler(tok, model, batch_size=4, rules=Rules(paper=paper_compat))
+    encoded = pooler.encode(texts, words)
+    got = {}
+    for idx, vec in pooler.pooled(encoded):
+        for r, i in enumerate(idx):
+            got[int(i)] = vec[:, r].numpy()
+    assert pooler.forward_calls == 2
+    for i, (text, word) in enumerate(zip(texts, words)):
+        ref = _reference(model, tok, text, word, paper_compat)
+        np.testing.assert_allclose(got[i], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["task_fc", "meaning"])
+def test_shared_prefix_pass_equals_reference(tiny, strategy):
+    tok, model = tiny
+    words = ["xylophone", "dog", "water", "king", "art"]
+    texts = [hidden_prompt(strategy, w) for w in words]
+    pooler = pooling.Pooler(tok, model, batch_size=2)
+    encoded = pooler.encode(texts, words)
+    assert pooler._common_prefix([ids for ids, _ in encoded]) >= pooling.MIN_PREFIX
+    got = {}
+    for idx, vec in pooler.pooled(encoded):
+        for r, i in enumerate(idx):
+            got[int(i)] = vec[:, r].numpy()
+    assert pooler.share_prefix and pooler._checked
+    assert pooler.forward_calls == 1 + 3 + 1
+    for i, (text, word) in enumerate(zip(texts, words)):
+        np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)
+
+
