@@ -91,72 +91,72 @@ def load_static(spec: str, words: list[str], paper: bool = False):
     return _load_text_vectors(path, words)
 
 
-def _load_text_vectors_paper(path: Path, words: list[str]):
-    """The authors' FastText reader (`03_process_benchmarks.py`): every key is lowercased,
-    a later case variant overwrites an earlier one, and reading stops once every
-    (lowercased) vocabulary word has been seen. Keys of the result are lowercase."""
+def _vector_lines(path: Path):
+    """(dimension, iterator of (key, values as strings)) of a word2vec/FastText text file;
+    the ``N D`` header line is optional, a line of another length stops with its number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    f = opener(path, "rt", encoding="utf-8", errors="replace")
+    first = f.readline()
+    parts = first.rstrip("\n").rstrip(" ").split(" ")
+    if not first:
+        f.close()
+        raise PipelineError(f"{path}: empty vector file; re-download it or fix baselines.static")
+    header = len(parts) == 2 and all(p.isdigit() for p in parts)
+    dim = int(parts[1]) if header else len(parts) - 1
+
+    def lines():
+        with f:
+            if not header:
+                yield parts[0], parts[1:]
+            for n, line in enumerate(f, start=2):
+                row = line.rstrip("\n").rstrip(" ").split(" ")
+                if len(row) != dim + 1:
+                    raise PipelineError(f"{path}: line {n} has {len(row) - 1} values, expected {dim}; the file is "
+                                        f"truncated or not in word2vec text format")
+                yield row[0], row[1:]
+    return dim, lines()
+
+
+def _keyed(dim: int, keys: list[str], vecs: list[np.ndarray]):
     from gensim.models import KeyedVectors
 
-    wanted = {w.lower() for w in words}
-    found: dict[str, np.ndarray] = {}
-    dim = None
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
-            if n == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                dim = int(parts[1])
-                continue
-            if dim is None:
-                dim = len(parts) - 1
-            if len(parts) != dim + 1:
-                raise PipelineError(f"{path}: line {n} has {len(parts) - 1} values, expected {dim}; the file is "
-                                    f"truncated or not in word2vec text format")
-            key = parts[0].lower()
-            if key in wanted:
-                found[key] = np.asarray(parts[1:], dtype=np.float32)
-                if len(found) == len(wanted):
-                    break
-    if dim is None:
-        raise PipelineError(f"{path}: empty vector file; re-download it or fix baselines.static")
-    kv = KeyedVectors(vector_size=dim, count=len(found))
-    if found:
-        kv.add_vectors(list(found), np.stack(list(found.values())))
-    return kv
-
-
-def _load_text_vectors(path: Path, words: list[str]):
-    from gensim.models import KeyedVectors
-
-    wanted = set(words) | {w.lower() for w in words}
-    folded = {w.lower() for w in words}
-    keys, vecs, dim, seen, seen_folded = [], [], None, set(), set()
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
-            if n == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                dim = int(parts[1])
-                continue
-            if dim is None:
-                dim = len(parts) - 1
-            if len(parts) != dim + 1:
-                raise PipelineError(f"{path}: line {n} has {len(parts) - 1} values, expected {dim}; the file is "
-                                    f"truncated or not in word2vec text format")
-            key = parts[0]
-            low = key.lower()
-            if key in seen or not (key in wanted or (low in folded and low not in seen_folded)):
-                continue
-            seen.add(key)
-            seen_folded.add(low)
-            keys.append(key)
-            vecs.append(np.asarray(parts[1:], dtype=np.float32))
-    if dim is None:
-        raise PipelineError(f"{path}: empty vector file; re-download it or fix baselines.static")
     kv = KeyedVectors(vector_size=dim, count=len(keys))
     if keys:
         kv.add_vectors(keys, np.stack(vecs))
     return kv
+
+
+def _load_text_vectors_paper(path: Path, words: list[str]):
+    """The authors' FastText reader (`03_process_benchmarks.py`): every key is lowercased,
+    a later case variant overwrites an earlier one, and reading stops once every
+    (lowercased) vocabulary word has been seen. Keys of the result are lowercase."""
+    wanted = {w.lower() for w in words}
+    found: dict[str, np.ndarray] = {}
+    dim, lines = _vector_lines(path)
+    for key, values in lines:
+        key = key.lower()
+        if key in wanted:
+            found[key] = np.asarray(values, dtype=np.float32)
+            if len(found) == len(wanted):
+                lines.close()
+                break
+    return _keyed(dim, list(found), list(found.values()))
+
+
+def _load_text_vectors(path: Path, words: list[str]):
+    wanted = set(words) | {w.lower() for w in words}
+    folded = {w.lower() for w in words}
+    keys, vecs, seen, seen_folded = [], [], set(), set()
+    dim, lines = _vector_lines(path)
+    for key, values in lines:
+        low = key.lower()
+        if key in seen or not (key in wanted or (low in folded and low not in seen_folded)):
+            continue
+        seen.add(key)
+        seen_folded.add(low)
+        keys.append(key)
+        vecs.append(np.asarray(values, dtype=np.float32))
+    return _keyed(dim, keys, vecs)
 
 
 def static_vectors(kv, words: list[str]) -> tuple[np.ndarray, dict]:

@@ -3,7 +3,6 @@ pooling against a one-prompt-at-a-time reference on a tiny random Llama."""
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
@@ -15,14 +14,6 @@ from pipeline.rules import Rules
 
 PAPER = Rules(paper=True)
 
-WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
-
-
-def _opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 # ------------------------------------------------------------ location

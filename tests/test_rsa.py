@@ -7,30 +7,11 @@ import _synthetic as syn
 import numpy as np
 import pandas as pd
 import pytest
-from rsatoolbox.rdm import RDMs
 
 from pipeline import comparison, paths, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
 from pipeline.similarity import centered_cosine, cosine
-
-
-def _f32_centered(x, rows=None):
-    return centered_cosine(x, rows, compute=np.float32)
-
-
-def _sym(n, seed, ties=False, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 5))
-    s = x @ x.T
-    if ties:
-        s = np.round(s)
-    return s.astype(dtype)
-
-
-def _rdm(sim_vec):
-    return RDMs((1.0 - np.asarray(sim_vec, dtype=np.float64))[None, :])
-
 
 # ---------------------------------------------------------------- stage
 

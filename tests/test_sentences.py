@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from pipeline import sentences
 from pipeline.errors import PipelineError
-from pipeline.rules import Rules
-
-PAPER = Rules(paper=True)
-
-WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
-
-
-def _opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
 
 # ------------------------------------------------------------ harvest
 

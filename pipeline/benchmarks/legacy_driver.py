@@ -8,15 +8,12 @@ blocking call over ever fewer trials). Not used by the pipeline; `benchmarks.dri
 
 from __future__ import annotations
 
-import time
-
 import pyarrow as pa
 
 from .. import logs
-from ..attempts import _STRUCTURED_MIN_TOKENS, derive_seed, fa_regex, retry_sampling, safe_text
+from ..attempts import _STRUCTURED_MIN_TOKENS, derive_seed, fa_regex, generate, retry_sampling
 from ..backends import Backend, GenRequest
 from ..config import Config, ModelCfg
-from ..errors import PipelineError
 from ..parse import parse_fa, parse_fc
 from ..prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_sha
 from ..rules import Rules
@@ -60,16 +57,6 @@ class _Rows:
         return pa.Table.from_pylist(self.recs, schema=logs.SCHEMA)
 
 
-def _generate(backend: Backend, reqs: list[GenRequest]):
-    t0 = time.perf_counter()
-    res = backend.generate(reqs)
-    if len(res) != len(reqs):
-        raise PipelineError(f"backend '{backend.name}' returned {len(res)} answers for {len(reqs)} requests")
-    for r in res:
-        r.text = safe_text(r.text)
-    return res, (time.perf_counter() - t0) / max(len(reqs), 1)
-
-
 def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict]) -> pa.Table:
     b, n_picks = cfg.behave, cfg.trials.fc_picks
     rules = Rules.of(cfg)
@@ -91,7 +78,7 @@ def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
                                    allowed_choices=fc_choices(t["candidates"]) if structured else None))
             shas.append(prompt_sha(text))
             seeds.append(seed)
-        results, latency = _generate(backend, reqs)
+        results, latency = generate(backend, reqs)
         still = []
         for t, res, sha, seed in zip(todo, results, shas, seeds):
             parsed = parse_fc(res.text, t["cue"], t["candidates"], n_picks, rules)
@@ -128,7 +115,7 @@ def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
                                seed=seed, allowed_regex=regex))
         shas.append(prompt_sha(text))
         seeds.append(seed)
-    results, latency = _generate(backend, reqs)
+    results, latency = generate(backend, reqs)
     rows = _Rows()
     for t, res, sha, seed in zip(trials, results, shas, seeds):
         i = rows.add(t, 0, "main", parse_fa(res.text, t["cue"], k), seed, sha, res, latency)
