@@ -23,7 +23,7 @@ the server obeys.
 
 Many requests are in flight at once (``api_concurrency`` threads per `generate` call).
 Throttling (429), server errors (5xx, 408), time-outs and dropped or refused connections
-are retried with exponential backoff and jitter (``api_backoff_s`` doubling, at most 60 s,
+are retried with exponential backoff and jitter (``api_backoff_s`` doubling, at most 30 s,
 or the server's ``Retry-After``), up to ``api_retries`` times per request; a server
 restarted within that window is simply waited for. 401/403 (key) and 404 (URL or model id)
 stop at once with a message naming the model and the URL. The API key is read from the
@@ -60,7 +60,7 @@ PROTOCOL = "openai-chat/1"
 STRUCTURED_FIELD = "structured_outputs"
 PROBE_REGEX = "ZQX-[0-9]{3}"
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_BACKOFF_CAP_S = 60.0
+_BACKOFF_CAP_S = 30.0
 _RESERVED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
                        "stop", "n", "stream", STRUCTURED_FIELD})
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
