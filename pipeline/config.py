@@ -437,8 +437,9 @@ def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
                 for f in dataclasses.fields(ModelCfg) if f.name in backend_keys()}
     for key in sorted(defaults):
         if key not in cls.model_keys and getattr(m, key) != defaults[key]:
+            owner = next(n for n in names() if key in backend_class(n).model_keys)
             _fail(cfg, f"models[{i}].{key}", f"is set, but model '{m.name}' runs on backend '{name}', which does not "
-                  f"use it; set models[{i}].backend = \"openai\" (or behave.backend) or remove the key")
+                  f"use it; set models[{i}].backend = \"{owner}\" (or behave.backend) or remove the key")
     if m.path is None and cls.needs_weights:
         _fail(cfg, f"models[{i}].path", f"is missing: backend '{name}' loads the model's weights (a folder or a "
               f"Hugging Face id); only a model behind an API (models[{i}].backend = \"openai\") may have no path")

@@ -377,3 +377,15 @@ def test_cross_model_references_are_validated(make_config):
         make_config(models=cfg.to_dict()["models"], rsa={"references": ["fc:gtp"]})
     with pytest.raises(ConfigError, match=r"unknown value 'xx:gpt' \(allowed: .*fc:MODEL, fa:MODEL\)"):
         make_config(models=cfg.to_dict()["models"], rsa={"references": ["xx:gpt"]})
+
+
+def test_shipped_api_example_config_loads():
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "api-example.toml")
+    open_model, api = cfg.models
+    assert cfg.backend_of(open_model) == "vllm" and not open_model.behavior_only
+    assert cfg.backend_of(api) == "openai" and api.behavior_only and api.base_url.endswith("/v1")
+    assert "fc:smollm2-api" in cfg.rsa.references
