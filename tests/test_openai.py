@@ -322,6 +322,44 @@ def test_run_that_gives_up_mid_way_resumes_with_nothing_lost_or_duplicated(make_
     assert run["backend"]["api_model"] == "api" and run["backend"]["concurrency"] == 4
 
 
+def test_killed_behave_process_resumes_with_nothing_lost_or_duplicated(tmp_path, stub):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "words.txt").write_text("\n".join(f"w{chr(97 + i)}" for i in range(20)) + "\n")
+    config = tmp_path / "api.toml"
+    config.write_text("\n".join([
+        "[experiment]", 'name = "kill"', f'data_dir = "{tmp_path / "data"}"',
+        "[vocab]", f'source = "{tmp_path / "words.txt"}"',
+        "[behave]", 'backend = "openai"', 'paradigms = ["fc"]', "chunk_size = 4",
+        "[[models]]", 'name = "api"', f'base_url = "{stub.url}"', "api_concurrency = 2"]) + "\n")
+    cfg = prepared(load_config(config))
+    directory = paths.behavior_dir(cfg, "api", "fc")
+    stub.delay_s = 0.2
+    cmd = [sys.executable, "-m", "pipeline", "behave", "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not list(directory.glob("part-*.parquet")) and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(logs.list_parts(directory))
+    assert 1 <= done < 10
+    stub.delay_s = 0.0
+    assert subprocess.run(cmd, cwd=root, env=env, capture_output=True).returncode == 0
+    rows = pa.concat_tables([pq.read_table(p) for p in logs.list_parts(directory)])
+    ids = rows.filter(rows.column("final")).column("trial_id").to_pylist()
+    assert sorted(ids) == trials.load_trials(cfg, "fc").column("trial_id").to_pylist()
+    assert Manifest(cfg.run_dir).stage("behave/api/fc")["complete"]
+
+
 def test_fingerprint_keeps_the_model_id_but_not_the_url(make_config, stub):
     a = prepared(api_config(make_config, stub.url))
     b = api_config(make_config, "http://10.0.0.9:8000/v1")
