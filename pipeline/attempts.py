@@ -273,7 +273,7 @@ class ChunkRun:
                            ("picks", parsed.picks), ("extracted", parsed.raw), ("status", parsed.status),
                            ("final", False), ("seed", seed), ("prompt_sha", sha),
                            ("n_prompt_tokens", res.n_prompt_tokens), ("n_output_tokens", res.n_output_tokens),
-                           ("latency_s", latency)):
+                           ("latency_s", latency if getattr(res, "latency_s", None) is None else res.latency_s)):
             r[col].append(value)
         self.order.append((attempt, pos))
         self.last_row[pos] = len(self.order) - 1

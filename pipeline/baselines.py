@@ -286,7 +286,7 @@ def consensus_sum(cfg: Config, strategy: str, exclude_model: str | None = None,
     """
     from .hidden import load_hidden
 
-    others = [m.name for m in cfg.models if m.name != exclude_model]
+    others = [m.name for m in cfg.models if m.name != exclude_model and not m.behavior_only]
     if not others:
         raise PipelineError(f"cross-model consensus needs at least one model besides '{exclude_model}'; "
                             f"{cfg.source} has {len(cfg.models)}")
@@ -392,18 +392,24 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> 
     from .hidden import load_hidden, rebuild_command
 
     key_root = "baselines/consensus"
-    if len(cfg.models) < 2:
-        log.info("baselines: cross-model consensus needs >= 2 models; %s has %d, so it is unavailable",
-                 cfg.source, len(cfg.models))
+    models = [m for m in cfg.models if not m.behavior_only]
+    if len(models) < len(cfg.models):
+        log.info("baselines: behavior-only model(s) %s have no hidden states: no consensus for them, and they are "
+                 "not part of the others' consensus", ", ".join(m.name for m in cfg.models if m.behavior_only))
+    if len(models) < 2:
+        log.info("baselines: cross-model consensus needs >= 2 models with weights; %s has %d, so it is unavailable",
+                 cfg.source, len(models))
         step = man.step(key_root, {"models": [m.name for m in cfg.models]}, force=True)
         if not step.done():
-            step.complete([], {"available": False, "reason": f"needs >= 2 models, config has {len(cfg.models)}"})
+            step.complete([], {"available": False,
+                               "reason": f"needs >= 2 models with weights, config has {len(models)}"})
         return
     n = len(load_run_vocab(cfg))
-    strategies, targets = sel.strategies, sel.models
+    strategies = sel.strategies
+    targets = [t for t in sel.models if not cfg.model(t).behavior_only]
     for strategy in strategies:
         records = {}
-        for m in cfg.models:
+        for m in models:
             rec = man.stage(f"hidden/{m.name}/{strategy}")
             if not rec or not rec.get("complete"):
                 raise PipelineError(f"consensus for strategy '{strategy}' needs the hidden states of every model; "
@@ -419,7 +425,7 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> 
             continue
         sums_dir = paths.consensus_sums_dir(cfg, strategy)
         per_model: dict[str, tuple[Path, int]] = {}
-        for m in cfg.models:
+        for m in models:
             per_model[m.name] = _model_sum(sums_dir, m.name, records[m.name],
                                            lambda name=m.name, s=strategy: load_hidden(cfg, name, s, n_words=n))
         grand, grand_layers = None, 0

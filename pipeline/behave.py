@@ -43,10 +43,11 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
 
     b = cfg.behave
     hashes = prompt_hashes()
-    d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": b.backend,
+    backend = cfg.backend_of(model_cfg)
+    d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": backend,
          "model": {k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt",
                                                       "dtype", "extra_eos")}}
-    d.update(backend_class(b.backend, cfg).log_settings(cfg))
+    d.update(backend_class(backend, cfg).log_settings(cfg, model_cfg))
     if paradigm == "fc":
         d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
                  retries=b.retries, max_tokens=b.fc_max_tokens, retry=retry_sampling(cfg, model_cfg),
@@ -72,7 +73,8 @@ def summarize(directory, paradigm: str, k: int = 5) -> dict:
 
     FC compliance is the share of trials whose final answer is ``ok``; ``first_try_ok`` is the
     share compliant without repair or retries. FA adds the paper's quality metrics (mean
-    associates, full compliance = k associates, cue repetition).
+    associates, full compliance = k associates, cue repetition). ``requests`` and the token
+    totals count every attempt (what an API bills).
     """
     cols = ["status", "attempt"] + (["picks", "cue"] if paradigm == "fa" else [])
     counts: Counter = Counter()
@@ -90,7 +92,7 @@ def summarize(directory, paradigm: str, k: int = 5) -> dict:
             for cue, picks in zip(batch.column("cue").to_pylist(), batch.column("picks").to_pylist()):
                 cue_rep += cue.lower() in picks
     out = {"n_trials": n, "status": {s: counts.get(s, 0) for s in STATUSES if counts.get(s, 0)},
-           "compliance": round(counts.get("ok", 0) / n, 4) if n else None}
+           "compliance": round(counts.get("ok", 0) / n, 4) if n else None, **_token_totals(directory)}
     if paradigm == "fc":
         out["ok_by_attempt"] = {int(a): c for a, c in sorted(attempts.items())}
         out["first_try_ok"] = round(attempts.get(0, 0) / n, 4) if n else None
@@ -99,6 +101,18 @@ def summarize(directory, paradigm: str, k: int = 5) -> dict:
                    full_compliance=round(full / n, 4) if n else None,
                    cue_repetition=round(cue_rep / n, 4) if n else None)
     return out
+
+
+def _token_totals(directory) -> dict:
+    import pyarrow.parquet as pq
+
+    requests = prompt = output = 0
+    for part in logs.list_parts(directory):
+        t = pq.read_table(part, columns=["n_prompt_tokens", "n_output_tokens"])
+        requests += t.num_rows
+        prompt += pc.sum(t.column("n_prompt_tokens")).as_py() or 0
+        output += pc.sum(t.column("n_output_tokens")).as_py() or 0
+    return {"requests": requests, "prompt_tokens": prompt, "output_tokens": output}
 
 
 def _move_stale(directory, key: str) -> None:
@@ -143,9 +157,11 @@ def run(cfg: Config, opts) -> None:
                         todo = todo.slice(0, max(limit, 0))
                     if todo.num_rows:
                         if backend is None:
-                            backend = get_backend(cfg.behave.backend, model_cfg, cfg)
-                        _run_pending(backend, cfg, model_cfg, paradigm, todo, directory, shard, key)
-                finalize(cfg, model_cfg, paradigm)
+                            backend = get_backend(cfg.backend_of(model_cfg), model_cfg, cfg)
+                        run_stats = _run_pending(backend, cfg, model_cfg, paradigm, todo, directory, shard, key)
+                    else:
+                        run_stats = None
+                finalize(cfg, model_cfg, paradigm, run_stats)
         finally:
             if backend is not None:
                 backend.close()
@@ -174,13 +190,15 @@ def open_log(cfg: Config, man: Manifest, model_cfg, paradigm: str, force: bool) 
     return key, directory, fp
 
 
-def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> None:
+def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> dict:
+    """Run the pending trials; returns this invocation's rates for the summary."""
     from .driver import run_pipelined
     from .vocab import load_run_vocab
 
     proto = Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
     size = cfg.behave.chunk_size
-    counts = {"done": 0, "ok": 0, "tokens": 0}
+    backend.stats()
+    counts = {"done": 0, "ok": 0, "tokens": 0, "requests": 0}
     t0 = time.perf_counter()
     last_log = [t0]
     pipelined = backend.batch_invariant
@@ -195,14 +213,15 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
             counts["ok"] += pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
             counts["tokens"] += (pc.sum(rows.column("n_prompt_tokens")).as_py() or 0) + \
                 (pc.sum(rows.column("n_output_tokens")).as_py() or 0)
-            done, ok = counts["done"], counts["ok"]
-            bar.update(final.num_rows)
-            bar.set_postfix(ok=f"{ok / max(done, 1):.1%}")
+            counts["requests"] += rows.num_rows
+            done, ok, requests = counts["done"], counts["ok"], counts["requests"]
             now = time.perf_counter()
+            bar.update(final.num_rows)
+            bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", req_s=f"{requests / max(now - t0, 1e-9):.2f}")
             if bar.disable and now - last_log[0] > 30:
                 last_log[0] = now
-                log.info("behave: %s %d/%d trials, %.2f trials/s, %.1f%% ok", key, done, todo.num_rows,
-                         done / (now - t0), 100 * ok / max(done, 1))
+                log.info("behave: %s %d/%d trials, %.2f trials/s, %.2f requests/s, %.1f%% ok", key, done,
+                         todo.num_rows, done / (now - t0), requests / (now - t0), 100 * ok / max(done, 1))
             log.debug("behave: %s wrote %s (%d rows)", key, part.name, rows.num_rows)
 
         if pipelined:
@@ -211,9 +230,16 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
             for chunk in chunks:
                 publish(run_chunk(backend, cfg, model_cfg, paradigm, chunk, proto=proto))
     dt = time.perf_counter() - t0
-    done, ok, tokens = counts["done"], counts["ok"], counts["tokens"]
-    log.info("behave: %s ran %d trials in %.1f s (%.2f trials/s, %.0f tokens/s), %.1f%% ok",
-             key, done, dt, done / dt if dt else 0, tokens / dt if dt else 0, 100 * ok / max(done, 1))
+    done, ok, tokens, requests = counts["done"], counts["ok"], counts["tokens"], counts["requests"]
+    log.info("behave: %s ran %d trials (%d requests) in %.1f s (%.2f trials/s, %.2f requests/s, %.0f tokens/s), "
+             "%.1f%% ok", key, done, requests, dt, done / dt if dt else 0, requests / dt if dt else 0,
+             tokens / dt if dt else 0, 100 * ok / max(done, 1))
+    rates = {"trials": done, "requests": requests, "seconds": round(dt, 3),
+             "trials_per_s": round(done / dt, 3) if dt else None,
+             "requests_per_s": round(requests / dt, 3) if dt else None,
+             "tokens_per_s": round(tokens / dt, 1) if dt else None}
+    extra = backend.stats()
+    return {**rates, "backend": extra} if extra else rates
 
 
 def stage_key(model: str, paradigm: str) -> str:
@@ -221,11 +247,16 @@ def stage_key(model: str, paradigm: str) -> str:
     return f"behave/{model}/{paradigm}"
 
 
-def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict | None:
+def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str, run_stats: dict | None = None) -> dict | None:
     """Mark a model/paradigm complete in the manifest once every planned trial has a final row.
 
     Called after each local run (or by a distributed driver after its last chunk); with shards,
     the run that finishes last completes the record.
+
+    Args:
+        run_stats: rates of the invocation that ran the last trials (`_run_pending`: trials and
+            requests per second, and the backend's own counters such as an API's retries and
+            protocol), recorded as the summary's ``last_run``.
 
     Returns:
         The summary (`summarize`) when complete, else None.
@@ -238,6 +269,8 @@ def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict | None:
     have = logs.finished_ids(directory)
     missing = int((~np.isin(plan_ids, have)).sum())
     summary = summarize(directory, paradigm, cfg.trials.fa_associates)
+    if run_stats:
+        summary["last_run"] = run_stats
     status = ", ".join(f"{s} {c}" for s, c in summary["status"].items())
     if missing:
         log.info("behave: %s has %d of %d trials (%s); %d still to run (other shards, or --limit)",

@@ -12,7 +12,7 @@ import traceback
 
 from .benchmarks import Row
 
-AREAS = ["trials", "aggregate", "rsa", "driver", "behave", "distributed"]
+AREAS = ["trials", "aggregate", "rsa", "driver", "behave", "distributed", "openai"]
 
 
 def format_table(rows: list[Row]) -> str:

@@ -68,7 +68,7 @@ class BehaveCfg:
 @dataclass
 class ModelCfg:
     name: str
-    path: str
+    path: str | None = None  # weights (folder or HF id); None: a behavior-only model behind an API
     revision: str | None = None
     system_prompt: str | None = None
     dtype: str = "bfloat16"
@@ -81,6 +81,20 @@ class ModelCfg:
     retry_temperature: float | None = None
     retry_top_p: float | None = None
     fix_mistral_regex: bool = False
+    backend: str | None = None  # this model's behave backend; default behave.backend
+    base_url: str | None = None  # backend "openai": the server's API root, e.g. http://127.0.0.1:8000/v1
+    api_model: str | None = None  # backend "openai": the server's model id (default: name)
+    api_key_env: str | None = None  # backend "openai": NAME of the environment variable holding the key
+    api_concurrency: int = 8
+    api_timeout_s: float = 120.0
+    api_retries: int = 10
+    api_backoff_s: float = 1.0
+    api_extra: dict = field(default_factory=dict)  # extra request fields, e.g. {top_k = 50} for vLLM
+
+    @property
+    def behavior_only(self) -> bool:
+        """No weights (`path` unset): behavior through an API, no hidden states."""
+        return self.path is None
 
 
 @dataclass
@@ -141,6 +155,10 @@ class Config:
     def run_dir(self) -> Path:
         """`data/<experiment>/`: every output of this experiment lives below it."""
         return Path(self.experiment.data_dir) / self.experiment.name
+
+    def backend_of(self, model: ModelCfg) -> str:
+        """The behave backend of `model`: its own `backend`, else `behave.backend`."""
+        return model.backend or self.behave.backend
 
     def model(self, name: str) -> ModelCfg:
         """Return the model entry called `name`, or fail naming the valid ones."""
@@ -380,6 +398,7 @@ def _validate(cfg: Config) -> None:
             _fail(cfg, f"models[{i}].gpu_memory_utilization", "must be in (0, 1]")
         if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:
             _fail(cfg, f"models[{i}]", "tensor_parallel_size, max_num_seqs must be >= 1 and max_model_len >= 16")
+        _validate_backend(cfg, i, m)
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
     if "averaged" in h.strategies and not h.sentences:
@@ -391,7 +410,7 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
     r = cfg.rsa
     _choices(cfg, "rsa.methods", r.methods, RSA_METHODS)
-    _choices(cfg, "rsa.references", r.references, REFERENCES)
+    _validate_references(cfg)
     if any(k < 1 for k in r.nn_k):
         _fail(cfg, "rsa.nn_k", "values must be at least 1")
     if r.bootstrap < 0 or r.paper_pairs < 1:
@@ -403,3 +422,44 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "regress.train_pairs", "must be >= 10 and regress.cv >= 2")
     if not g.seeds:
         _fail(cfg, "regress.seeds", "must list at least one seed")
+
+
+def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
+    """A model's backend exists, gets the keys it uses (and no other backend's), and has
+    weights when it loads them."""
+    from .backends import backend_class, backend_keys, names
+
+    if m.backend is not None:
+        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(names()))
+    name = cfg.backend_of(m)
+    cls = backend_class(name, cfg)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(ModelCfg) if f.name in backend_keys()}
+    for key in sorted(defaults):
+        if key not in cls.model_keys and getattr(m, key) != defaults[key]:
+            owner = next(n for n in names() if key in backend_class(n).model_keys)
+            _fail(cfg, f"models[{i}].{key}", f"is set, but model '{m.name}' runs on backend '{name}', which does not "
+                  f"use it; set models[{i}].backend = \"{owner}\" (or behave.backend) or remove the key")
+    if m.path is None and cls.needs_weights:
+        _fail(cfg, f"models[{i}].path", f"is missing: backend '{name}' loads the model's weights (a folder or a "
+              f"Hugging Face id); only a model behind an API (models[{i}].backend = \"openai\") may have no path")
+    cls.check_config(cfg, i, m, lambda key, msg: _fail(cfg, f"models[{i}].{key}", msg))
+
+
+def cross_reference(name: str) -> tuple[str, str] | None:
+    """``fc:MODEL`` / ``fa:MODEL`` -> (paradigm, model): another model's behavior as a reference."""
+    paradigm, sep, model = name.partition(":")
+    return (paradigm, model) if sep and paradigm in PARADIGMS and model else None
+
+
+def _validate_references(cfg: Config) -> None:
+    models = [m.name for m in cfg.models]
+    for ref in cfg.rsa.references:
+        cross = cross_reference(ref)
+        if cross is None:
+            _choices(cfg, "rsa.references", [ref], REFERENCES + tuple(f"{p}:MODEL" for p in PARADIGMS))
+        elif cross[1] not in models:
+            close = difflib.get_close_matches(cross[1], models, n=1)
+            hint = f"; did you mean '{cross[0]}:{close[0]}'?" if close else ""
+            _fail(cfg, "rsa.references", f"has '{ref}', but no model is named '{cross[1]}' (models: "
+                  f"{', '.join(models) or '(none)'}){hint}")

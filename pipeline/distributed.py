@@ -216,7 +216,7 @@ class _BehaveWorker:
         self.cfg = cfg
         self.words = words
         self.model_cfg = cfg.model(model)
-        self.backend = get_backend(cfg.behave.backend, self.model_cfg, cfg)
+        self.backend = get_backend(cfg.backend_of(self.model_cfg), self.model_cfg, cfg)
         _set_threads(threads)
         self.count = 0
 
@@ -343,7 +343,7 @@ def _progress(total: int, model: str):
 def _gpus_per_worker(cfg: Config, model_cfg) -> int:
     from .backends import backend_class
 
-    return backend_class(cfg.behave.backend, cfg).gpus_per_engine(model_cfg)
+    return backend_class(cfg.backend_of(model_cfg), cfg).gpus_per_engine(model_cfg)
 
 
 def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, _Resources]:

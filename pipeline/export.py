@@ -146,7 +146,10 @@ def run(cfg: Config, opts) -> None:
     vfp = vocab_fingerprint(cfg)
     count = 0
     for model in select(cfg, o).models:
-        for src in _sources(cfg, model, o.hidden, o.layers):
+        hidden = o.hidden and not cfg.model(model).behavior_only
+        if o.hidden and not hidden:
+            log.info("export %s: behavior-only model (no weights): no hidden layers to export", model)
+        for src in _sources(cfg, model, hidden, o.layers):
             step = man.step(f"export/{model}/{src.name}", {"version": _VERSION, "vocab": vfp, "layer": src.layer},
                             man.require(src.path, src.what, src.rebuild), o.force)
             if step.done():

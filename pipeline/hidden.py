@@ -91,6 +91,10 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
     todo = []
     for name in models:
         mcfg = cfg.model(name)
+        if mcfg.behavior_only:
+            log.info("hidden %s: behavior-only model (no models[].path, answers from %s): no hidden states, "
+                     "skipped", name, mcfg.base_url or cfg.backend_of(mcfg))
+            continue
         for strategy in strategies:
             fp = _fingerprint(cfg, mcfg, strategy, vfp)
             if man.step(stage_key(name, strategy), fp, force=force).done():

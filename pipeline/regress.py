@@ -17,7 +17,9 @@ METHOD.md §7, for every model x strategy x layer (1..L) x seed of `regress.seed
   test pairs (computed in closed form by `ridge_cv`, checked against scikit-learn): `base`
   (static + encoder), `base+cross`, `base+cross+fc`, `base+cross+fa`, `base+cross+fc+fa`
   (full). With a single model there is no consensus: the sets that need it are replaced by
-  `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it.
+  `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it. Behavior-only models (no
+  `models[].path`, e.g. behind an API) have no hidden states: they get no cells and are not
+  part of the consensus.
 - Pairs with a word whose static vector or behavioral row is missing are dropped (column
   `n_dropped`); paper mode follows the authors instead (`rules.Rules`).
 
@@ -355,7 +357,10 @@ def run(cfg: Config, opts) -> None:
 
     force = Options.of(opts).force
     sel = select(cfg, opts)
-    all_models = [m.name for m in cfg.models]
+    all_models = [m.name for m in cfg.models if not m.behavior_only]
+    for name in sel.models:
+        if cfg.model(name).behavior_only:
+            log.info("regress %s: behavior-only model (no weights): no hidden states to predict, skipped", name)
     all_sets = FEATURE_SETS if len(all_models) > 1 else FEATURE_SETS_NO_CONSENSUS
     paradigms = [p for p in ("fc", "fa") if p in cfg.behave.paradigms]
     sets = {k: v for k, v in all_sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
@@ -365,7 +370,7 @@ def run(cfg: Config, opts) -> None:
                              "vocab": vocab_fingerprint(cfg), "rules": st.rules.name}}
     for strategy in sel.strategies:
         pending = {}
-        for model in sel.models:
+        for model in (m for m in sel.models if m in all_models):
             up = _upstream(cfg, st.man, model, strategy, paradigms, all_models if st.consensus else [model],
                            paths.static_file(cfg), paths.encoder_file(cfg))
             step = st.man.step(f"regress/{model}/{strategy}", settings, up, force)
@@ -435,7 +440,7 @@ def _fit_layers(st: _Stage, model: str, strategy: str, seed: int, split: Split, 
 
 def _merge(cfg: Config, man: Manifest) -> None:
     stages = man.read()["stages"]
-    cells = [(m.name, s) for m in cfg.models for s in cfg.hidden.strategies]
+    cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"regress/{m}/{s}") or {}).get("complete")]
     sources = [paths.result_part(cfg, "regression", m, s) for m, s in done]
     step = man.step("regress", {"cells": done, "version": _VERSION}, man.ids([p for p in sources if p.exists()]),

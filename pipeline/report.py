@@ -12,7 +12,10 @@ the behave summaries in the manifest, and writes under `report/`:
 - `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers, with
   the chance level k/(N-1);
 - `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
-  noise ceilings, NN@k, regression summary with FC/FA gains) and a headline block.
+  noise ceilings, NN@k, regression summary with FC/FA gains), the behavioral geometry of
+  every model compared with every other (`behavior_rsa.parquet`; the only comparison a
+  behavior-only model behind an API has besides the `fc:MODEL`/`fa:MODEL` references) and a
+  headline block.
 
 The report is a view of the results, so it is rebuilt whenever they change (no --force
 needed) and skipped when they have not.
@@ -36,13 +39,31 @@ from .options import Options
 log = logging.getLogger(__name__)
 
 REF_ORDER = ["fc", "fa", "static", "encoder", "consensus"]
-REF_LABELS = {"fc": "FC (behavior)", "fa": "FA (behavior)", "static": "static vectors", "encoder": "encoder",
-              "consensus": "cross-model consensus"}
-REF_COLORS = {"fc": "#1f77b4", "fa": "#ff7f0e", "static": "#2ca02c", "encoder": "#9467bd", "consensus": "#7f7f7f"}
+_CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
+
+
+class _Styles(dict):
+    """Labels or colors of the references, extended on first use to another model's behavior
+    (`fc:MODEL`, `fa:MODEL`), so every reference a result table holds can be drawn."""
+
+    def __init__(self, base: dict, make):
+        super().__init__(base)
+        self._make = make
+
+    def __missing__(self, ref: str):
+        value = self[ref] = self._make(ref, len(self) - len(REF_ORDER))
+        return value
+
+
+REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "static": "static vectors", "encoder": "encoder",
+                      "consensus": "cross-model consensus"},
+                     lambda ref, i: f"{ref.partition(':')[0].upper()} of {ref.partition(':')[2]} (behavior)")
+REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "static": "#2ca02c", "encoder": "#9467bd",
+                      "consensus": "#7f7f7f"}, lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
-_TABLES = ("rsa", "nn", "reliability", "regression")
+_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa")
 _VERSION = 2
 
 
@@ -87,8 +108,17 @@ def compliance(cfg: Config) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- summaries
 
+def ref_order(names) -> list[str]:
+    """References in display order: the paper's five, then other models' behavior (`fc:M`, `fa:M`)."""
+    names = set(names)
+    cross = sorted((r for r in names if r not in REF_ORDER),
+                   key=lambda r: (r.partition(":")[2], REF_ORDER.index(r.partition(":")[0])
+                                  if r.partition(":")[0] in REF_ORDER else len(REF_ORDER), r))
+    return [r for r in REF_ORDER if r in names] + cross
+
+
 def _refs(df: pd.DataFrame) -> list[str]:
-    return [r for r in REF_ORDER if r in set(df.reference)]
+    return ref_order(df.reference)
 
 
 def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -392,15 +422,16 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     else:
         cols = [c for c in comp.columns if comp[c].notna().any()]
         lines.append(_md_table(comp[cols]))
+    lines += _behavior_section(cfg, res)
     if "rsa" in res:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         for method in [m for m in ("spearman", "pearson", "paper") if m in set(rsa.method)]:
             s = rsa_summary(rsa, method)
             wide = s.pivot_table(index=["model", "strategy"], columns="reference", values="mean", sort=False)
-            wide = wide[[r for r in REF_ORDER if r in wide.columns]].reset_index()
+            wide = wide[ref_order(wide.columns)].reset_index()
             by_strategy = s.groupby(["strategy", "reference"], sort=False)["mean"].mean().unstack()
-            by_strategy = by_strategy[[r for r in REF_ORDER if r in by_strategy.columns]].reset_index()
+            by_strategy = by_strategy[ref_order(by_strategy.columns)].reset_index()
             by_strategy.insert(0, "model", "mean over models")
             table = pd.concat([wide, by_strategy], ignore_index=True) if len(models) > 1 else wide
             lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", _md_table(table)]
@@ -431,7 +462,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     if "nn" in res:
         nn = res["nn"]
         t = nn.groupby(["strategy", "k", "reference"], sort=False).overlap.mean().unstack()
-        t = t[[r for r in REF_ORDER if r in t.columns]].reset_index()
+        t = t[ref_order(t.columns)].reset_index()
         lines += ["", "## NN@k overlap (mean over models and layers)", "", _md_table(t)]
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
@@ -450,6 +481,44 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def behavior_matrix(beh: pd.DataFrame, rel: pd.DataFrame | None, paradigm: str, method: str,
+                    models: list[str]) -> pd.DataFrame:
+    """Model x model RSA of behavioral geometries (symmetric), split-half r_SB on the diagonal."""
+    m = pd.DataFrame(np.nan, index=models, columns=models)
+    for r in beh[(beh.paradigm == paradigm) & (beh.method == method)].itertuples():
+        if r.model_a in m.index and r.model_b in m.index:
+            m.loc[r.model_a, r.model_b] = m.loc[r.model_b, r.model_a] = r.rsa
+    if rel is not None:
+        for r in rel[(rel.paradigm == paradigm) & (rel.method == method)].itertuples():
+            if r.model in m.index:
+                m.loc[r.model, r.model] = r.reliability
+    return m
+
+
+def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Markdown: which models are behavior-only, and every model's behavioral geometry against every other's."""
+    api = [m.name for m in cfg.models if m.behavior_only]
+    lines = []
+    if api:
+        lines += ["", f"Behavior-only models (no weights, answered through an API): {', '.join(api)}. They have no "
+                      f"hidden-state, consensus or regression rows; their behavior is compared below and enters the "
+                      f"RSA tables as the references `fc:MODEL` / `fa:MODEL` where rsa.references lists them."]
+    if "behavior_rsa" not in res:
+        return lines
+    beh, rel = res["behavior_rsa"], res.get("reliability")
+    method = primary_method(cfg, beh)
+    models = [m.name for m in cfg.models if m.name in set(beh.model_a) | set(beh.model_b)]
+    label = {m: f"{m} (API)" if m in api else m for m in models}
+    lines += ["", f"## Behavioral geometry across models ({METHOD_LABELS.get(method, method)})", "",
+              "RSA between two models' behavioral PPMI-cosine matrices over the words both answered for; the "
+              "diagonal is the model's own split-half reliability r_SB (its noise ceiling; – when not computed). "
+              "All methods: `results/behavior_rsa.parquet`."]
+    for paradigm in [p for p in ("fc", "fa") if p in set(beh.paradigm)]:
+        m = behavior_matrix(beh, rel, paradigm, method, models).rename(index=label, columns=label)
+        lines += ["", f"**{paradigm.upper()}**", "", _md_table(m.rename_axis("model").reset_index())]
+    return lines
 
 
 def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:

@@ -8,7 +8,13 @@ compared with each reference of `rsa.references`:
 - `static`, `encoder`: raw cosine of the baseline vectors; words whose vector is missing
   (a NaN row) are masked, i.e. every pair containing one is dropped;
 - `consensus`: the cross-model consensus of the baselines stage (absent, and skipped with a
-  note, when the config has a single model).
+  note, when the config has a single model with weights);
+- `fc:MODEL`, `fa:MODEL`: another model's behavioral PPMI-cosine, e.g. the behavior of a model
+  behind an API (which has no hidden states of its own) as a reference for every open model's
+  layers.
+
+Behavior-only models (no `models[].path`) have no cells: their split-half reliability is
+computed, and their behavior enters `behavior_rsa.parquet` and the `fc:`/`fa:` references.
 
 Methods (`rsa.methods`), all computed by `comparison.compare` (per layer by `analysis`):
 
@@ -48,7 +54,10 @@ Outputs under `results/`:
 - `nn.parquet` (NN@k overlap in its own table, because its rows have a `k` and no pair
   count): model, strategy, layer, n_layers, reference, k, n_words, overlap;
 - `reliability.parquet`: model, paradigm, method, n_words, n_pairs, r_half, reliability,
-  ceiling_low, ceiling_high, n_trials_a, n_trials_b.
+  ceiling_low, ceiling_high, n_trials_a, n_trials_b;
+- `behavior_rsa.parquet` (behavioral geometry compared across models, every pair of models
+  with an aggregated matrix, each method): paradigm, model_a, model_b, method, n_words,
+  n_pairs, rsa. Pairs touching a word either model has no row for are dropped.
 
 Each model x strategy cell is written to `results/parts/` and recorded in the manifest as
 `rsa/<model>/<strategy>`; a re-run skips finished cells and the tables are rebuilt from the
@@ -67,7 +76,7 @@ import pandas as pd
 from . import paths
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
-from .config import Config
+from .config import Config, cross_reference
 from .manifest import Manifest
 from .options import Options, select
 from .rules import Rules
@@ -83,6 +92,12 @@ _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method",
 _NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap"]
 _REL_COLUMNS = ["model", "paradigm", "method", "n_words", "n_pairs", "r_half", "reliability",
                 "ceiling_low", "ceiling_high", "n_trials_a", "n_trials_b"]
+_BEH_COLUMNS = ["paradigm", "model_a", "model_b", "method", "n_words", "n_pairs", "rsa"]
+
+
+def _behavioral(name: str) -> bool:
+    """A similarity matrix of behavior: the model's own `fc`/`fa` or another's `fc:M`/`fa:M`."""
+    return name in _BEHAVIORAL or cross_reference(name) is not None
 
 
 # ---------------------------------------------------------------- references
@@ -93,6 +108,8 @@ def reference_paths(cfg: Config, model: str, strategy: str) -> dict[str, Path]:
     for name in cfg.rsa.references:
         if name in _BEHAVIORAL:
             out[name] = paths.matrix_file(cfg, model, name, "sim_ppmi")
+        elif cross := cross_reference(name):
+            out[name] = paths.matrix_file(cfg, cross[1], cross[0], "sim_ppmi")
         elif name == "static":
             out[name] = paths.static_file(cfg)
         elif name == "encoder":
@@ -111,12 +128,13 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
     """
     use, skipped = {}, {}
     for name, path in reference_paths(cfg, model, strategy).items():
-        if name in _BEHAVIORAL and name not in cfg.behave.paradigms:
-            skipped[name] = f"behave.paradigms does not include {name}"
+        paradigm = cross[0] if (cross := cross_reference(name)) else name
+        if _behavioral(name) and paradigm not in cfg.behave.paradigms:
+            skipped[name] = f"behave.paradigms does not include {paradigm}"
         elif path.exists():
             use[name] = path
-        elif name == "consensus" and len(cfg.models) < 2:
-            skipped[name] = "a single model in the config: no other models to form a consensus"
+        elif name == "consensus" and sum(not m.behavior_only for m in cfg.models) < 2:
+            skipped[name] = "a single model with weights in the config: no other models to form a consensus"
         elif name == "static" and cfg.baselines.static is None:
             skipped[name] = "baselines.static is not configured"
         elif name == "encoder" and cfg.baselines.encoder is None:
@@ -128,6 +146,8 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
 
 def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tuple[str, str]:
     """(what the file of reference `name` holds, the command that rebuilds it)."""
+    if cross := cross_reference(name):
+        name, model = cross
     if name in _BEHAVIORAL:
         return (f"the {name.upper()} PPMI-cosine matrix of {model}",
                 f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {name}")
@@ -147,7 +167,7 @@ def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", 
     static and encoder files are vectors (NaN rows: no vector), turned into raw cosine.
     """
     what, rebuild = describe(cfg, name, model, strategy)
-    if name in _BEHAVIORAL or name == "consensus":
+    if _behavioral(name) or name == "consensus":
         sim = np.asarray(load_npy(path, what, rebuild, shape=(n, n), finite="rows"), dtype=np.float32)
         return Reference(name, sim, ~np.isnan(sim).all(axis=1))
     v = np.array(load_npy(path, what, rebuild, shape=(n, None), finite="rows"), dtype=np.float64)
@@ -173,10 +193,15 @@ def run(cfg: Config, opts) -> None:
     shared: dict[str, Reference] = {}
     for model in sel.models:
         per_model: dict[str, Reference] = {}
-        for strategy in sel.strategies:
-            _cell(cfg, man, model, strategy, words, settings, force, shared, per_model)
+        if cfg.model(model).behavior_only:
+            log.info("rsa %s: behavior-only model (no weights): no hidden-state cells; its behavior is compared "
+                     "across models (behavior_rsa) and serves as reference fc:%s / fa:%s", model, model, model)
+        else:
+            for strategy in sel.strategies:
+                _cell(cfg, man, model, strategy, words, settings, force, shared, per_model)
         if cfg.rsa.split_half:
             _reliability(cfg, man, model, words, vfp, force)
+    _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
 
 
@@ -209,7 +234,7 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
         if name == "consensus":
             refs[name] = load_reference(cfg, name, path, n, model, strategy)
             continue
-        cache = shared if name in ("static", "encoder") else per_model
+        cache = per_model if name in _BEHAVIORAL else shared
         if upstream[name] not in cache:
             cache[upstream[name]] = load_reference(cfg, name, path, n, model, strategy)
         refs[name] = cache[upstream[name]]
@@ -269,13 +294,55 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     step.complete([part], {"rows": len(rows)})
 
 
+def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, force: bool) -> None:
+    """`behavior_rsa.parquet`: every pair of models' FC (and FA) PPMI-cosine, compared with
+    each RSA method over the words both have a row for. Needs no weights, so it is how models
+    behind an API are compared with each other and with the open ones."""
+    from itertools import combinations
+
+    from .similarity import alphabetical_pairs
+
+    found = {(p, m.name): path for p in _BEHAVIORAL if p in cfg.behave.paradigms for m in cfg.models
+             if (path := paths.matrix_file(cfg, m.name, p, "sim_ppmi")).exists()}
+    per_paradigm = {p: [m for q, m in found if q == p] for p in _BEHAVIORAL}
+    if all(len(v) < 2 for v in per_paradigm.values()):
+        return
+    upstream = {f"{p}/{m}": man.require(path, *describe(cfg, p, m)) for (p, m), path in found.items()}
+    out = paths.result_table(cfg, "behavior_rsa")
+    step = man.step("rsa/behavior", settings, upstream, force)
+    if step.done():
+        log.info("rsa: behavior_rsa complete, skipped")
+        return
+    step.start()
+    n, r = len(words), cfg.rsa
+    pi, pj = alphabetical_pairs(list(words), r.paper_pairs, r.seed) if "paper" in r.methods else (None, None)
+    rows = []
+    for paradigm, models in per_paradigm.items():
+        refs = {m: load_reference(cfg, paradigm, found[paradigm, m], n, m) for m in models}
+        for a, b in combinations(models, 2):
+            valid = refs[a].valid & refs[b].valid
+            k = int(valid.sum())
+            sa, sb = (np.where(np.outer(valid, valid), refs[x].sim, np.nan) for x in (a, b))
+            for method in r.methods:
+                n_pairs = int((valid[pi] & valid[pj]).sum()) if method == "paper" else k * (k - 1) // 2
+                value = compare(sa, sb, method, n_pairs=r.paper_pairs, seed=r.seed, words=words) if k > 2 \
+                    else np.nan
+                rows.append({"paradigm": paradigm, "model_a": a, "model_b": b, "method": method, "n_words": k,
+                             "n_pairs": n_pairs, "rsa": value})
+        del refs
+    write_parquet(pd.DataFrame(rows, columns=_BEH_COLUMNS), out)
+    step.complete([out], {"pairs": len(rows), "models": sorted({m for _, m in found})})
+    log.info("rsa: behavioral geometry compared across %d models (%d rows) in %s", len({m for _, m in found}),
+             len(rows), out)
+
+
 def _merge(cfg: Config, man: Manifest) -> None:
     """Rebuild the result tables from every finished cell part of the configured cells.
 
     Skipped when the cells and the tables are what the last merge recorded.
     """
     stages = man.read()["stages"]
-    cells = [(m.name, s) for m in cfg.models for s in cfg.hidden.strategies]
+    cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"rsa/{m}/{s}") or {}).get("complete")]
     sources = {"rsa": [paths.result_part(cfg, "rsa", m, s) for m, s in done],
                "nn": [paths.result_part(cfg, "nn", m, s) for m, s in done],

@@ -34,9 +34,12 @@ def make_config_at(tmp):
 
 
 def config(make_config, models=("m1", "m2"), n_words: int = 30, **sections):
-    """A config for a synthetic run: every analysis knob small, overridable per section."""
+    """A config for a synthetic run: every analysis knob small, overridable per section.
+
+    A model is a name (a model with weights) or a `models[]` table, e.g. ``{"name": "gpt"}``
+    for a behavior-only one (no path: logs and matrices, no hidden states)."""
     base = {
-        "models": [{"name": m, "path": "unused"} for m in models],
+        "models": [m if isinstance(m, dict) else {"name": m, "path": "unused"} for m in models],
         "vocab": {"size": n_words},
         "trials": {"fc_candidates": 4, "fa_runs": 6},
         "hidden": {"strategies": ["meaning", "task_fc"]},
@@ -106,7 +109,7 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
         _write_logs(cfg, model, words, z, rng)
         for p in ("fc", "fa"):
             aggregate_one(cfg, model, p, words)
-        for strategy in cfg.hidden.strategies:
+        for strategy in cfg.hidden.strategies if not cfg.model(model).behavior_only else ():
             offset = 3 * rng.standard_normal(dim)
             stack = np.empty((n_layers + 1, n, dim), dtype=np.float16)
             for layer in range(n_layers + 1):
@@ -124,7 +127,7 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
     encoder = (z @ rng.standard_normal((4, 6)) + 1.2 * rng.standard_normal((n, 6))).astype(np.float32)
     np.save(base / f"{cfg.baselines.static_name}.npy", static)
     np.save(base / f"{cfg.baselines.encoder_name}.npy", encoder)
-    models = [m.name for m in cfg.models]
+    models = [m.name for m in cfg.models if not m.behavior_only]
     if len(models) > 1:
         for model in models:
             for strategy in cfg.hidden.strategies:

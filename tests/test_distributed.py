@@ -152,7 +152,9 @@ def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, t
         assert rows(cfg, paradigm).equals(rows(reference, paradigm))
         summary = man.summary(f"behave/m/{paradigm}")
         ref_summary = Manifest(reference.run_dir).summary(f"behave/m/{paradigm}")
-        assert {k: v for k, v in summary.items() if k != "engine"} == ref_summary
+        how = ("engine", "last_run")  # how each invocation ran (workers, rates), not what it logged
+        assert {k: v for k, v in summary.items() if k not in how} == {k: v for k, v in ref_summary.items()
+                                                                       if k not in how}
         engine = summary["engine"]
         assert engine["name"] == "ray" and len(engine["workers"]) == 2 and engine["worker_failures"] == 0
         assert sum(w["trials"] for w in engine["workers"]) == summary["n_trials"]

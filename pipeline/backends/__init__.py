@@ -6,9 +6,10 @@ adding one file; `names()` lists them and the config accepts exactly those. Modu
 their heavy imports (torch, vLLM) inside the class, so discovering them is cheap and `fake`
 runs without either:
 
-    vllm  offline vLLM engine (production; per-request seeds, prefix caching, structured output)
-    hf    transformers `generate` (the paper's own path; fallback)
-    fake  deterministic rules, for plumbing tests
+    vllm    offline vLLM engine (production; per-request seeds, prefix caching, structured output)
+    hf      transformers `generate` (the paper's own path; fallback)
+    openai  any OpenAI-compatible chat-completions server (hosted models, `vllm serve`)
+    fake    deterministic rules, for plumbing tests
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from ..config import Config, ModelCfg
 from ..errors import PipelineError
 from .base import Backend, GenRequest, GenResult
 
-__all__ = ["Backend", "GenRequest", "GenResult", "backend_class", "get_backend", "model_path", "names", "register",
-           "runtime_dtype"]
+__all__ = ["Backend", "GenRequest", "GenResult", "backend_class", "backend_keys", "get_backend", "model_path", "names",
+           "register", "runtime_dtype"]
 
 log = logging.getLogger(__name__)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -112,6 +113,12 @@ def names() -> list[str]:
     """Registered backend names, production first (`Backend.rank`)."""
     _discover()
     return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+
+
+def backend_keys() -> set[str]:
+    """Every `models[]` key some backend claims as its own (`Backend.model_keys`)."""
+    _discover()
+    return {k for cls in _REGISTRY.values() for k in cls.model_keys}
 
 
 def backend_class(name: str, cfg: Config | None = None) -> type[Backend]:

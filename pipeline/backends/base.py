@@ -43,10 +43,16 @@ class GenRequest:
 
 @dataclass
 class GenResult:
-    """One answer: decoded text (special tokens skipped) and token counts."""
+    """One answer: decoded text (special tokens skipped) and token counts.
+
+    `latency_s` is the request's own wall time where the backend measures it (a remote
+    request); batch engines leave it None and the behave stage logs the batch's time per
+    request instead.
+    """
     text: str
     n_prompt_tokens: int
     n_output_tokens: int
+    latency_s: float | None = None
 
 
 class Backend:
@@ -62,6 +68,10 @@ class Backend:
     batch_invariant = True
     """Whether an answer depends only on its own request, not on the requests sharing an
     engine call (per-request seeds); only such backends may be fed by the pipelined driver."""
+    needs_weights = True
+    """False for backends that reach a model elsewhere (an API): its `models[].path` may be unset."""
+    model_keys: tuple[str, ...] = ()
+    """`models[]` keys only this backend reads; the config refuses them on models of other backends."""
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "Backend":
@@ -74,9 +84,19 @@ class Backend:
         return 0
 
     @classmethod
-    def log_settings(cls, cfg) -> dict:
+    def log_settings(cls, cfg, model_cfg=None) -> dict:
         """Settings besides the sampling parameters that change this backend's answers, so
-        they belong to the trial log's fingerprint (hf: the batch size, which seeds batches)."""
+        they belong to the trial log's fingerprint (hf: the batch size, which seeds batches;
+        openai: the server's model id and request protocol)."""
+        return {}
+
+    @classmethod
+    def check_config(cls, cfg, index: int, model_cfg, fail) -> None:
+        """Validate the `models[index]` keys this backend reads; `fail(key, message)` raises."""
+
+    def stats(self) -> dict:
+        """Counters of this backend's work since the previous call (requests, retries, tokens),
+        for the behave summary; empty for engines whose trial logs already say everything."""
         return {}
 
     def render(self, messages: list[dict]) -> str:

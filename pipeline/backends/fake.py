@@ -36,6 +36,7 @@ class FakeBackend(Backend):
     """Rule-based answers; see the module docstring."""
 
     rank = 9
+    needs_weights = False
 
     def __init__(self, fail: bool = False, delay_s: float = 0.0):
         self.fail = fail

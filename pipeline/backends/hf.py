@@ -59,7 +59,7 @@ class HFBackend(Backend):
         return 1
 
     @classmethod
-    def log_settings(cls, cfg) -> dict:
+    def log_settings(cls, cfg, model_cfg=None) -> dict:
         return {"batch_size": cfg.behave.batch_size}
 
     def __init__(self, path: str, dtype: str = "bfloat16", batch_size: int = 64,

@@ -1,0 +1,429 @@
+"""openai backend against a small local HTTP server (http.server in a thread): request fields,
+concurrency, the key, the error paths (401, 404, 429, 5xx, a dropped connection, a time-out)
+and a run that gives up mid-way and resumes. The same backend against a real vLLM server is
+in test_openai_server.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import behave, logs, paths, trials, vocab
+from pipeline.backends import GenRequest, get_backend
+from pipeline.backends.openai import PROBE_REGEX, OpenAIBackend, canonical_messages
+from pipeline.config import ConfigError
+from pipeline.errors import PipelineError
+from pipeline.manifest import Manifest
+from pipeline.prompts import chat_messages, fa_prompt, fc_prompt
+
+KEY = "sk-test-0123456789abcdefSECRET"
+_CANDS = re.compile(r"candidates: \[([^\]]*)\]")
+
+
+class Stub:
+    """What the local server answers: a script of failures first, then OpenAI-shaped answers
+    (FC: the first two candidates; FA: five fixed words)."""
+
+    def __init__(self):
+        self.script: list = []
+        self.always = None
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.honour_structured = True
+        self.delay_s = 0.0
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def answer(self, body: dict) -> str:
+        regex = (body.get("structured_outputs") or {}).get("regex")
+        if regex == PROBE_REGEX:
+            return "ZQX-123" if self.honour_structured else "Hello! How can I help?"
+        text = body["messages"][-1]["content"]
+        if "candidates: [" in text:
+            cands = [c.strip() for c in _CANDS.findall(text)[-1].split(",")]
+            return f"output: {cands[0]}, {cands[1]}"
+        return "output: alpha, beta, gamma, delta, epsilon."
+
+
+def _handler(stub: Stub):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def handle(self):
+            try:
+                super().handle()
+            except OSError:  # the client gave up on a connection the script dropped or stalled
+                pass
+
+        def _send(self, code: int, payload: dict, headers: dict | None = None):
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with stub.lock:
+                stub.bodies.append(body)
+                stub.headers.append(dict(self.headers))
+                step = stub.script.pop(0) if stub.script else stub.always
+                stub.in_flight += 1
+                stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+            try:
+                if stub.delay_s:
+                    time.sleep(stub.delay_s)
+                if step == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if isinstance(step, tuple) and step[0] == "sleep":
+                    time.sleep(step[1])
+                    step = None
+                if isinstance(step, int):
+                    msgs = {401: f"Incorrect API key provided: {KEY[:8]}...{KEY[-6:]}",
+                            404: "The model `nope` does not exist.", 429: "Rate limit reached", 503: "overloaded"}
+                    self._send(step, {"error": {"message": msgs.get(step, "error"), "code": step}},
+                               {"Retry-After": "0"} if step == 429 else None)
+                    return
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": "Not Found"}})
+                    return
+                text = stub.answer(body)
+                prompt = sum(len(m["content"].split()) for m in body["messages"])
+                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": text}}],
+                                 "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                                           "total_tokens": prompt + len(text.split())}})
+            finally:
+                with stub.lock:
+                    stub.in_flight -= 1
+
+    return Handler
+
+
+@pytest.fixture
+def stub():
+    s = Stub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(s))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    s.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield s
+    server.shutdown()
+    server.server_close()
+
+
+def opts(**kw):
+    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
+                limit=None, force=False)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def api_config(make_config, url, behave_kw=None, **model_kw):
+    model = {"name": "api", "backend": "openai", "base_url": url, "api_backoff_s": 0.01, "api_retries": 3,
+             "api_concurrency": 4, **model_kw}
+    return make_config(behave={"backend": "vllm", "chunk_size": 8, **(behave_kw or {})}, models=[model])
+
+
+def prepared(cfg):
+    vocab.run(cfg, opts())
+    trials.run(cfg, opts())
+    return cfg
+
+
+def backend_for(cfg) -> OpenAIBackend:
+    return get_backend(cfg.backend_of(cfg.models[0]), cfg.models[0], cfg)
+
+
+def fc_requests(backend, n=6, **kw):
+    plan = trials.build_fc_plan([f"w{i}" for i in range(20)], 16, 12345).slice(0, n).to_pylist()
+    return [GenRequest(text=backend.render(chat_messages(fc_prompt(t["cue"], t["candidates"]))), **kw) for t in plan]
+
+
+# ---------------------------------------------------------------- requests
+
+def test_requests_carry_the_trial_settings_and_answers_keep_order(make_config, stub):
+    cfg = api_config(make_config, stub.url, api_model="served-id", extra_eos=["<|im_end|>"], api_extra={"top_k": 50})
+    backend = backend_for(cfg)
+    greedy = fc_requests(backend, 6, max_tokens=10, allowed_regex="output: .*")
+    sampled = [GenRequest(text=backend.render(chat_messages(fa_prompt("dog"))), max_tokens=25, temperature=0.7,
+                          top_p=0.95, seed=2**62 + i) for i in range(3)]
+    res = backend.generate(greedy + sampled)
+    for req, r in zip(greedy, res):
+        cands = _CANDS.findall(json.loads(req.text)[-1]["content"])[-1].split(", ")
+        assert r.text == f"output: {cands[0]}, {cands[1]}"
+        assert r.n_prompt_tokens > 50 and r.n_output_tokens == 3 and r.latency_s > 0
+    assert [r.text for r in res[6:]] == ["output: alpha, beta, gamma, delta, epsilon."] * 3
+    bodies = {b["messages"][-1]["content"]: b for b in stub.bodies}
+    g = bodies[json.loads(greedy[0].text)[-1]["content"]]
+    assert (g["model"], g["temperature"], g["top_p"], g["max_tokens"]) == ("served-id", 0.0, 1.0, 10)
+    assert "seed" not in g and g["structured_outputs"] == {"regex": "output: .*"}
+    assert g["stop"] == ["<|im_end|>"] and g["top_k"] == 50
+    seeds = sorted(b["seed"] for b in stub.bodies if "seed" in b)
+    assert seeds == [2**62, 2**62 + 1, 2**62 + 2]
+    assert all(b["temperature"] == 0.7 and b["top_p"] == 0.95 for b in stub.bodies if "seed" in b)
+    assert backend.stats()["requests"] == 9
+
+
+def test_render_is_the_canonical_json_of_the_messages_sent(make_config, stub):
+    backend = backend_for(api_config(make_config, stub.url))
+    msgs = chat_messages("naïve café output: ", "be brief")
+    text = backend.render(msgs)
+    assert text == canonical_messages(msgs) and json.loads(text) == msgs
+    backend.generate([GenRequest(text=text)])
+    assert stub.bodies[-1]["messages"] == msgs
+    with pytest.raises(ValueError, match="canonical JSON"):
+        backend.generate([GenRequest(text="<|im_start|>user\nhi")])
+
+
+def test_concurrency_is_bounded_by_the_config(make_config, stub):
+    stub.delay_s = 0.05
+    backend = backend_for(api_config(make_config, stub.url, api_concurrency=3))
+    backend.generate(fc_requests(backend, 12))
+    assert stub.max_in_flight == 3
+
+
+# ---------------------------------------------------------------- the key
+
+def test_key_is_sent_from_the_environment_and_written_nowhere(make_config, stub, monkeypatch, caplog):
+    monkeypatch.setenv("PIPELINE_TEST_API_KEY", KEY)
+    cfg = prepared(api_config(make_config, stub.url, api_key_env="PIPELINE_TEST_API_KEY"))
+    behave.run(cfg, opts(paradigm="fc"))
+    assert {h.get("Authorization") for h in stub.headers} == {f"Bearer {KEY}"}
+    for path in cfg.run_dir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in caplog.text
+    assert "PIPELINE_TEST_API_KEY" in (cfg.run_dir / "manifest.json").read_text()
+
+
+def test_unset_key_variable_stops_naming_it(make_config, stub, monkeypatch):
+    monkeypatch.delenv("PIPELINE_TEST_API_KEY", raising=False)
+    cfg = api_config(make_config, stub.url, api_key_env="PIPELINE_TEST_API_KEY")
+    with pytest.raises(PipelineError, match=r"PIPELINE_TEST_API_KEY.*not set.*export PIPELINE_TEST_API_KEY="):
+        backend_for(cfg)
+
+
+# ---------------------------------------------------------------- error paths
+
+def test_401_stops_at_once_naming_model_and_url_without_the_key(make_config, stub, monkeypatch):
+    monkeypatch.setenv("PIPELINE_TEST_API_KEY", KEY)
+    stub.always = 401
+    backend = backend_for(api_config(make_config, stub.url, api_key_env="PIPELINE_TEST_API_KEY"))
+    with pytest.raises(PipelineError) as e:
+        backend.generate(fc_requests(backend, 8))
+    msg = str(e.value)
+    assert "model 'api'" in msg and f"{stub.url}/chat/completions" in msg and "HTTP 401" in msg
+    assert "$PIPELINE_TEST_API_KEY" in msg and KEY[-6:] not in msg and "\n" not in msg
+    assert len(stub.bodies) <= 4  # no retries: at most the requests already in flight
+
+
+def test_404_stops_naming_url_and_model_id(make_config, stub):
+    stub.always = 404
+    backend = backend_for(api_config(make_config, stub.url, api_model="nope"))
+    with pytest.raises(PipelineError, match=r"model 'api'.*HTTP 404 \{The model `nope` does not exist\.\}.*base_url"
+                                            r".*'nope'"):
+        backend.generate(fc_requests(backend, 1))
+    assert len(stub.bodies) == 1
+
+
+def test_wrong_base_url_path_is_a_404_with_the_fix(make_config, stub):
+    backend = backend_for(api_config(make_config, stub.url.removesuffix("/v1")))
+    with pytest.raises(PipelineError, match=r"HTTP 404 \{Not Found\}.*ending in /v1"):
+        backend.generate(fc_requests(backend, 1))
+
+
+def test_429_and_503_are_retried_with_backoff(make_config, stub):
+    stub.script = [429, 429, 503]
+    backend = backend_for(api_config(make_config, stub.url, api_concurrency=1))
+    res = backend.generate(fc_requests(backend, 2))
+    assert all(r.text.startswith("output: ") for r in res)
+    s = backend.stats()
+    assert s["retries"] == 3 and s["retry_reasons"] == {"HTTP 429": 2, "HTTP 503": 1} and s["requests"] == 2
+
+
+def test_dropped_connection_and_time_out_are_retried(make_config, stub):
+    stub.script = ["drop", ("sleep", 1.0)]
+    backend = backend_for(api_config(make_config, stub.url, api_concurrency=1, api_timeout_s=0.3))
+    res = backend.generate(fc_requests(backend, 2))
+    assert all(r.text.startswith("output: ") for r in res)
+    assert backend.stats()["retry_reasons"] == {"connection dropped": 1, "timed out": 1}
+
+
+def test_server_gone_for_good_stops_after_the_retries(make_config, stub):
+    stub.always = 503
+    backend = backend_for(api_config(make_config, stub.url, api_retries=2))
+    with pytest.raises(PipelineError, match=r"3 attempts to .* failed \(last: HTTP 503 \{overloaded\}\).*run the "
+                                            r"same command again"):
+        backend.generate(fc_requests(backend, 3))
+
+
+def test_refused_connection_is_retried_then_stops(make_config):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = backend_for(api_config(make_config, f"http://127.0.0.1:{port}/v1", api_retries=1))
+    with pytest.raises(PipelineError, match=r"2 attempts .* failed \(last: connection refused\)"):
+        backend.generate(fc_requests(backend, 1))
+
+
+def test_structured_config_refuses_a_server_that_ignores_the_field(make_config, stub):
+    stub.honour_structured = False
+    cfg = api_config(make_config, stub.url, behave_kw={"structured_fc": True})
+    with pytest.raises(PipelineError, match=r"ignores the `structured_outputs` field.*structured_fc = false"):
+        backend_for(cfg)
+    stub.honour_structured = True
+    assert backend_for(cfg).structured_checked
+
+
+# ---------------------------------------------------------------- the behave stage
+
+def test_run_that_gives_up_mid_way_resumes_with_nothing_lost_or_duplicated(make_config, stub):
+    cfg = prepared(api_config(make_config, stub.url, api_retries=1))
+    stub.script = [None] * 16
+    stub.always = 503
+    with pytest.raises(PipelineError, match="attempts to"):
+        behave.run(cfg, opts(paradigm="fc"))
+    directory = paths.behavior_dir(cfg, "api", "fc")
+    assert len(logs.list_parts(directory)) == 2
+    assert not Manifest(cfg.run_dir).stage("behave/api/fc")["complete"]
+    stub.always = None
+    behave.run(cfg, opts(paradigm="fc"))
+    rows = pa.concat_tables([pq.read_table(p) for p in logs.list_parts(directory)])
+    plan = trials.load_trials(cfg, "fc").column("trial_id").to_numpy()
+    ids = rows.filter(rows.column("final")).column("trial_id").to_numpy()
+    assert sorted(ids) == sorted(plan) and len(np.unique(ids)) == len(ids)
+    assert set(rows.column("status").to_pylist()) == {"ok"}
+    summary = Manifest(cfg.run_dir).summary("behave/api/fc")
+    assert summary["requests"] == len(plan) and summary["prompt_tokens"] > 0 and summary["output_tokens"] == 3 * len(plan)
+    run = summary["last_run"]
+    assert run["trials"] == len(plan) - 16 and run["requests_per_s"] > 0
+    assert run["backend"]["backend"] == "openai" and run["backend"]["url"] == f"{stub.url}/chat/completions"
+    assert run["backend"]["api_model"] == "api" and run["backend"]["concurrency"] == 4
+
+
+def test_killed_behave_process_resumes_with_nothing_lost_or_duplicated(tmp_path, stub):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "words.txt").write_text("\n".join(f"w{chr(97 + i)}" for i in range(20)) + "\n")
+    config = tmp_path / "api.toml"
+    config.write_text("\n".join([
+        "[experiment]", 'name = "kill"', f'data_dir = "{tmp_path / "data"}"',
+        "[vocab]", f'source = "{tmp_path / "words.txt"}"',
+        "[behave]", 'backend = "openai"', 'paradigms = ["fc"]', "chunk_size = 4",
+        "[[models]]", 'name = "api"', f'base_url = "{stub.url}"', "api_concurrency = 2"]) + "\n")
+    cfg = prepared(load_config(config))
+    directory = paths.behavior_dir(cfg, "api", "fc")
+    stub.delay_s = 0.2
+    cmd = [sys.executable, "-m", "pipeline", "behave", "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not list(directory.glob("part-*.parquet")) and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(logs.list_parts(directory))
+    assert 1 <= done < 10
+    stub.delay_s = 0.0
+    assert subprocess.run(cmd, cwd=root, env=env, capture_output=True).returncode == 0
+    rows = pa.concat_tables([pq.read_table(p) for p in logs.list_parts(directory)])
+    ids = rows.filter(rows.column("final")).column("trial_id").to_pylist()
+    assert sorted(ids) == trials.load_trials(cfg, "fc").column("trial_id").to_pylist()
+    assert Manifest(cfg.run_dir).stage("behave/api/fc")["complete"]
+
+
+def test_fingerprint_keeps_the_model_id_but_not_the_url(make_config, stub):
+    a = prepared(api_config(make_config, stub.url))
+    b = api_config(make_config, "http://10.0.0.9:8000/v1")
+    c = api_config(make_config, stub.url, api_model="other")
+    fp = [behave.behave_inputs(x, x.models[0], "fc") for x in (a, b, c)]
+    assert fp[0] == fp[1] != fp[2]
+    assert fp[0]["backend"] == "openai" and fp[0]["api"]["model"] == "api"
+
+
+# ---------------------------------------------------------------- config
+
+@pytest.mark.parametrize("model, pattern", [
+    ({"backend": "openai"}, r"'models\[0\]\.base_url' is required for backend \"openai\""),
+    ({"backend": "openai", "base_url": "ftp://x/v1"}, r"'models\[0\]\.base_url' = 'ftp://x/v1' must be an http"),
+    ({"backend": "openai", "base_url": "https://u:pw@x/v1"}, r"'models\[0\]\.base_url' must not hold credentials"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_key_env": KEY},
+     r"'models\[0\]\.api_key_env' must be the NAME of an environment variable"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_key_env": "hf_abcdefghij1234567890klmnop"},
+     r"'models\[0\]\.api_key_env' must be the NAME"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_concurrency": 0}, r"'models\[0\]\.api_concurrency' = 0"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_retries": -1}, r"'models\[0\]\.api_retries' = -1"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_timeout_s": 0}, r"'models\[0\]\.api_timeout_s' = 0"),
+    ({"backend": "openai", "base_url": "http://x/v1", "api_extra": {"temperature": 1}},
+     r"'models\[0\]\.api_extra' sets temperature, which the pipeline sets itself"),
+    ({"backend": "openai", "base_url": "http://x/v1", "extra_eos": ["a", "b", "c", "d", "e"]},
+     r"'models\[0\]\.extra_eos' has 5 entries.*at most 4"),
+    ({"backend": "openia", "base_url": "http://x/v1"}, r"'models\[0\]\.backend' has unknown value 'openia'.*did you mean "
+                                                         r"'openai'"),
+    ({"path": "/m", "base_url": "http://x/v1"}, r"'models\[0\]\.base_url' is set, but model 'm' runs on backend 'vllm'"),
+    ({}, r"'models\[0\]\.path' is missing: backend 'vllm' loads the model's weights"),
+])
+def test_api_keys_are_validated(make_config, model, pattern):
+    with pytest.raises(ConfigError, match=pattern) as e:
+        make_config(behave={"backend": "vllm"}, models=[{"name": "m", **model}])
+    assert KEY not in str(e.value)
+
+
+def test_behave_backend_openai_for_every_model_and_overrides(make_config):
+    cfg = make_config(behave={"backend": "openai"},
+                      models=[{"name": "a", "base_url": "http://x/v1"},
+                              {"name": "b", "path": "/models/b", "backend": "vllm"}])
+    assert [cfg.backend_of(m) for m in cfg.models] == ["openai", "vllm"]
+    assert cfg.models[0].behavior_only and not cfg.models[1].behavior_only
+
+
+def test_cross_model_references_are_validated(make_config):
+    cfg = make_config(models=[{"name": "a", "path": "/a"}, {"name": "gpt", "base_url": "http://x/v1",
+                                                             "backend": "openai"}],
+                      rsa={"references": ["fc", "fc:gpt", "fa:gpt"]})
+    assert cfg.rsa.references == ["fc", "fc:gpt", "fa:gpt"]
+    with pytest.raises(ConfigError, match=r"'rsa\.references' has 'fc:gtp', but no model is named 'gtp'.*did you "
+                                          r"mean 'fc:gpt'"):
+        make_config(models=cfg.to_dict()["models"], rsa={"references": ["fc:gtp"]})
+    with pytest.raises(ConfigError, match=r"unknown value 'xx:gpt' \(allowed: .*fc:MODEL, fa:MODEL\)"):
+        make_config(models=cfg.to_dict()["models"], rsa={"references": ["xx:gpt"]})
+
+
+def test_shipped_api_example_config_loads():
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "api-example.toml")
+    open_model, api = cfg.models
+    assert cfg.backend_of(open_model) == "vllm" and not open_model.behavior_only
+    assert cfg.backend_of(api) == "openai" and api.behavior_only and api.base_url.endswith("/v1")
+    assert "fc:smollm2-api" in cfg.rsa.references
