@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import behave, logs, paths, trials, vocab
+from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import GenRequest, get_backend
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
@@ -76,11 +76,11 @@ def test_structured_fc_and_fa_obey_the_server_grammar_and_seeds_repeat(server, m
     fc = rows(cfg, "smol-api", "fc").to_pylist()
     assert len(fc) == 40 and all(r["final"] and r["status"] == "ok" for r in fc)
     for r in fc:
-        assert re.fullmatch(behave.fc_regex(r["candidates"]), r["raw_output"]), r["raw_output"]
+        assert re.fullmatch(attempts.fc_regex(r["candidates"]), r["raw_output"]), r["raw_output"]
         assert r["n_prompt_tokens"] > 200 and 0 < r["n_output_tokens"] <= 32 and r["latency_s"] > 0
     fa = rows(cfg, "smol-api", "fa").to_pylist()
     assert len(fa) == 40
-    assert all(re.fullmatch(behave.fa_regex(5, words), r["raw_output"]) for r in fa)
+    assert all(re.fullmatch(attempts.fa_regex(5, words), r["raw_output"]) for r in fa)
     man = Manifest(cfg.run_dir)
     summary = man.summary("behave/smol-api/fc")
     api = summary["last_run"]["backend"]
@@ -163,7 +163,7 @@ def test_killed_server_is_waited_for_and_greedy_fc_equals_in_process_vllm(server
     local = VLLMBackend(str(smollm2_dir), dtype="float32", max_model_len=1024, max_num_seqs=32,
                         gpu_memory_utilization=0.15, enforce_eager=True)
     try:
-        mine = behave.run_chunk(local, cfg, cfg.models[0], "fc", plan)
+        mine = attempts.run_chunk(local, cfg, cfg.models[0], "fc", plan)
     finally:
         local.close()
     key = ["trial_id", "attempt", "raw_output", "n_prompt_tokens", "n_output_tokens", "status"]
