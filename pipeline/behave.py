@@ -16,6 +16,10 @@ invalid. Invalid picks are never replaced.
 
 FA (METHOD.md §3): one sampled request per trial.
 
+FC scored (`fc_scored`, beyond the paper): the FC plan and prompt, answered by the model's
+probability of each candidate as the first pick instead of a generated answer (`scored`);
+one row per trial in its own log layout (`logs.SCORED_SCHEMA`).
+
 Seeds. Each sampled request carries its own seed, derived by hashing, so it is unique per
 (trial, attempt) and independent of chunking, sharding and resumption:
 - FC retry: ``derive_seed(trials.fc_seed, trial_id, attempt)``;
@@ -130,7 +134,12 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
          "model": {k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt",
                                                       "dtype", "extra_eos")}}
     d.update(backend_class(b.backend, cfg).log_settings(cfg))
-    if paradigm == "fc":
+    if paradigm == "fc_scored":
+        from .scored import ANSWER_PREFIX, SCORE_VERSION
+
+        d.update(prompts=[hashes["fc"]], answer_prefix=ANSWER_PREFIX, picks=cfg.trials.fc_picks,
+                 scoring=SCORE_VERSION)
+    elif paradigm == "fc":
         d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
                  retries=b.retries, max_tokens=b.fc_max_tokens, retry=_retry_sampling(cfg, model_cfg),
                  seed=cfg.trials.fc_seed, picks=cfg.trials.fc_picks, rules=Rules.of(cfg).name)
@@ -254,17 +263,22 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
         backend: a started backend for `model_cfg`.
         cfg: the experiment config.
         model_cfg: the model being run.
-        paradigm: ``fc`` or ``fa``.
-        chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`).
+        paradigm: ``fc``, ``fa`` or ``fc_scored``.
+        chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`; FC rows for ``fc_scored``).
         words: the run's vocabulary, whose letters structured FA answers may use (a-z only
             when None).
 
     Returns:
-        Log rows (`logs.SCHEMA`), every attempt of every trial, one final row per trial.
+        Log rows (`logs.SCHEMA`; `logs.SCORED_SCHEMA` for ``fc_scored``), every attempt of every
+        trial, one final row per trial.
     """
     trials = chunk.to_pylist()
     if not trials:
-        return logs.SCHEMA.empty_table()
+        return (logs.SCORED_SCHEMA if paradigm == "fc_scored" else logs.SCHEMA).empty_table()
+    if paradigm == "fc_scored":
+        from .scored import run_trials
+
+        return run_trials(backend, cfg, model_cfg, trials)
     if paradigm == "fc":
         return _run_fc(backend, cfg, model_cfg, trials)
     if paradigm == "fa":
@@ -277,8 +291,12 @@ def summarize(directory, paradigm: str, k: int = 5) -> dict:
 
     FC compliance is the share of trials whose final answer is ``ok``; ``first_try_ok`` is the
     share compliant without repair or retries. FA adds the paper's quality metrics (mean
-    associates, full compliance = k associates, cue repetition).
+    associates, full compliance = k associates, cue repetition). ``fc_scored``: `scored.summarize`.
     """
+    if paradigm == "fc_scored":
+        from .scored import summarize as summarize_scored
+
+        return summarize_scored(directory)
     cols = ["status", "attempt"] + (["picks", "cue"] if paradigm == "fa" else [])
     counts: Counter = Counter()
     attempts: Counter = Counter()
