@@ -12,7 +12,9 @@ the behave summaries in the manifest, and writes under `report/`:
 - `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers, with
   the chance level k/(N-1);
 - `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
-  noise ceilings, NN@k, regression summary with FC/FA gains) and a headline block.
+  noise ceilings, NN@k, regression summary with FC/FA gains) and a headline block; with
+  scored FC, its agreement with generated FC and its RSA beside FC's; with human norms, their
+  coverage and each model's behavioral geometry against them (`behavior_norms.parquet`).
 
 The report is a view of the results, so it is rebuilt whenever they change (no --force
 needed) and skipped when they have not.
@@ -28,21 +30,38 @@ import numpy as np
 import pandas as pd
 
 from . import paths, published
-from .config import Config
+from .config import HUMAN, PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes
 from .options import Options
 
 log = logging.getLogger(__name__)
 
-REF_ORDER = ["fc", "fa", "static", "encoder", "consensus"]
-REF_LABELS = {"fc": "FC (behavior)", "fa": "FA (behavior)", "static": "static vectors", "encoder": "encoder",
-              "consensus": "cross-model consensus"}
-REF_COLORS = {"fc": "#1f77b4", "fa": "#ff7f0e", "static": "#2ca02c", "encoder": "#9467bd", "consensus": "#7f7f7f"}
+class _ByRef(dict):
+    """Per-reference display values; human-norms references (``human:<name>``) get theirs
+    from `default`, since their names come from the config."""
+
+    def __init__(self, known: dict, default):
+        super().__init__(known)
+        self.default = default
+
+    def __missing__(self, ref: str):
+        return self.default(ref)
+
+
+_HUMAN_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22")
+REF_ORDER = ["fc", "fa", "fc_scored", "static", "encoder", "consensus"]
+REF_LABELS = _ByRef({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored": "FC scored (probabilities)",
+                     "static": "static vectors", "encoder": "encoder", "consensus": "cross-model consensus"},
+                    lambda r: f"human norms: {r[len(HUMAN):]}" if r.startswith(HUMAN) else r)
+REF_COLORS = _ByRef({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
+                     "encoder": "#9467bd", "consensus": "#7f7f7f"},
+                    lambda r: _HUMAN_COLORS[sum(map(ord, r)) % len(_HUMAN_COLORS)])
+BEHAVIORAL = ("fc", "fa", "fc_scored")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
-_TABLES = ("rsa", "nn", "reliability", "regression")
+_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_norms")
 _VERSION = 2
 
 
@@ -74,21 +93,55 @@ def compliance(cfg: Config) -> pd.DataFrame:
     stages = Manifest(cfg.run_dir).read().get("stages", {})
     rows = []
     for m in cfg.models:
-        for p in ("fc", "fa"):
+        for p in PARADIGMS:
             summary = (stages.get(f"behave/{m.name}/{p}") or {}).get("summary") or {}
             if summary.get("compliance") is not None:
-                rows.append({"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
-                             "compliance": summary.get("compliance"),
-                             "first_try_ok": summary.get("first_try_ok"),
-                             "full_compliance": summary.get("full_compliance"),
-                             "mean_associates": summary.get("mean_associates")})
+                row = {"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
+                       "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
+                       "full_compliance": summary.get("full_compliance"),
+                       "mean_associates": summary.get("mean_associates")}
+                if p == "fc_scored":
+                    row["candidate_mass"] = summary.get("mass")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scored_agreement(cfg: Config) -> pd.DataFrame:
+    """Per model: scored FC against generated FC (`scored.agreement`, from the aggregate record)."""
+    man = Manifest(cfg.run_dir)
+    rows = []
+    for m in cfg.models:
+        agree = (man.summary(f"aggregate/{m.name}/fc_scored") or {}).get("agreement_fc")
+        if agree:
+            rows.append({"model": m.name, **agree})
+    return pd.DataFrame(rows)
+
+
+def norms_coverage(cfg: Config) -> pd.DataFrame:
+    """Per `[[norms]]` entry: how many vocabulary words have norms (from its import record)."""
+    man = Manifest(cfg.run_dir)
+    rows = []
+    for n in cfg.norms:
+        s = man.summary(f"norms/{n.name}")
+        if s:
+            rows.append({"reference": f"{HUMAN}{n.name}", "format": s.get("format"),
+                         "words with norms": s.get("covered"),
+                         "vocabulary": (s.get("covered") or 0) + (s.get("masked_rows") or 0),
+                         "coverage": s.get("coverage"), "responses counted": s.get("picks"),
+                         "missing (first 10)": ", ".join((s.get("missing_words") or [])[:10]) or "–"})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- summaries
 
 def _refs(df: pd.DataFrame) -> list[str]:
-    return [r for r in REF_ORDER if r in set(df.reference)]
+    return _ordered(set(df.reference))
+
+
+def _ordered(names) -> list[str]:
+    """References in display order: the known ones, then human norms by name."""
+    names = set(names)
+    return [r for r in REF_ORDER if r in names] + sorted(r for r in names if r not in REF_ORDER)
 
 
 def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -107,7 +160,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     first), the peak layer of the fullest set, and the FC/FA gains at that layer.
 
     Gains follow METHOD.md §7: R²(+Cross+FC) − R²(+Cross) at each cell's peak layer (over
-    the baseline when there is no consensus). Also returns the set names used.
+    the baseline when there is no consensus); the same for each set beyond the paper's
+    (scored FC, human norms: column ``<feature>_gain_peak``). Also returns the set names used.
     """
     by_layer = (reg[reg.r2_test.notna()].groupby(["model", "strategy", "layer", "feature_set"], sort=False)
                 .r2_test.mean().unstack())
@@ -116,6 +170,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     with_fc = f"{cross}+fc" if f"{cross}+fc" in sets else None
     with_fa = f"{cross}+fa" if f"{cross}+fa" in sets else None
     full = sets[-1]
+    extra = {x[len(cross) + 1:]: x for x in sets
+             if x.startswith(f"{cross}+") and x[len(cross) + 1:] not in ("fc", "fa", "fc+fa")}
     rows = []
     for (model, strategy), g in by_layer.groupby(level=["model", "strategy"], sort=False):
         g = g.droplevel(["model", "strategy"])
@@ -128,8 +184,11 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         row["fa_gain_peak"] = g.loc[peak, with_fa] - g.loc[peak, cross] if with_fa else np.nan
         row["fc_gain_mean"] = (g[with_fc] - g[cross]).mean() if with_fc else np.nan
         row["fa_gain_mean"] = (g[with_fa] - g[cross]).mean() if with_fa else np.nan
+        for feature, name in extra.items():
+            row[f"{feature}_gain_peak"] = g.loc[peak, name] - g.loc[peak, cross]
         rows.append(row)
-    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full}
+    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full,
+                                "extra": extra}
 
 
 def headline(cfg: Config) -> dict:
@@ -145,18 +204,24 @@ def headline(cfg: Config) -> dict:
         c = comp[comp.paradigm == p] if not comp.empty else comp
         out[f"{p.upper()} compliance"] = (", ".join(f"{r.compliance:.1%} ({r.model})" for r in c.itertuples())
                                           if not c.empty else "n/a (no behave summary in the manifest)")
+    agree = scored_agreement(cfg)
+    if not agree.empty:
+        out["FC scored top-2 = FC picks"] = ", ".join(f"{r.top2_same:.1%} of {r.n_trials} trials ({r.model})"
+                                                      for r in agree.itertuples())
     if "rsa" in res:
         method = primary_method(cfg, res["rsa"])
         d = res["rsa"][(res["rsa"].method == method) & res["rsa"].rsa.notna()]
-        for p in ("fc", "fa"):
+        extra = [r for r in _ordered(d.reference) if r == "fc_scored" or r.startswith(HUMAN)]
+        for p in ["fc", "fa", *extra]:
+            label = "FC scored" if p == "fc_scored" else p if p.startswith(HUMAN) else p.upper()
             g = d[d.reference == p]
             if g.empty:
-                out[f"best-layer RSA {p.upper()}"] = "n/a (reference not computed)"
+                out[f"best-layer RSA {label}"] = "n/a (reference not computed)"
                 continue
             best = g.loc[g.rsa.idxmax()]
             ci = (f", 95% CI [{best.ci_low:.3f}, {best.ci_high:.3f}]" if np.isfinite(best.ci_low) else "")
-            out[f"best-layer RSA {p.upper()}"] = (f"{best.rsa:.3f} {method} ({best.model}/{best.strategy}, layer "
-                                                  f"{int(best.layer)}/{int(best.n_layers)}{ci})")
+            out[f"best-layer RSA {label}"] = (f"{best.rsa:.3f} {method} ({best.model}/{best.strategy}, layer "
+                                              f"{int(best.layer)}/{int(best.n_layers)}{ci})")
     else:
         out["best-layer RSA"] = "n/a (run the rsa stage)"
     if "regression" in res:
@@ -232,7 +297,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                 handles.setdefault(REF_LABELS[ref], line)
                 if g.ci_low.notna().any():
                     ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
-                if rel is not None and ref in ("fc", "fa"):
+                if rel is not None and ref in BEHAVIORAL:
                     r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
                     if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
                         lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]
@@ -398,9 +463,9 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         for method in [m for m in ("spearman", "pearson", "paper") if m in set(rsa.method)]:
             s = rsa_summary(rsa, method)
             wide = s.pivot_table(index=["model", "strategy"], columns="reference", values="mean", sort=False)
-            wide = wide[[r for r in REF_ORDER if r in wide.columns]].reset_index()
+            wide = wide[_ordered(wide.columns)].reset_index()
             by_strategy = s.groupby(["strategy", "reference"], sort=False)["mean"].mean().unstack()
-            by_strategy = by_strategy[[r for r in REF_ORDER if r in by_strategy.columns]].reset_index()
+            by_strategy = by_strategy[_ordered(by_strategy.columns)].reset_index()
             by_strategy.insert(0, "model", "mean over models")
             table = pd.concat([wide, by_strategy], ignore_index=True) if len(models) > 1 else wide
             lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", _md_table(table)]
@@ -420,6 +485,8 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             lines += ["", "## FC vs FA", "",
                       f"FC > FA (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.", "",
                       _md_table(fcfa.reset_index())]
+    lines += _scored_section(cfg, res)
+    lines += _norms_section(cfg, res)
     if "reliability" in res:
         rel = res["reliability"][["model", "paradigm", "method", "n_trials_a", "n_trials_b", "r_half",
                                   "reliability", "ceiling_high"]]
@@ -431,13 +498,14 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     if "nn" in res:
         nn = res["nn"]
         t = nn.groupby(["strategy", "k", "reference"], sort=False).overlap.mean().unstack()
-        t = t[[r for r in REF_ORDER if r in t.columns]].reset_index()
+        t = t[_ordered(t.columns)].reset_index()
         lines += ["", "## NN@k overlap (mean over models and layers)", "", _md_table(t)]
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
         ref = names["reference"]
-        cols = ["model", "strategy", *names["sets"], "peak_layer", "peak_r2", "fc_gain_peak", "fa_gain_peak"]
-        mean_row = summary[names["sets"] + ["peak_r2", "fc_gain_peak", "fa_gain_peak"]].mean()
+        gains = ["fc_gain_peak", "fa_gain_peak", *(f"{f}_gain_peak" for f in names["extra"])]
+        cols = ["model", "strategy", *names["sets"], "peak_layer", "peak_r2", *gains]
+        mean_row = summary[names["sets"] + ["peak_r2", *gains]].mean()
         table = pd.concat([summary[cols], pd.DataFrame([{"model": "mean", "strategy": "", "peak_layer": "",
                                                            **mean_row.to_dict()}])], ignore_index=True)
         seeds = sorted(res["regression"].seed.unique())
@@ -450,6 +518,75 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _scored_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Scored FC beside generated FC: trial-level agreement and RSA side by side."""
+    agree = scored_agreement(cfg)
+    rsa = res.get("rsa")
+    has_rsa = rsa is not None and "fc_scored" in set(rsa.reference)
+    if agree.empty and not has_rsa:
+        return []
+    lines = ["", "## Scored forced choice vs generated FC", "",
+             "Scored FC runs the FC trials and prompts but reads each candidate's probability as the first pick "
+             "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the expected "
+             f"counts (`behave.scored_counts = \"{cfg.behave.scored_counts}\"`)."]
+    if not agree.empty:
+        lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
+                      "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
+                      "most probable candidate is FC's first pick; `first_pick_rank`, `first_pick_prob` = mean rank "
+                      "and probability of FC's first pick in the scored distribution.", "", _md_table(agree)]
+    if has_rsa:
+        method = primary_method(cfg, rsa)
+        summ = rsa_summary(rsa, method)
+        summ = summ[summ.reference.isin(["fc", "fc_scored"])]
+        wide = summ.pivot_table(index=["model", "strategy"], columns="reference", values=["mean", "peak"],
+                                sort=False)
+        table = pd.DataFrame(index=wide.index)
+        for ref in ("fc", "fc_scored"):
+            if ("mean", ref) in wide.columns:
+                table[f"{ref} mean"] = wide["mean", ref]
+                table[f"{ref} peak"] = wide["peak", ref]
+        if {"fc mean", "fc_scored mean"} <= set(table.columns):
+            table["scored − fc (mean)"] = table["fc_scored mean"] - table["fc mean"]
+        lines += ["", f"RSA of the hidden layers against each ({METHOD_LABELS.get(method, method)}, mean and peak "
+                      "over layers):", "", _md_table(table.reset_index())]
+    return lines
+
+
+def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Human norms: coverage, each model's behavior against them, hidden layers against them."""
+    cov = norms_coverage(cfg)
+    humans = [r for r in cfg.rsa.references if r.startswith(HUMAN)]
+    if cov.empty and not humans:
+        return []
+    lines = ["", "## Human association norms", "",
+             "Each `[[norms]]` file, restricted to the vocabulary's cues, goes through the same counts → PPMI → "
+             "cosine as the models' behavior. Words without norms are masked (left out of every pair with this "
+             "reference), never counted as zero rows."]
+    if not cov.empty:
+        lines += ["", "Coverage:", "", _md_table(cov)]
+    bn = res.get("behavior_norms")
+    if bn is not None:
+        method = "spearman" if "spearman" in set(bn.method) else bn.method.iloc[0]
+        d = bn[bn.method == method]
+        wide = d.pivot_table(index=["model", "paradigm"], columns="reference", values="rsa", sort=False)
+        n = d.pivot_table(index=["model", "paradigm"], columns="reference", values="n_words", sort=False)
+        wide.columns = [f"{c} ({METHOD_LABELS.get(method, method)})" for c in wide.columns]
+        for c in n.columns:
+            wide[f"{c} words"] = n[c].astype(int)
+        lines += ["", "Each model's behavioral geometry (PPMI-cosine) against the human one, on the words both "
+                      "have:", "", _md_table(wide.reset_index())]
+    rsa = res.get("rsa")
+    if rsa is not None and any(r in set(rsa.reference) for r in humans):
+        method = primary_method(cfg, rsa)
+        summ = rsa_summary(rsa, method)
+        summ = summ[summ.reference.isin(humans)].copy()
+        summ["peak"] = [f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}" for r in summ.itertuples()]
+        lines += ["", f"Hidden layers against the human geometry ({METHOD_LABELS.get(method, method)}, mean over "
+                      "layers and peak):", "",
+                  _md_table(summ[["model", "strategy", "reference", "mean", "peak"]])]
+    return lines
 
 
 def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
@@ -530,7 +667,10 @@ def run(cfg: Config, opts) -> None:
     step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in _TABLES),
-                     "compliance": compliance(cfg).to_dict("records")}, force=True)
+                     "compliance": compliance(cfg).to_dict("records"),
+                     **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
+                        else {}),
+                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
     if not Options.of(opts).force and step.done():
         log.info("report: results unchanged, skipped")
         return

@@ -4,7 +4,11 @@ For every model x strategy x layer (1..L; layer 0, the embeddings, is excluded) 
 geometry is the mean-centered cosine of the layer's word vectors (METHOD.md §4). It is
 compared with each reference of `rsa.references`:
 
-- `fc`, `fa`: the same model's behavioral PPMI-cosine (`matrices/<model>/<paradigm>/sim_ppmi.npy`);
+- `fc`, `fa`, `fc_scored`: the same model's behavioral PPMI-cosine
+  (`matrices/<model>/<paradigm>/sim_ppmi.npy`; `fc_scored` from expected counts, `scored`);
+- `human:<name>`: the PPMI-cosine of human association norms (`norms/<name>/sim_ppmi.npy`,
+  imported by `aggregate` from the `[[norms]]` file of that name); words without norms are
+  masked;
 - `static`, `encoder`: raw cosine of the baseline vectors; words whose vector is missing
   (a NaN row) are masked, i.e. every pair containing one is dropped;
 - `consensus`: the cross-model consensus of the baselines stage (absent, and skipped with a
@@ -48,7 +52,10 @@ Outputs under `results/`:
 - `nn.parquet` (NN@k overlap in its own table, because its rows have a `k` and no pair
   count): model, strategy, layer, n_layers, reference, k, n_words, overlap;
 - `reliability.parquet`: model, paradigm, method, n_words, n_pairs, r_half, reliability,
-  ceiling_low, ceiling_high, n_trials_a, n_trials_b.
+  ceiling_low, ceiling_high, n_trials_a, n_trials_b;
+- `behavior_norms.parquet` (with human norms among the references): each model's behavioral
+  geometry (FC, FA, scored FC) against each human reference, on the pairs of words valid in
+  both: model, paradigm, reference, method, n_words, n_pairs, rsa.
 
 Each model x strategy cell is written to `results/parts/` and recorded in the manifest as
 `rsa/<model>/<strategy>`; a re-run skips finished cells and the tables are rebuilt from the
@@ -67,22 +74,24 @@ import pandas as pd
 from . import paths
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
-from .config import Config
+from .config import HUMAN, Config
 from .manifest import Manifest
 from .options import Options, select
 from .rules import Rules
-from .similarity import cosine
+from .similarity import alphabetical_pairs, cosine
 from .store import load_npy, write_parquet
 
 log = logging.getLogger(__name__)
 
 _VERSION = 1
-_BEHAVIORAL = ("fc", "fa")
+_BEHAVIORAL = ("fc", "fa", "fc_scored")
+_PAPER_COMMON = ("fc", "fa")
 _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method", "n_words", "n_pairs",
                 "rsa", "ci_low", "ci_high"]
 _NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap"]
 _REL_COLUMNS = ["model", "paradigm", "method", "n_words", "n_pairs", "r_half", "reliability",
                 "ceiling_low", "ceiling_high", "n_trials_a", "n_trials_b"]
+_BN_COLUMNS = ["model", "paradigm", "reference", "method", "n_words", "n_pairs", "rsa"]
 
 
 # ---------------------------------------------------------------- references
@@ -99,6 +108,8 @@ def reference_paths(cfg: Config, model: str, strategy: str) -> dict[str, Path]:
             out[name] = paths.encoder_file(cfg)
         elif name == "consensus":
             out[name] = paths.consensus_file(cfg, model, strategy)
+        elif name.startswith(HUMAN):
+            out[name] = paths.norms_file(cfg, name[len(HUMAN):], "sim_ppmi")
     return out
 
 
@@ -128,6 +139,10 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
 
 def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tuple[str, str]:
     """(what the file of reference `name` holds, the command that rebuilds it)."""
+    if name.startswith(HUMAN):
+        from .norms import describe as describe_norms
+
+        return describe_norms(cfg, name)
     if name in _BEHAVIORAL:
         return (f"the {name.upper()} PPMI-cosine matrix of {model}",
                 f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {name}")
@@ -143,11 +158,12 @@ def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tup
 def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", strategy: str = "") -> Reference:
     """One reference's N x N similarity and valid-word mask, validated.
 
-    Behavioral and consensus files are similarity matrices whose masked words are NaN rows;
-    static and encoder files are vectors (NaN rows: no vector), turned into raw cosine.
+    Behavioral, human-norms and consensus files are similarity matrices whose masked words
+    are NaN rows; static and encoder files are vectors (NaN rows: no vector), turned into raw
+    cosine.
     """
     what, rebuild = describe(cfg, name, model, strategy)
-    if name in _BEHAVIORAL or name == "consensus":
+    if name in _BEHAVIORAL or name == "consensus" or name.startswith(HUMAN):
         sim = np.asarray(load_npy(path, what, rebuild, shape=(n, n), finite="rows"), dtype=np.float32)
         return Reference(name, sim, ~np.isnan(sim).all(axis=1))
     v = np.array(load_npy(path, what, rebuild, shape=(n, None), finite="rows"), dtype=np.float64)
@@ -177,6 +193,7 @@ def run(cfg: Config, opts) -> None:
             _cell(cfg, man, model, strategy, words, settings, force, shared, per_model)
         if cfg.rsa.split_half:
             _reliability(cfg, man, model, words, vfp, force)
+        _behavior_vs_norms(cfg, man, model, words, vfp, force)
     _merge(cfg, man)
 
 
@@ -184,8 +201,8 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
           shared: dict, per_model: dict) -> None:
     """One model x strategy cell: skipped when done, else analysed and written as two parts.
 
-    Static and encoder references are loaded once per run (`shared`), behavioral ones once
-    per model (`per_model`), both keyed by content."""
+    Static, encoder and human references are loaded once per run (`shared`), behavioral ones
+    once per model (`per_model`), both keyed by content."""
     from .hidden import load_hidden
 
     n = len(words)
@@ -209,7 +226,7 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
         if name == "consensus":
             refs[name] = load_reference(cfg, name, path, n, model, strategy)
             continue
-        cache = shared if name in ("static", "encoder") else per_model
+        cache = shared if name in ("static", "encoder") or name.startswith(HUMAN) else per_model
         if upstream[name] not in cache:
             cache[upstream[name]] = load_reference(cfg, name, path, n, model, strategy)
         refs[name] = cache[upstream[name]]
@@ -233,7 +250,7 @@ def _common(words: list[str], refs: dict[str, Reference]) -> tuple[np.ndarray | 
     """Paper mode: restrict every reference to the words valid in FC and FA (the authors'
     common-word intersection); None when that is every word."""
     keep = np.ones(len(words), dtype=bool)
-    for name in _BEHAVIORAL:
+    for name in _PAPER_COMMON:
         if name in refs:
             keep &= refs[name].valid
     if keep.all():
@@ -269,6 +286,47 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     step.complete([part], {"rows": len(rows)})
 
 
+def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str], vfp: str, force: bool) -> None:
+    """One model's behavioral PPMI-cosine matrices against every human reference, each pair
+    of matrices on the words valid in both (`rsa.methods`), as part `behavior_norms/<model>`."""
+    humans = [r for r in cfg.rsa.references if r.startswith(HUMAN)]
+    paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
+    part = paths.result_part(cfg, "behavior_norms", model)
+    if not humans or not paradigms:
+        return
+    files = {name: paths.matrix_file(cfg, model, name, "sim_ppmi") for name in paradigms}
+    files.update({name: paths.norms_file(cfg, name[len(HUMAN):], "sim_ppmi") for name in humans})
+    upstream = {name: man.require(path, *describe(cfg, name, model)) for name, path in files.items()}
+    step = man.step(f"rsa/behavior_norms/{model}", {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs,
+                                                    "seed": cfg.rsa.seed, "vocab": vfp, "version": _VERSION},
+                    upstream, force)
+    if step.done():
+        return
+    step.start()
+    n = len(words)
+    refs = {name: load_reference(cfg, name, path, n, model) for name, path in files.items()}
+    rows = []
+    for p in paradigms:
+        for h in humans:
+            both = refs[p].valid & refs[h].valid
+            a = refs[p].sim.copy()
+            a[~both] = np.nan
+            a[:, ~both] = np.nan
+            n_words = int(both.sum())
+            for method in [m for m in METHODS if m in cfg.rsa.methods]:
+                r = compare(a, refs[h].sim, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) \
+                    if n_words >= 3 else np.nan
+                if method == "paper":
+                    i, j = alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
+                    n_pairs = int((both[i] & both[j]).sum())
+                else:
+                    n_pairs = n_words * (n_words - 1) // 2
+                rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": n_words,
+                             "n_pairs": n_pairs, "rsa": r})
+    write_parquet(pd.DataFrame(rows, columns=_BN_COLUMNS), part)
+    step.complete([part], {"rows": len(rows)})
+
+
 def _merge(cfg: Config, man: Manifest) -> None:
     """Rebuild the result tables from every finished cell part of the configured cells.
 
@@ -280,15 +338,21 @@ def _merge(cfg: Config, man: Manifest) -> None:
     sources = {"rsa": [paths.result_part(cfg, "rsa", m, s) for m, s in done],
                "nn": [paths.result_part(cfg, "nn", m, s) for m, s in done],
                "reliability": [p for m in cfg.models if (p := paths.result_part(cfg, "reliability", m.name)).exists()]}
+    if any(r.startswith(HUMAN) for r in cfg.rsa.references):
+        sources["behavior_norms"] = [p for m in cfg.models
+                                     if (p := paths.result_part(cfg, "behavior_norms", m.name)).exists()]
     step = man.step("rsa", {"cells": done, "version": _VERSION},
                     {k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()}, force=True)
     if len(done) == len(cells) and step.done():
         return
-    for table, columns in (("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS)):
+    names = [("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS),
+             ("behavior_norms", _BN_COLUMNS)]
+    names = [(t, c) for t, c in names if t in sources]
+    for table, columns in names:
         frames = [f for p in sources[table] if p.exists() and not (f := pd.read_parquet(p)).empty]
         write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
                       paths.result_table(cfg, table))
-    tables = [paths.result_table(cfg, t) for t in ("rsa", "nn", "reliability")]
+    tables = [paths.result_table(cfg, t) for t, _ in names]
     if len(done) == len(cells):
         step.complete(tables, {"cells": len(done)})
     else:
