@@ -58,6 +58,7 @@ REF_COLORS = _ByRef({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "
                      "encoder": "#9467bd", "consensus": "#7f7f7f"},
                     lambda r: _HUMAN_COLORS[sum(map(ord, r)) % len(_HUMAN_COLORS)])
 BEHAVIORAL = ("fc", "fa", "fc_scored")
+_AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
@@ -113,7 +114,7 @@ def scored_agreement(cfg: Config) -> pd.DataFrame:
     for m in cfg.models:
         agree = (man.summary(f"aggregate/{m.name}/fc_scored") or {}).get("agreement_fc")
         if agree:
-            rows.append({"model": m.name, **agree})
+            rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
     return pd.DataFrame(rows)
 
 
