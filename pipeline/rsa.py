@@ -268,9 +268,12 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
 
     key = f"rsa/reliability/{model}"
     paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
-    step = man.step(key, {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
-                          "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms},
-                    {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms}, force)
+    settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
+                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms}
+    if "fc_scored" in paradigms:
+        settings["scored_counts"] = cfg.behave.scored_counts
+    step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},
+                    force)
     part = paths.result_part(cfg, "reliability", model)
     if step.done():
         return
