@@ -17,8 +17,9 @@ Comma- or tab-separated, UTF-8, header in the first line (names matched case-ins
 
 Only cues of the experiment's vocabulary are kept (matched after lowercasing, stripping and
 Unicode NFC normalization); responses stay an open vocabulary, cleaned by the same rules as
-model responses (`aggregate`: lowercase, strip, drop empty, ``na``/``nan`` and strings
-without a letter or digit, drop responses equal to the cue). The counts then go through the
+model responses under the default rules, in paper mode too, since norms are beyond the paper
+(`aggregate`: lowercase, strip, drop empty, ``na``/``nan`` and strings without a letter or
+digit, drop responses equal to the cue). The counts then go through the
 same PPMI and cosine as behavioral matrices, written to `norms/<name>/` in the layout of
 `matrices/<model>/<paradigm>/`. A vocabulary word without norms gets a NaN row and column
 (masked in every comparison with this reference, never a zero row); `stats.json` and the
