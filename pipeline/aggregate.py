@@ -2,10 +2,14 @@
 
 For each model and paradigm, the final attempt of every trial contributes its responses
 (FC: the valid picks; FA: the parsed associates) to a sparse cue x response count matrix
-(METHOD.md §2-§3). Rows are the run's vocabulary in its committed order (every word, even
-one that never got a response); columns are the open vocabulary of cleaned responses,
-sorted. PPMI and the row cosines come from `similarity`, so every stage computes them the
-same way.
+(METHOD.md §2-§3). Scored FC (`fc_scored`) contributes expected counts: each candidate its
+probability as the first pick (`behave.scored_counts = "expected"`), or its `fc_picks` most
+probable candidates once each (``"top"``); see `scored`. Human association norms
+(`norms`) enter the same matrices through `norms.import_norms`.
+
+Rows are the run's vocabulary in its committed order (every word, even one that never got
+a response); columns are the open vocabulary of cleaned responses, sorted. PPMI and the
+row cosines come from `similarity`, so every stage computes them the same way.
 
 The logs of the paper's scale (1.565M FC trials, 3.1M FA associates per model) are read
 batch by batch: each batch's responses are cleaned and dictionary-encoded with pyarrow,
@@ -20,7 +24,8 @@ Outputs, under `matrices/<model>/<paradigm>/`:
                            in both, the row and column of a cue without any usable
                            response are NaN (masked downstream, never a zero row)
     rows.txt, cols.txt     the row words (vocabulary order) and the column strings
-    stats.json             trials, responses, what was dropped and why, empty rows
+    stats.json             trials, responses, what was dropped and why, empty rows (fc_scored:
+                           also its agreement with generated FC, `scored.agreement`)
 """
 
 from __future__ import annotations
@@ -68,11 +73,19 @@ def run(cfg: Config, opts) -> None:
     for model in sel.models:
         for paradigm in sel.paradigms:
             aggregate_one(cfg, model, paradigm, words, force=o.force)
+    if o.model is None and o.paradigm is None:
+        from .norms import import_norms
+
+        for norms_cfg in cfg.norms:
+            import_norms(cfg, norms_cfg, words, force=o.force)
 
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
     """What an aggregation depends on besides the trial logs themselves."""
-    return {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
+    out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
+    if paradigm == "fc_scored":
+        out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
+    return out
 
 
 def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], force: bool = False) -> dict:
@@ -106,7 +119,8 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
             raise PipelineError(f"{src}: {len(lost)} trial log part(s) that behave recorded as complete are gone "
                                 f"({', '.join(Path(r).name for r in lost[:3])}{' ...' if len(lost) > 3 else ''}); "
                                 f"run `{behave_cmd}` to redo exactly their trials, then aggregate again")
-    step = man.step(key, settings(cfg, words, paradigm), man.ids(parts), force)
+    fc_parts = list_parts(paths.behavior_dir(cfg, model, "fc")) if paradigm == "fc_scored" else []
+    step = man.step(key, settings(cfg, words, paradigm), man.ids(parts + fc_parts), force)
     if step.done():
         log.info("aggregate %s/%s: complete, skipping (%s)", model, paradigm, out)
         return json.loads((out / "stats.json").read_text())
@@ -115,9 +129,13 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
                     "%d parts written so far", model, paradigm, len(parts))
     step.start()
     t0 = time.perf_counter()
-    counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg))
+    counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg), scored=_scored_mode(cfg))
     stats.update({"model": model, "paradigm": paradigm, "parts": len(parts),
                   "behave_complete": bool(behave and behave.get("complete"))})
+    if paradigm == "fc_scored":
+        from .scored import agreement
+
+        stats["agreement_fc"] = agreement(cfg, model)
     t1 = time.perf_counter()
     _write_outputs(out, words, counts, cols, stats)
     t2 = time.perf_counter()
@@ -136,8 +154,12 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     return stats
 
 
+def _scored_mode(cfg: Config) -> tuple[str, int]:
+    return cfg.behave.scored_counts, cfg.trials.fc_picks
+
+
 def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules | None = None,
-                 select=None) -> tuple[sp.csr_matrix, list[str], dict]:
+                 select=None, scored: tuple[str, int] = ("expected", 2)) -> tuple[sp.csr_matrix, list[str], dict]:
     """Stream the final attempts of a log into a cue x response count matrix.
 
     Cleaning (METHOD.md §2 "Clean", §3 "Counting rules"): lowercase and strip; drop empty
@@ -158,10 +180,15 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
         rules: the run's rules (default rules when None).
         select: optional function of a record batch (columns trial_id, run, cue_idx) returning a
             boolean mask of the trials to count (split halves); default all.
+        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`): ``expected``
+            adds each candidate's first-pick probability, ``top`` counts the fc_picks most
+            probable candidates as picks. Trials without a distribution (not finite) count
+            nothing (`dropped_trials`).
 
     Returns:
-        (counts, cols, stats): int64 CSR of shape N x len(cols) with rows in vocabulary
-        order and columns sorted; the column strings; counts of what was kept and dropped.
+        (counts, cols, stats): int64 CSR (float64 for expected counts) of shape N x len(cols)
+        with rows in vocabulary order and columns sorted; the column strings; counts of what
+        was kept and dropped.
 
     Raises:
         PipelineError: a corrupt part, or a cue that disagrees with the vocabulary. (A
@@ -169,6 +196,8 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     """
     from .logs import iter_final
 
+    if paradigm == "fc_scored":
+        return _count_scored(src, words, rules or Rules(), select, *scored)
     counter = _Counter(words, paradigm, rules or Rules(), src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
     for batch in iter_final(src, columns):
@@ -179,13 +208,42 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     return counter.result()
 
 
+def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
+                  ) -> tuple[sp.csr_matrix, list[str], dict]:
+    from .logs import iter_final
+    from .scored import top_picks
+
+    counter = _Counter(words, "fc_scored", rules, src, weighted=mode == "expected")
+    dropped = 0
+    columns = ["cue_idx", "cue", "candidates", "probs"] + (["trial_id"] if select is not None else [])
+    for batch in iter_final(src, columns):
+        if select is not None and batch.num_rows:
+            batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
+        has = pc.is_valid(batch.column("probs"))
+        dropped += batch.num_rows - int(pc.sum(has).as_py() or 0)
+        batch = batch.filter(has)
+        if not batch.num_rows:
+            continue
+        if mode == "expected":
+            counter.add(batch, picks=batch.column("candidates"), weights=pc.list_flatten(batch.column("probs")))
+        else:
+            tops = [top_picks(c, p, k) for c, p in zip(batch.column("candidates").to_pylist(),
+                                                        batch.column("probs").to_pylist())]
+            counter.add(batch, picks=pa.array(tops, pa.list_(pa.string())))
+    counts, cols, stats = counter.result()
+    stats.update(dropped_trials=dropped, scored_counts=mode)
+    return counts, cols, stats
+
+
 class _Counter:
     """Streaming cue x response counts (`count_matrix`): each batch's responses are cleaned
     and dictionary-encoded with pyarrow, mapped to a growing column dictionary, and kept as
     integer (row, column) codes, summed into a sparse matrix whenever they pile up."""
 
-    def __init__(self, words: list[str], paradigm: str, rules: Rules, src):
+    def __init__(self, words: list[str], paradigm: str, rules: Rules, src, weighted: bool = False):
         self.words, self.paradigm, self.rules, self.src = words, paradigm, rules, src
+        self.weighted = weighted
+        self.pending_w: list[np.ndarray] = []
         self.n = len(words)
         self.vocab = pa.array(words, pa.string())
         self.vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(self.vocab))
@@ -194,17 +252,19 @@ class _Counter:
         self.pending_r: list[np.ndarray] = []
         self.pending_c: list[np.ndarray] = []
         self.pending = 0
-        self.acc = sp.csr_matrix((self.n, 0), dtype=np.int64)
+        self.acc = sp.csr_matrix((self.n, 0), dtype=np.float64 if weighted else np.int64)
         self.seen = np.zeros(self.n, dtype=bool)
         self.responded = np.zeros(self.n, dtype=bool)
         self.st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_na_strings": 0,
                    "dropped_cue_repeats": 0}
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch, picks: pa.Array | None = None, weights: pa.Array | None = None) -> None:
+        """Count one batch: its `picks` column (or `picks`, one list per row), each response
+        once, or by its entry of `weights` (aligned with the flattened picks) when weighted."""
         cue_idx = _checked_cues(batch, self.vocab, self.n, self.src)
         self.seen[cue_idx] = True
         self.st["trials"] += batch.num_rows
-        picks = batch.column("picks")
+        picks = batch.column("picks") if picks is None else picks
         flat = pc.list_flatten(picks)
         self.st["raw_responses"] += len(flat)
         if len(flat) == 0:
@@ -213,7 +273,10 @@ class _Counter:
         rows = cue_idx[parent]
         text, keep = self._clean(flat, rows)
         if keep.any():
-            self._append(rows[keep], text.filter(pa.array(keep)))
+            w = None
+            if self.weighted:
+                w = np.asarray(weights.to_numpy(zero_copy_only=False), dtype=np.float64)[keep]
+            self._append(rows[keep], text.filter(pa.array(keep)), w)
 
     def _clean(self, flat: pa.Array, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """Lowercased, stripped responses and which of them count (METHOD.md §2 "Clean")."""
@@ -232,7 +295,7 @@ class _Counter:
         self.st["dropped_cue_repeats"] += int((valid_np & ~keep).sum())
         return text, keep
 
-    def _append(self, rows: np.ndarray, kept: pa.Array) -> None:
+    def _append(self, rows: np.ndarray, kept: pa.Array, weights: np.ndarray | None = None) -> None:
         enc = pc.dictionary_encode(kept)
         known = pc.index_in(enc.dictionary, value_set=self.col_words)
         new = enc.dictionary.filter(pc.is_null(known))
@@ -243,13 +306,16 @@ class _Counter:
         indices = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         self.pending_r.append(rows.astype(np.int32))
         self.pending_c.append(code_of_entry[indices].astype(np.int32))
+        if self.weighted:
+            self.pending_w.append(weights)
         self.pending += len(rows)
         if self.pending >= _COMPACT_AT:
             self._compact()
 
     def _compact(self) -> None:
-        self.acc = _compact(self.acc, self.pending_r, self.pending_c, self.n, len(self.col_words))
-        self.pending_r, self.pending_c, self.pending = [], [], 0
+        self.acc = _compact(self.acc, self.pending_r, self.pending_c, self.n, len(self.col_words),
+                            self.pending_w if self.weighted else None)
+        self.pending_r, self.pending_c, self.pending_w, self.pending = [], [], [], 0
 
     def result(self) -> tuple[sp.csr_matrix, list[str], dict]:
         self._compact()
@@ -261,11 +327,12 @@ class _Counter:
         row_sums = np.asarray(counts.sum(axis=1)).ravel()
         empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
         if self.rules.paper:
-            row_valid = self.seen if self.paradigm == "fc" else self.responded
+            row_valid = self.seen if self.paradigm in ("fc", "fc_scored") else self.responded
         else:
             row_valid = row_sums > 0
         masked = [words[i] for i in np.flatnonzero(~row_valid)]
-        st = {**self.st, "picks": int(counts.sum()), "responses": len(names), "nonzero_cells": int(counts.nnz),
+        total = float(counts.sum()) if self.weighted else int(counts.sum())
+        st = {**self.st, "picks": total, "responses": len(names), "nonzero_cells": int(counts.nnz),
               "empty_rows": len(empty), "empty_row_words": empty, "masked_rows": len(masked),
               "masked_row_words": masked, "row_valid": row_valid.tolist(), "rules": self.rules.name}
         return counts, [names[i] for i in order], st
@@ -302,14 +369,16 @@ def _checked_cues(batch: pa.RecordBatch, vocab: pa.Array, n: int, src) -> np.nda
     return idx
 
 
-def _compact(acc: sp.csr_matrix, rows: list[np.ndarray], cols: list[np.ndarray], n: int, ncols: int) -> sp.csr_matrix:
+def _compact(acc: sp.csr_matrix, rows: list[np.ndarray], cols: list[np.ndarray], n: int, ncols: int,
+             weights: list[np.ndarray] | None = None) -> sp.csr_matrix:
     if acc.shape[1] < ncols:
         acc = sp.csr_matrix((acc.data, acc.indices, acc.indptr), shape=(n, ncols))
     if not rows:
         return acc
     r = np.concatenate(rows)
     c = np.concatenate(cols)
-    new = sp.csr_matrix((np.ones(r.size, dtype=np.int64), (r, c)), shape=(n, ncols))
+    data = np.concatenate(weights) if weights is not None else np.ones(r.size, dtype=np.int64)
+    new = sp.csr_matrix((data, (r, c)), shape=(n, ncols))
     new.sum_duplicates()
     return (acc + new).tocsr()
 
@@ -327,7 +396,7 @@ def _write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: lis
     valid = stats["row_valid"]
     text = {"rows.txt": "".join(w + "\n" for w in words), "cols.txt": "".join(_one_line(c) + "\n" for c in cols),
             "stats.json": json.dumps(stats, indent=2, ensure_ascii=False) + "\n"}
-    _save_npz(out / "counts.npz", counts.astype(np.int32))
+    _save_npz(out / "counts.npz", counts.astype(np.int32 if counts.dtype.kind in "iu" else np.float32))
     _save_npz(out / "ppmi.npz", pp.astype(np.float32))
     save_npy(out / "sim_ppmi.npy", masked_similarity(pp, valid))
     save_npy(out / "sim_counts.npy", masked_similarity(counts, valid))
@@ -352,8 +421,8 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
     Each half is counted by `count_matrix` (the same cleaning, NA strings and row masking as
     the full matrix), its PPMI-cosine correlated with the other half's and Spearman-Brown
     corrected, 2r/(1+r). FC halves: the parity of the candidate group,
-    ``trial_id mod m`` with m groups per cue (`trials`: ``trial_id = cue_idx * m + group``).
-    FA halves: the parity of the run.
+    ``trial_id mod m`` with m groups per cue (`trials`: ``trial_id = cue_idx * m + group``),
+    for FC and scored FC alike. FA halves: the parity of the run.
 
     Returns:
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
@@ -373,7 +442,7 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
 
     sims, sizes = [], []
     for h in (0, 1):
-        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=half(h))
+        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=half(h), scored=_scored_mode(cfg))
         sims.append(masked_similarity(ppmi(counts), stats["row_valid"]))
         sizes.append(stats["trials"])
     if not sum(sizes):

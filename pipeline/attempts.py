@@ -318,8 +318,8 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
         backend: a started backend for `model_cfg`.
         cfg: the experiment config.
         model_cfg: the model being run.
-        paradigm: ``fc`` or ``fa``.
-        chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`).
+        paradigm: ``fc``, ``fa`` or ``fc_scored`` (scored by `scored.run_trials`).
+        chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`; FC rows for ``fc_scored``).
         words: the run's vocabulary, whose letters structured FA answers may use (a-z only
             when None).
         proto: a `Protocol` to reuse across chunks (its rendered template is kept).
@@ -328,6 +328,10 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
         Log rows (`logs.SCHEMA`), every attempt of every trial, one final row per trial.
     """
     trials = chunk.to_pylist()
+    if paradigm == "fc_scored":
+        from .scored import run_trials
+
+        return run_trials(backend, cfg, model_cfg, trials) if trials else logs.SCORED_SCHEMA.empty_table()
     if not trials:
         return logs.SCHEMA.empty_table()
     run = ChunkRun(proto or Protocol(backend, cfg, model_cfg, paradigm, words), trials)

@@ -10,6 +10,10 @@ engine never waits for rendering, parsing or writing) when the backend's answers
 depend on batch composition, and chunk by chunk with `attempts.run_chunk` otherwise (hf).
 `pending_trials`, `attempts.run_chunk`, `logs.write_part` and `finalize` are what a
 distributed driver needs.
+
+FC scored (`fc_scored`, beyond the paper): the FC plan and prompt, answered by the model's
+probability of each candidate as the first pick instead of a generated answer (`scored`);
+one row per trial in its own log layout (`logs.SCORED_SCHEMA`), chunk by chunk.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from .rules import Rules
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
+
+
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
     from .trials import plan_fingerprint
@@ -48,7 +54,12 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
          "model": {k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt",
                                                       "dtype", "extra_eos")}}
     d.update(backend_class(backend, cfg).log_settings(cfg, model_cfg))
-    if paradigm == "fc":
+    if paradigm == "fc_scored":
+        from .scored import ANSWER_PREFIX, SCORE_VERSION
+
+        d.update(prompts=[hashes["fc"]], answer_prefix=ANSWER_PREFIX, picks=cfg.trials.fc_picks,
+                 scoring=SCORE_VERSION)
+    elif paradigm == "fc":
         d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
                  retries=b.retries, max_tokens=b.fc_max_tokens, retry=retry_sampling(cfg, model_cfg),
                  seed=cfg.trials.fc_seed, picks=cfg.trials.fc_picks, rules=Rules.of(cfg).name)
@@ -74,8 +85,13 @@ def summarize(directory, paradigm: str, k: int = 5) -> dict:
     FC compliance is the share of trials whose final answer is ``ok``; ``first_try_ok`` is the
     share compliant without repair or retries. FA adds the paper's quality metrics (mean
     associates, full compliance = k associates, cue repetition). ``requests`` and the token
-    totals count every attempt (what an API bills).
+    totals count every attempt (what an API bills). ``fc_scored``:
+    `scored.summarize`.
     """
+    if paradigm == "fc_scored":
+        from .scored import summarize as summarize_scored
+
+        return summarize_scored(directory)
     cols = ["status", "attempt"] + (["picks", "cue"] if paradigm == "fa" else [])
     counts: Counter = Counter()
     attempts: Counter = Counter()
@@ -195,15 +211,16 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
     from .driver import run_pipelined
     from .vocab import load_run_vocab
 
-    proto = Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
+    scored = paradigm == "fc_scored"
+    proto = None if scored else Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
     size = cfg.behave.chunk_size
     backend.stats()
     counts = {"done": 0, "ok": 0, "tokens": 0, "requests": 0}
     t0 = time.perf_counter()
     last_log = [t0]
-    pipelined = backend.batch_invariant
+    pipelined = backend.batch_invariant and not scored
     log.info("behave: %s, %d trials to run (shard %d/%d), chunks of %d%s", key, todo.num_rows, *shard, size,
-             "" if pipelined else f"; lock-step (backend '{backend.name}' batches change its answers)")
+             "" if pipelined or scored else f"; lock-step (backend '{backend.name}' batches change its answers)")
     chunks = (todo.slice(start, size) for start in range(0, todo.num_rows, size))
     with _progress(todo.num_rows, key) as bar:
         def publish(rows: pa.Table) -> None:

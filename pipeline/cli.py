@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 
-from .config import load_config
+from .config import PARADIGMS, load_config
 from .errors import PipelineError
 
 STAGES: dict[str, str] = {
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set vocab.size=200 (repeatable)")
     p.add_argument("--model", help="only this model (default: every model in the config)")
-    p.add_argument("--paradigm", choices=["fc", "fa"], help="only this paradigm (behave, aggregate)")
+    p.add_argument("--paradigm", choices=list(PARADIGMS), help="only this paradigm (behave, aggregate)")
     p.add_argument("--strategy", help="only this hidden-state strategy")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="behave: run only shard I of N (deterministic split of trial_ids)")

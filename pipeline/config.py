@@ -63,6 +63,7 @@ class BehaveCfg:
     fa_max_tokens: int = 25
     retry_temperature: float = 0.5
     retry_top_p: float = 0.9
+    scored_counts: str = "expected"  # fc_scored -> counts: first-pick probabilities, or the top fc_picks
 
 
 @dataclass
@@ -130,6 +131,15 @@ class RsaCfg:
 
 
 @dataclass
+class NormsCfg:
+    """Human association norms (`norms`): a file the user provides; nothing is shipped."""
+    name: str
+    path: str
+    format: str = "auto"  # swow | counts | auto (from the header)
+    responses: list[str] = field(default_factory=lambda: ["R1", "R2", "R3"])  # SWOW columns counted
+
+
+@dataclass
 class RegressCfg:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_size: float = 0.2
@@ -149,6 +159,7 @@ class Config:
     baselines: BaselinesCfg = field(default_factory=BaselinesCfg)
     rsa: RsaCfg = field(default_factory=RsaCfg)
     regress: RegressCfg = field(default_factory=RegressCfg)
+    norms: list[NormsCfg] = field(default_factory=list)
     source: str = "<memory>"
 
     @property
@@ -176,10 +187,15 @@ class Config:
         return d
 
 
-PARADIGMS = ("fc", "fa")
+PARADIGMS = ("fc", "fa", "fc_scored")
 STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
 RSA_METHODS = ("spearman", "pearson", "paper")
-REFERENCES = ("fc", "fa", "static", "encoder", "consensus")
+REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
+HUMAN = "human:"
+"""Prefix of a human-norms reference: ``human:<norms name>`` (`norms`)."""
+SCORED_COUNTS = ("expected", "top")
+NORMS_FORMATS = ("auto", "swow", "counts")
+SWOW_RESPONSES = ("R1", "R2", "R3")
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
                                    "see the README table 'Paper mode vs default')"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -357,6 +373,22 @@ def _choices(cfg: Config, key: str, values: list[str], allowed: tuple[str, ...])
             _fail(cfg, key, f"has unknown value '{v}' (allowed: {', '.join(allowed)}){hint}")
 
 
+def _validate_norms(cfg: Config) -> None:
+    names = [n.name for n in cfg.norms]
+    for i, n in enumerate(cfg.norms):
+        if not _NAME_RE.match(n.name):
+            _fail(cfg, f"norms[{i}].name", f"= {n.name!r} must be a plain name (letters, digits, . _ -)")
+        if names.count(n.name) > 1:
+            _fail(cfg, f"norms[{i}].name", f"= {n.name!r} appears twice; norms names must be unique")
+        if not n.path:
+            _fail(cfg, f"norms[{i}].path", "must name the norms file (a CSV you provide; nothing is shipped)")
+        _choices(cfg, f"norms[{i}].format", [n.format], NORMS_FORMATS)
+        if not n.responses or len(set(n.responses)) != len(n.responses):
+            _fail(cfg, f"norms[{i}].responses", f"= {n.responses} must list distinct SWOW response columns, "
+                  f"e.g. [\"R1\"] (first responses) or [\"R1\", \"R2\", \"R3\"] (all)")
+        _choices(cfg, f"norms[{i}].responses", n.responses, SWOW_RESPONSES)
+
+
 def _validate(cfg: Config) -> None:
     if not _NAME_RE.match(cfg.experiment.name):
         _fail(cfg, "experiment.name", f"= {cfg.experiment.name!r} must be a plain name (letters, digits, . _ -)")
@@ -388,6 +420,14 @@ def _validate(cfg: Config) -> None:
     for key in ("fa_top_p", "retry_top_p"):
         if not 0 < getattr(b, key) <= 1:
             _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be in (0, 1]")
+    _choices(cfg, "behave.scored_counts", [b.scored_counts], SCORED_COUNTS)
+    if "fc_scored" in b.paradigms:
+        from .backends import backend_class
+
+        if not backend_class(b.backend, cfg).scores:
+            _fail(cfg, "behave.paradigms", f"includes fc_scored, which reads the model's probabilities, but "
+                  f"behave.backend = \"{b.backend}\" cannot score; use a backend that can "
+                  f"({', '.join(n for n in names() if backend_class(n).scores)}) or drop fc_scored")
     names = [m.name for m in cfg.models]
     for i, m in enumerate(cfg.models):
         if not _NAME_RE.match(m.name):
@@ -408,6 +448,7 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "hidden.batch_size", "and hidden.max_sentences must be at least 1")
     if "{w}" not in cfg.baselines.encoder_template:
         _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
+    _validate_norms(cfg)
     r = cfg.rsa
     _choices(cfg, "rsa.methods", r.methods, RSA_METHODS)
     _validate_references(cfg)
@@ -454,10 +495,18 @@ def cross_reference(name: str) -> tuple[str, str] | None:
 
 def _validate_references(cfg: Config) -> None:
     models = [m.name for m in cfg.models]
+    norms = [n.name for n in cfg.norms]
     for ref in cfg.rsa.references:
+        if ref.startswith(HUMAN):
+            if ref[len(HUMAN):] not in norms:
+                _fail(cfg, "rsa.references", f"names '{ref}', but no [[norms]] entry is called "
+                      f"'{ref[len(HUMAN):]}' (defined: {', '.join(norms) or 'none'}); add [[norms]] with "
+                      f"name = \"{ref[len(HUMAN):]}\" and path = \"<your norms file>\"")
+            continue
         cross = cross_reference(ref)
         if cross is None:
-            _choices(cfg, "rsa.references", [ref], REFERENCES + tuple(f"{p}:MODEL" for p in PARADIGMS))
+            _choices(cfg, "rsa.references", [ref], REFERENCES + tuple(f"{p}:MODEL" for p in PARADIGMS)
+                     + (f"{HUMAN}NAME",))
         elif cross[1] not in models:
             close = difflib.get_close_matches(cross[1], models, n=1)
             hint = f"; did you mean '{cross[0]}:{close[0]}'?" if close else ""

@@ -11,6 +11,11 @@ row in some part. Parts are never deleted or rewritten by the pipeline; a part t
 be read stops every reader with a message naming it, because silently skipping it would
 re-run (and double-count) its trials and silently deleting it would lose data.
 
+Scored forced choice (`fc_scored`) logs one row per trial in its own layout
+(`SCORED_SCHEMA`: the candidates and the model's log-probability of each as the first pick,
+instead of a generated answer), so the FC and FA layout stays as it was; every function here
+reads the layout of a directory from its name, the paradigm (`paths.behavior_dir`).
+
 Concurrency: one `WriterLock` per directory (and per shard with ``--shard I/N``) stops two
 processes from running the same trials; the part name carries the shard, and the hard-link
 publish step makes numbering collision-free even without the lock (e.g. Ray workers).
@@ -56,6 +61,27 @@ SCHEMA = pa.schema([
     ("n_output_tokens", pa.int32()),
     ("latency_s", pa.float32()),
 ])
+SCORED_SCHEMA = pa.schema([
+    ("trial_id", pa.int64()),
+    ("cue_idx", pa.int32()),
+    ("cue", pa.string()),
+    ("candidates", pa.list_(pa.string())),
+    ("logprobs", pa.list_(pa.float32())),
+    ("probs", pa.list_(pa.float32())),
+    ("n_tokens", pa.list_(pa.int16())),
+    ("status", pa.string()),
+    ("final", pa.bool_()),
+    ("prompt_sha", pa.string()),
+    ("n_prompt_tokens", pa.int32()),
+    ("n_output_tokens", pa.int32()),
+    ("latency_s", pa.float32()),
+])
+"""`fc_scored` rows: per candidate (plan order) the summed log-probability of its answer tokens
+(`logprobs`), the distribution over the candidates as the first pick (`probs`, the logprobs
+normalized over the trial) and the tokens scored (`n_tokens`); `n_output_tokens` is their
+total. `status` is ``ok``, or ``not_finite`` when a log-probability is not finite (no
+distribution then)."""
+_SCHEMAS = {"fc_scored": SCORED_SCHEMA}
 PART_GLOB = "part-*.parquet"
 _PART_RE = re.compile(r"^part-(\d+)of(\d+)-(\d+)\.parquet$")
 _TMP_PREFIX = ".tmp-"
@@ -87,8 +113,13 @@ def _bad_part(path: Path, why: str) -> PipelineError:
     return PipelineError(f"trial log part {path} is unusable ({why}); {_move_aside_hint(path)}")
 
 
+def schema_for(directory: str | Path) -> pa.Schema:
+    """The log layout of a behavior directory: `SCORED_SCHEMA` for `fc_scored`, else `SCHEMA`."""
+    return _SCHEMAS.get(Path(directory).name, SCHEMA)
+
+
 def _check_schema(path: Path, schema: pa.Schema) -> None:
-    for f in SCHEMA:
+    for f in schema_for(path.parent):
         idx = schema.get_field_index(f.name)
         if idx < 0:
             raise _bad_part(path, f"column '{f.name}' missing: not a trial log of this pipeline version")
@@ -131,6 +162,11 @@ def _read(path: Path, columns: list[str]) -> pa.Table:
         raise _bad_part(path, f"reading failed: {e}") from None
 
 
+def read_part(path: str | Path, columns: list[str]) -> pa.Table:
+    """Some columns of one part (every attempt); a part that cannot be read is named."""
+    return _read(Path(path), columns)
+
+
 def finished_ids(directory: str | Path) -> np.ndarray:
     """Sorted unique trial_ids that have a final row in some part (i.e. are done)."""
     ids = []
@@ -159,10 +195,11 @@ def iter_final(directory: str | Path, columns: Iterable[str] | None = None,
     Yields:
         Record batches with only rows where ``final`` is true.
     """
-    out_cols = list(columns) if columns is not None else SCHEMA.names
-    unknown = [c for c in out_cols if c not in SCHEMA.names]
+    names = schema_for(directory).names
+    out_cols = list(columns) if columns is not None else names
+    unknown = [c for c in out_cols if c not in names]
     if unknown:
-        raise ValueError(f"unknown trial log columns {unknown}; columns: {SCHEMA.names}")
+        raise ValueError(f"unknown trial log columns {unknown}; columns: {names}")
     read_cols = list(dict.fromkeys([*out_cols, "trial_id", "final"]))
     seen = np.zeros(0, dtype=bool)
     dropped = 0
@@ -188,12 +225,12 @@ def iter_final(directory: str | Path, columns: Iterable[str] | None = None,
                     "with different --shard N writing at once?)", directory, dropped)
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """Cast a table of log rows to `SCHEMA` (column order and types); missing columns fail."""
-    missing = [n for n in SCHEMA.names if n not in table.column_names]
+def conform(table: pa.Table, schema: pa.Schema = SCHEMA) -> pa.Table:
+    """Cast a table of log rows to `schema` (column order and types); missing columns fail."""
+    missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"trial log rows lack columns {missing}")
-    return table.select(SCHEMA.names).cast(SCHEMA)
+    return table.select(schema.names).cast(schema)
 
 
 def write_part(directory: str | Path, table: pa.Table, shard: tuple[int, int] = (0, 1)) -> Path:
@@ -201,7 +238,7 @@ def write_part(directory: str | Path, table: pa.Table, shard: tuple[int, int] = 
 
     Args:
         directory: behavior directory (created if missing).
-        table: log rows (cast to `SCHEMA`).
+        table: log rows (cast to the directory's layout, `schema_for`).
         shard: (I, N) of the writer; goes into the part name.
 
     Returns:
@@ -209,7 +246,7 @@ def write_part(directory: str | Path, table: pa.Table, shard: tuple[int, int] = 
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    table = conform(table)
+    table = conform(table, schema_for(directory))
     tag = _shard_tag(shard)
     tmp = directory / f"{_TMP_PREFIX}part-{tag}-{os.getpid()}-{time.time_ns()}.parquet"
     pq.write_table(table, tmp, compression="zstd")

@@ -24,6 +24,18 @@ def matrices_dir(cfg: Config, model: str, paradigm: str) -> Path:
     return cfg.run_dir / "matrices" / model / paradigm
 
 
+def norms_dir(cfg: Config, name: str) -> Path:
+    """Human association norms `name` restricted to the vocabulary (`norms`), laid out as a
+    behavioral matrix directory."""
+    return cfg.run_dir / "norms" / name
+
+
+def norms_file(cfg: Config, name: str, kind: str = "sim_ppmi") -> Path:
+    """One file of `norms_dir` (kinds as in `matrix_file`)."""
+    suffix = ".npz" if kind in ("counts", "ppmi") else ".npy"
+    return norms_dir(cfg, name) / f"{kind}{suffix}"
+
+
 def hidden_file(cfg: Config, model: str, strategy: str) -> Path:
     return cfg.run_dir / "hidden" / model / f"{strategy}.npy"
 
@@ -73,7 +85,7 @@ def sidecar(path: Path) -> Path:
 
 
 def result_table(cfg: Config, name: str) -> Path:
-    """``rsa``, ``nn``, ``reliability`` or ``regression`` under `results/`."""
+    """``rsa``, ``nn``, ``reliability``, ``behavior_norms`` or ``regression`` under `results/`."""
     return results_dir(cfg) / f"{name}.parquet"
 
 

@@ -20,8 +20,13 @@ METHOD.md §7, for every model x strategy x layer (1..L) x seed of `regress.seed
   `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it. Behavior-only models (no
   `models[].path`, e.g. behind an API) have no hidden states: they get no cells and are not
   part of the consensus.
-- Pairs with a word whose static vector or behavioral row is missing are dropped (column
-  `n_dropped`); paper mode follows the authors instead (`rules.Rules`).
+- Beyond the paper: each scored-FC or human-norms reference of `rsa.references`
+  (``fc_scored`` when it is in `behave.paradigms`, ``human:<name>``) adds one set, the
+  consensus set (or `base`) plus its counts-cosine, e.g. `base+cross+fc_scored`,
+  `base+cross+human:swow`, listed before the full set.
+- Pairs with a word whose static vector or behavioral (or human-norms) row is missing are
+  dropped (column `n_dropped`), for every set alike, so the sets are fitted on the same
+  pairs; paper mode follows the authors instead (`rules.Rules`).
 
 Output `results/regression.parquet`: model, strategy, layer, n_layers, seed, feature_set,
 r2_test, r2_train, alpha, n_train, n_test, n_dropped. Each model x strategy cell is written
@@ -49,7 +54,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from . import paths
-from .config import Config
+from .config import HUMAN, Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
 from .options import Options, select
@@ -271,13 +276,27 @@ def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zer
     return cosine(v), (np.ones(n, dtype=bool) if zero_missing else valid)
 
 
+def _counts_file(cfg: Config, model: str, feature: str) -> tuple[Path, str, str]:
+    """(counts-cosine file of a behavioral or human feature, what it holds, its rebuild command)."""
+    if feature.startswith(HUMAN):
+        return (paths.norms_file(cfg, feature[len(HUMAN):], "sim_counts"),
+                f"the counts-cosine matrix of the human norms '{feature[len(HUMAN):]}'",
+                f"python -m pipeline aggregate --config {cfg.source}")
+    return (paths.matrix_file(cfg, model, feature, "sim_counts"), f"the {feature.upper()} counts-cosine matrix of "
+            f"{model}", f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {feature}")
+
+
+def extra_features(cfg: Config) -> list[str]:
+    """The references beyond the paper's that become feature sets (see the module docstring)."""
+    return [r for r in cfg.rsa.references
+            if r.startswith(HUMAN) or (r == "fc_scored" and "fc_scored" in cfg.behave.paradigms)]
+
+
 def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     from .store import load_npy
 
-    path = paths.matrix_file(cfg, model, paradigm, "sim_counts")
-    m = load_npy(path, f"the {paradigm.upper()} counts-cosine matrix of {model}",
-                 f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {paradigm}",
-                 shape=(n, n), finite="rows")
+    path, what, rebuild = _counts_file(cfg, model, paradigm)
+    m = load_npy(path, what, rebuild, shape=(n, n), finite="rows")
     m = np.asarray(m, dtype=np.float32)
     return m, ~np.isnan(m).all(axis=1)
 
@@ -303,9 +322,7 @@ def _upstream(cfg: Config, man: Manifest, model: str, strategy: str, paradigms, 
     ids = {"static": man.require(static_path, "the static baseline vectors", base),
            "encoder": man.require(encoder_path, "the encoder baseline vectors", base)}
     for p in paradigms:
-        ids[p] = man.require(paths.matrix_file(cfg, model, p, "sim_counts"),
-                             f"the {p.upper()} counts-cosine matrix of {model}",
-                             f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}")
+        ids[p] = man.require(*_counts_file(cfg, model, p))
     ids["hidden"] = {m: man.require(paths.hidden_file(cfg, m, strategy), f"hidden states of {m}/{strategy}",
                                     rebuild_command(cfg, m, strategy)) for m in models}
     return fingerprint(ids)
@@ -364,8 +381,12 @@ def run(cfg: Config, opts) -> None:
     all_sets = FEATURE_SETS if len(all_models) > 1 else FEATURE_SETS_NO_CONSENSUS
     paradigms = [p for p in ("fc", "fa") if p in cfg.behave.paradigms]
     sets = {k: v for k, v in all_sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
-    st = _Stage(cfg, Manifest(cfg.run_dir), load_run_vocab(cfg), Rules.of(cfg), paradigms, sets,
-                sorted(set(all_sets) - set(sets)), all_models)
+    dropped = sorted(set(all_sets) - set(sets))
+    extras = extra_features(cfg)
+    if extras:
+        sets = _with_extras(sets, extras)
+        paradigms = paradigms + extras
+    st = _Stage(cfg, Manifest(cfg.run_dir), load_run_vocab(cfg), Rules.of(cfg), paradigms, sets, dropped, all_models)
     settings = {"settings": {**asdict(cfg.regress), "sets": sets, "version": _VERSION,
                              "vocab": vocab_fingerprint(cfg), "rules": st.rules.name}}
     for strategy in sel.strategies:
@@ -384,12 +405,28 @@ def run(cfg: Config, opts) -> None:
     _merge(cfg, st.man)
 
 
+def _with_extras(sets: dict[str, tuple[str, ...]], extras: list[str]) -> dict[str, tuple[str, ...]]:
+    """`sets` with one set per extra feature (the consensus set, or base, plus it), placed
+    before the fullest set when that one holds behavioral features, so it stays last."""
+    ref = "base+cross" if "base+cross" in sets else "base"
+    add = {f"{ref}+{e}": (*sets[ref], e) for e in extras}
+    names = list(sets)
+    last = names[-1] if any(f in ("fc", "fa") for f in sets[names[-1]]) else None
+    out = {k: v for k, v in sets.items() if k != last}
+    out.update(add)
+    if last is not None:
+        out[last] = sets[last]
+    return out
+
+
 def _fit_strategy(st: _Stage, strategy: str, pending: dict) -> None:
     """Fit every pending model of one strategy; models whose behavioral rows mask the same
     words share one split (and one pass over every model's layers for the consensus)."""
     cfg, words, n = st.cfg, st.words, len(st.words)
     st.lexical()
-    behavior = {m: {p: _load_counts_cosine(cfg, m, p, n) for p in st.paradigms} for m in pending}
+    human = {p: _load_counts_cosine(cfg, "", p, n) for p in st.paradigms if p.startswith(HUMAN)}
+    behavior = {m: {p: human[p] if p in human else _load_counts_cosine(cfg, m, p, n) for p in st.paradigms}
+                for m in pending}
     groups: dict[bytes, list[str]] = {}
     for model in pending:
         ok = np.ones(n, dtype=bool)

@@ -15,7 +15,9 @@ the behave summaries in the manifest, and writes under `report/`:
   noise ceilings, NN@k, regression summary with FC/FA gains), the behavioral geometry of
   every model compared with every other (`behavior_rsa.parquet`; the only comparison a
   behavior-only model behind an API has besides the `fc:MODEL`/`fa:MODEL` references) and a
-  headline block.
+  headline block; with
+  scored FC, its agreement with generated FC and its RSA beside FC's; with human norms, their
+  coverage and each model's behavioral geometry against them (`behavior_norms.parquet`).
 
 The report is a view of the results, so it is rebuilt whenever they change (no --force
 needed) and skipped when they have not.
@@ -31,20 +33,21 @@ import numpy as np
 import pandas as pd
 
 from . import paths, published
-from .config import Config
+from .config import HUMAN, PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes
 from .options import Options
 
 log = logging.getLogger(__name__)
 
-REF_ORDER = ["fc", "fa", "static", "encoder", "consensus"]
+REF_ORDER = ["fc", "fa", "fc_scored", "static", "encoder", "consensus"]
 _CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
 
 
 class _Styles(dict):
-    """Labels or colors of the references, extended on first use to another model's behavior
-    (`fc:MODEL`, `fa:MODEL`), so every reference a result table holds can be drawn."""
+    """Labels or colors of the references, extended on first use to names that come from the
+    config: another model's behavior (`fc:MODEL`, `fa:MODEL`) and human norms (`human:NAME`),
+    so every reference a result table holds can be drawn."""
 
     def __init__(self, base: dict, make):
         super().__init__(base)
@@ -55,15 +58,22 @@ class _Styles(dict):
         return value
 
 
-REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "static": "static vectors", "encoder": "encoder",
-                      "consensus": "cross-model consensus"},
-                     lambda ref, i: f"{ref.partition(':')[0].upper()} of {ref.partition(':')[2]} (behavior)")
-REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "static": "#2ca02c", "encoder": "#9467bd",
-                      "consensus": "#7f7f7f"}, lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
+def _label(ref: str, i: int) -> str:
+    kind, _, name = ref.partition(":")
+    return f"human norms: {name}" if kind == "human" else f"{kind.upper()} of {name} (behavior)"
+
+
+REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored": "FC scored (probabilities)",
+                      "static": "static vectors", "encoder": "encoder", "consensus": "cross-model consensus"}, _label)
+REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
+                      "encoder": "#9467bd", "consensus": "#7f7f7f"},
+                     lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
+BEHAVIORAL = ("fc", "fa", "fc_scored")
+_AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
-_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa")
+_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms")
 _VERSION = 2
 
 
@@ -95,21 +105,50 @@ def compliance(cfg: Config) -> pd.DataFrame:
     stages = Manifest(cfg.run_dir).read().get("stages", {})
     rows = []
     for m in cfg.models:
-        for p in ("fc", "fa"):
+        for p in PARADIGMS:
             summary = (stages.get(f"behave/{m.name}/{p}") or {}).get("summary") or {}
             if summary.get("compliance") is not None:
-                rows.append({"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
-                             "compliance": summary.get("compliance"),
-                             "first_try_ok": summary.get("first_try_ok"),
-                             "full_compliance": summary.get("full_compliance"),
-                             "mean_associates": summary.get("mean_associates")})
+                row = {"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
+                       "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
+                       "full_compliance": summary.get("full_compliance"),
+                       "mean_associates": summary.get("mean_associates")}
+                if p == "fc_scored":
+                    row["candidate_mass"] = summary.get("mass")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scored_agreement(cfg: Config) -> pd.DataFrame:
+    """Per model: scored FC against generated FC (`scored.agreement`, from the aggregate record)."""
+    man = Manifest(cfg.run_dir)
+    rows = []
+    for m in cfg.models:
+        agree = (man.summary(f"aggregate/{m.name}/fc_scored") or {}).get("agreement_fc")
+        if agree:
+            rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
+    return pd.DataFrame(rows)
+
+
+def norms_coverage(cfg: Config) -> pd.DataFrame:
+    """Per `[[norms]]` entry: how many vocabulary words have norms (from its import record)."""
+    man = Manifest(cfg.run_dir)
+    rows = []
+    for n in cfg.norms:
+        s = man.summary(f"norms/{n.name}")
+        if s:
+            rows.append({"reference": f"{HUMAN}{n.name}", "format": s.get("format"),
+                         "words with norms": s.get("covered"),
+                         "vocabulary": (s.get("covered") or 0) + (s.get("masked_rows") or 0),
+                         "coverage": s.get("coverage"), "responses counted": s.get("picks"),
+                         "missing (first 10)": ", ".join((s.get("missing_words") or [])[:10]) or "–"})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- summaries
 
 def ref_order(names) -> list[str]:
-    """References in display order: the paper's five, then other models' behavior (`fc:M`, `fa:M`)."""
+    """References in display order: the paper's five and scored FC, then the ones named in the
+    config (other models' behavior `fc:M`, `fa:M`; human norms `human:NAME`)."""
     names = set(names)
     cross = sorted((r for r in names if r not in REF_ORDER),
                    key=lambda r: (r.partition(":")[2], REF_ORDER.index(r.partition(":")[0])
@@ -137,7 +176,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     first), the peak layer of the fullest set, and the FC/FA gains at that layer.
 
     Gains follow METHOD.md §7: R²(+Cross+FC) − R²(+Cross) at each cell's peak layer (over
-    the baseline when there is no consensus). Also returns the set names used.
+    the baseline when there is no consensus); the same for each set beyond the paper's
+    (scored FC, human norms: column ``<feature>_gain_peak``). Also returns the set names used.
     """
     by_layer = (reg[reg.r2_test.notna()].groupby(["model", "strategy", "layer", "feature_set"], sort=False)
                 .r2_test.mean().unstack())
@@ -146,6 +186,8 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     with_fc = f"{cross}+fc" if f"{cross}+fc" in sets else None
     with_fa = f"{cross}+fa" if f"{cross}+fa" in sets else None
     full = sets[-1]
+    extra = {x[len(cross) + 1:]: x for x in sets
+             if x.startswith(f"{cross}+") and x[len(cross) + 1:] not in ("fc", "fa", "fc+fa")}
     rows = []
     for (model, strategy), g in by_layer.groupby(level=["model", "strategy"], sort=False):
         g = g.droplevel(["model", "strategy"])
@@ -158,8 +200,11 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         row["fa_gain_peak"] = g.loc[peak, with_fa] - g.loc[peak, cross] if with_fa else np.nan
         row["fc_gain_mean"] = (g[with_fc] - g[cross]).mean() if with_fc else np.nan
         row["fa_gain_mean"] = (g[with_fa] - g[cross]).mean() if with_fa else np.nan
+        for feature, name in extra.items():
+            row[f"{feature}_gain_peak"] = g.loc[peak, name] - g.loc[peak, cross]
         rows.append(row)
-    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full}
+    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full,
+                                "extra": extra}
 
 
 def headline(cfg: Config) -> dict:
@@ -175,18 +220,24 @@ def headline(cfg: Config) -> dict:
         c = comp[comp.paradigm == p] if not comp.empty else comp
         out[f"{p.upper()} compliance"] = (", ".join(f"{r.compliance:.1%} ({r.model})" for r in c.itertuples())
                                           if not c.empty else "n/a (no behave summary in the manifest)")
+    agree = scored_agreement(cfg)
+    if not agree.empty:
+        out["FC scored top-2 = FC picks"] = ", ".join(f"{r.top2_same:.1%} of {r.n_trials} trials ({r.model})"
+                                                      for r in agree.itertuples())
     if "rsa" in res:
         method = primary_method(cfg, res["rsa"])
         d = res["rsa"][(res["rsa"].method == method) & res["rsa"].rsa.notna()]
-        for p in ("fc", "fa"):
+        extra = [r for r in ref_order(d.reference) if r == "fc_scored" or r.startswith(HUMAN)]
+        for p in ["fc", "fa", *extra]:
+            label = "FC scored" if p == "fc_scored" else p if p.startswith(HUMAN) else p.upper()
             g = d[d.reference == p]
             if g.empty:
-                out[f"best-layer RSA {p.upper()}"] = "n/a (reference not computed)"
+                out[f"best-layer RSA {label}"] = "n/a (reference not computed)"
                 continue
             best = g.loc[g.rsa.idxmax()]
             ci = (f", 95% CI [{best.ci_low:.3f}, {best.ci_high:.3f}]" if np.isfinite(best.ci_low) else "")
-            out[f"best-layer RSA {p.upper()}"] = (f"{best.rsa:.3f} {method} ({best.model}/{best.strategy}, layer "
-                                                  f"{int(best.layer)}/{int(best.n_layers)}{ci})")
+            out[f"best-layer RSA {label}"] = (f"{best.rsa:.3f} {method} ({best.model}/{best.strategy}, layer "
+                                              f"{int(best.layer)}/{int(best.n_layers)}{ci})")
     else:
         out["best-layer RSA"] = "n/a (run the rsa stage)"
     if "regression" in res:
@@ -262,7 +313,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                 handles.setdefault(REF_LABELS[ref], line)
                 if g.ci_low.notna().any():
                     ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
-                if rel is not None and ref in ("fc", "fa"):
+                if rel is not None and ref in BEHAVIORAL:
                     r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
                     if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
                         lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]
@@ -451,6 +502,8 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             lines += ["", "## FC vs FA", "",
                       f"FC > FA (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.", "",
                       _md_table(fcfa.reset_index())]
+    lines += _scored_section(cfg, res)
+    lines += _norms_section(cfg, res)
     if "reliability" in res:
         rel = res["reliability"][["model", "paradigm", "method", "n_trials_a", "n_trials_b", "r_half",
                                   "reliability", "ceiling_high"]]
@@ -467,8 +520,9 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
         ref = names["reference"]
-        cols = ["model", "strategy", *names["sets"], "peak_layer", "peak_r2", "fc_gain_peak", "fa_gain_peak"]
-        mean_row = summary[names["sets"] + ["peak_r2", "fc_gain_peak", "fa_gain_peak"]].mean()
+        gains = ["fc_gain_peak", "fa_gain_peak", *(f"{f}_gain_peak" for f in names["extra"])]
+        cols = ["model", "strategy", *names["sets"], "peak_layer", "peak_r2", *gains]
+        mean_row = summary[names["sets"] + ["peak_r2", *gains]].mean()
         table = pd.concat([summary[cols], pd.DataFrame([{"model": "mean", "strategy": "", "peak_layer": "",
                                                            **mean_row.to_dict()}])], ignore_index=True)
         seeds = sorted(res["regression"].seed.unique())
@@ -518,6 +572,75 @@ def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     for paradigm in [p for p in ("fc", "fa") if p in set(beh.paradigm)]:
         m = behavior_matrix(beh, rel, paradigm, method, models).rename(index=label, columns=label)
         lines += ["", f"**{paradigm.upper()}**", "", _md_table(m.rename_axis("model").reset_index())]
+    return lines
+
+
+def _scored_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Scored FC beside generated FC: trial-level agreement and RSA side by side."""
+    agree = scored_agreement(cfg)
+    rsa = res.get("rsa")
+    has_rsa = rsa is not None and "fc_scored" in set(rsa.reference)
+    if agree.empty and not has_rsa:
+        return []
+    lines = ["", "## Scored forced choice vs generated FC", "",
+             "Scored FC runs the FC trials and prompts but reads each candidate's probability as the first pick "
+             "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the expected "
+             f"counts (`behave.scored_counts = \"{cfg.behave.scored_counts}\"`)."]
+    if not agree.empty:
+        lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
+                      "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
+                      "most probable candidate is FC's first pick; `first_pick_rank`, `first_pick_prob` = mean rank "
+                      "and probability of FC's first pick in the scored distribution.", "", _md_table(agree)]
+    if has_rsa:
+        method = primary_method(cfg, rsa)
+        summ = rsa_summary(rsa, method)
+        summ = summ[summ.reference.isin(["fc", "fc_scored"])]
+        wide = summ.pivot_table(index=["model", "strategy"], columns="reference", values=["mean", "peak"],
+                                sort=False)
+        table = pd.DataFrame(index=wide.index)
+        for ref in ("fc", "fc_scored"):
+            if ("mean", ref) in wide.columns:
+                table[f"{ref} mean"] = wide["mean", ref]
+                table[f"{ref} peak"] = wide["peak", ref]
+        if {"fc mean", "fc_scored mean"} <= set(table.columns):
+            table["scored − fc (mean)"] = table["fc_scored mean"] - table["fc mean"]
+        lines += ["", f"RSA of the hidden layers against each ({METHOD_LABELS.get(method, method)}, mean and peak "
+                      "over layers):", "", _md_table(table.reset_index())]
+    return lines
+
+
+def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
+    """Human norms: coverage, each model's behavior against them, hidden layers against them."""
+    cov = norms_coverage(cfg)
+    humans = [r for r in cfg.rsa.references if r.startswith(HUMAN)]
+    if cov.empty and not humans:
+        return []
+    lines = ["", "## Human association norms", "",
+             "Each `[[norms]]` file, restricted to the vocabulary's cues, goes through the same counts → PPMI → "
+             "cosine as the models' behavior. Words without norms are masked (left out of every pair with this "
+             "reference), never counted as zero rows."]
+    if not cov.empty:
+        lines += ["", "Coverage:", "", _md_table(cov)]
+    bn = res.get("behavior_norms")
+    if bn is not None:
+        method = "spearman" if "spearman" in set(bn.method) else bn.method.iloc[0]
+        d = bn[bn.method == method]
+        wide = d.pivot_table(index=["model", "paradigm"], columns="reference", values="rsa", sort=False)
+        n = d.pivot_table(index=["model", "paradigm"], columns="reference", values="n_words", sort=False)
+        wide.columns = [f"{c} ({METHOD_LABELS.get(method, method)})" for c in wide.columns]
+        for c in n.columns:
+            wide[f"{c} words"] = n[c].astype(int)
+        lines += ["", "Each model's behavioral geometry (PPMI-cosine) against the human one, on the words both "
+                      "have:", "", _md_table(wide.reset_index())]
+    rsa = res.get("rsa")
+    if rsa is not None and any(r in set(rsa.reference) for r in humans):
+        method = primary_method(cfg, rsa)
+        summ = rsa_summary(rsa, method)
+        summ = summ[summ.reference.isin(humans)].copy()
+        summ["peak"] = [f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}" for r in summ.itertuples()]
+        lines += ["", f"Hidden layers against the human geometry ({METHOD_LABELS.get(method, method)}, mean over "
+                      "layers and peak):", "",
+                  _md_table(summ[["model", "strategy", "reference", "mean", "peak"]])]
     return lines
 
 
@@ -599,7 +722,10 @@ def run(cfg: Config, opts) -> None:
     step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in _TABLES),
-                     "compliance": compliance(cfg).to_dict("records")}, force=True)
+                     "compliance": compliance(cfg).to_dict("records"),
+                     **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
+                        else {}),
+                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
     if not Options.of(opts).force and step.done():
         log.info("report: results unchanged, skipped")
         return

@@ -4,7 +4,11 @@ For every model x strategy x layer (1..L; layer 0, the embeddings, is excluded) 
 geometry is the mean-centered cosine of the layer's word vectors (METHOD.md §4). It is
 compared with each reference of `rsa.references`:
 
-- `fc`, `fa`: the same model's behavioral PPMI-cosine (`matrices/<model>/<paradigm>/sim_ppmi.npy`);
+- `fc`, `fa`, `fc_scored`: the same model's behavioral PPMI-cosine
+  (`matrices/<model>/<paradigm>/sim_ppmi.npy`; `fc_scored` from expected counts, `scored`);
+- `human:<name>`: the PPMI-cosine of human association norms (`norms/<name>/sim_ppmi.npy`,
+  imported by `aggregate` from the `[[norms]]` file of that name); words without norms are
+  masked;
 - `static`, `encoder`: raw cosine of the baseline vectors; words whose vector is missing
   (a NaN row) are masked, i.e. every pair containing one is dropped;
 - `consensus`: the cross-model consensus of the baselines stage (absent, and skipped with a
@@ -58,6 +62,9 @@ Outputs under `results/`:
 - `behavior_rsa.parquet` (behavioral geometry compared across models, every pair of models
   with an aggregated matrix, each method): paradigm, model_a, model_b, method, n_words,
   n_pairs, rsa. Pairs touching a word either model has no row for are dropped.
+- `behavior_norms.parquet` (with human norms among the references): each model's behavioral
+  geometry (FC, FA, scored FC) against each human reference, on the pairs of words valid in
+  both: model, paradigm, reference, method, n_words, n_pairs, rsa.
 
 Each model x strategy cell is written to `results/parts/` and recorded in the manifest as
 `rsa/<model>/<strategy>`; a re-run skips finished cells and the tables are rebuilt from the
@@ -76,17 +83,18 @@ import pandas as pd
 from . import paths
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
-from .config import Config, cross_reference
+from .config import HUMAN, Config, cross_reference
 from .manifest import Manifest
 from .options import Options, select
 from .rules import Rules
-from .similarity import cosine
+from .similarity import alphabetical_pairs, cosine
 from .store import load_npy, write_parquet
 
 log = logging.getLogger(__name__)
 
 _VERSION = 1
-_BEHAVIORAL = ("fc", "fa")
+_BEHAVIORAL = ("fc", "fa", "fc_scored")
+_PAPER_COMMON = ("fc", "fa")
 _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method", "n_words", "n_pairs",
                 "rsa", "ci_low", "ci_high"]
 _NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap"]
@@ -98,6 +106,7 @@ _BEH_COLUMNS = ["paradigm", "model_a", "model_b", "method", "n_words", "n_pairs"
 def _behavioral(name: str) -> bool:
     """A similarity matrix of behavior: the model's own `fc`/`fa` or another's `fc:M`/`fa:M`."""
     return name in _BEHAVIORAL or cross_reference(name) is not None
+_BN_COLUMNS = ["model", "paradigm", "reference", "method", "n_words", "n_pairs", "rsa"]
 
 
 # ---------------------------------------------------------------- references
@@ -116,6 +125,8 @@ def reference_paths(cfg: Config, model: str, strategy: str) -> dict[str, Path]:
             out[name] = paths.encoder_file(cfg)
         elif name == "consensus":
             out[name] = paths.consensus_file(cfg, model, strategy)
+        elif name.startswith(HUMAN):
+            out[name] = paths.norms_file(cfg, name[len(HUMAN):], "sim_ppmi")
     return out
 
 
@@ -146,6 +157,10 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
 
 def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tuple[str, str]:
     """(what the file of reference `name` holds, the command that rebuilds it)."""
+    if name.startswith(HUMAN):
+        from .norms import describe as describe_norms
+
+        return describe_norms(cfg, name)
     if cross := cross_reference(name):
         name, model = cross
     if name in _BEHAVIORAL:
@@ -163,11 +178,12 @@ def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tup
 def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", strategy: str = "") -> Reference:
     """One reference's N x N similarity and valid-word mask, validated.
 
-    Behavioral and consensus files are similarity matrices whose masked words are NaN rows;
-    static and encoder files are vectors (NaN rows: no vector), turned into raw cosine.
+    Behavioral, human-norms and consensus files are similarity matrices whose masked words
+    are NaN rows; static and encoder files are vectors (NaN rows: no vector), turned into raw
+    cosine.
     """
     what, rebuild = describe(cfg, name, model, strategy)
-    if _behavioral(name) or name == "consensus":
+    if _behavioral(name) or name == "consensus" or name.startswith(HUMAN):
         sim = np.asarray(load_npy(path, what, rebuild, shape=(n, n), finite="rows"), dtype=np.float32)
         return Reference(name, sim, ~np.isnan(sim).all(axis=1))
     v = np.array(load_npy(path, what, rebuild, shape=(n, None), finite="rows"), dtype=np.float64)
@@ -201,6 +217,7 @@ def run(cfg: Config, opts) -> None:
                 _cell(cfg, man, model, strategy, words, settings, force, shared, per_model)
         if cfg.rsa.split_half:
             _reliability(cfg, man, model, words, vfp, force)
+        _behavior_vs_norms(cfg, man, model, words, vfp, force)
     _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
 
@@ -209,8 +226,8 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
           shared: dict, per_model: dict) -> None:
     """One model x strategy cell: skipped when done, else analysed and written as two parts.
 
-    Static and encoder references are loaded once per run (`shared`), behavioral ones once
-    per model (`per_model`), both keyed by content."""
+    Static, encoder and human references are loaded once per run (`shared`), behavioral ones
+    once per model (`per_model`), both keyed by content."""
     from .hidden import load_hidden
 
     n = len(words)
@@ -258,7 +275,7 @@ def _common(words: list[str], refs: dict[str, Reference]) -> tuple[np.ndarray | 
     """Paper mode: restrict every reference to the words valid in FC and FA (the authors'
     common-word intersection); None when that is every word."""
     keep = np.ones(len(words), dtype=bool)
-    for name in _BEHAVIORAL:
+    for name in _PAPER_COMMON:
         if name in refs:
             keep &= refs[name].valid
     if keep.all():
@@ -276,9 +293,12 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
 
     key = f"rsa/reliability/{model}"
     paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
-    step = man.step(key, {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
-                          "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms},
-                    {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms}, force)
+    settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
+                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms}
+    if "fc_scored" in paradigms:
+        settings["scored_counts"] = cfg.behave.scored_counts
+    step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},
+                    force)
     part = paths.result_part(cfg, "reliability", model)
     if step.done():
         return
@@ -336,6 +356,47 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
              len(rows), out)
 
 
+def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str], vfp: str, force: bool) -> None:
+    """One model's behavioral PPMI-cosine matrices against every human reference, each pair
+    of matrices on the words valid in both (`rsa.methods`), as part `behavior_norms/<model>`."""
+    humans = [r for r in cfg.rsa.references if r.startswith(HUMAN)]
+    paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
+    part = paths.result_part(cfg, "behavior_norms", model)
+    if not humans or not paradigms:
+        return
+    files = {name: paths.matrix_file(cfg, model, name, "sim_ppmi") for name in paradigms}
+    files.update({name: paths.norms_file(cfg, name[len(HUMAN):], "sim_ppmi") for name in humans})
+    upstream = {name: man.require(path, *describe(cfg, name, model)) for name, path in files.items()}
+    step = man.step(f"rsa/behavior_norms/{model}", {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs,
+                                                    "seed": cfg.rsa.seed, "vocab": vfp, "version": _VERSION},
+                    upstream, force)
+    if step.done():
+        return
+    step.start()
+    n = len(words)
+    refs = {name: load_reference(cfg, name, path, n, model) for name, path in files.items()}
+    rows = []
+    for p in paradigms:
+        for h in humans:
+            both = refs[p].valid & refs[h].valid
+            a = refs[p].sim.copy()
+            a[~both] = np.nan
+            a[:, ~both] = np.nan
+            n_words = int(both.sum())
+            for method in [m for m in METHODS if m in cfg.rsa.methods]:
+                r = compare(a, refs[h].sim, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) \
+                    if n_words >= 3 else np.nan
+                if method == "paper":
+                    i, j = alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
+                    n_pairs = int((both[i] & both[j]).sum())
+                else:
+                    n_pairs = n_words * (n_words - 1) // 2
+                rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": n_words,
+                             "n_pairs": n_pairs, "rsa": r})
+    write_parquet(pd.DataFrame(rows, columns=_BN_COLUMNS), part)
+    step.complete([part], {"rows": len(rows)})
+
+
 def _merge(cfg: Config, man: Manifest) -> None:
     """Rebuild the result tables from every finished cell part of the configured cells.
 
@@ -347,15 +408,21 @@ def _merge(cfg: Config, man: Manifest) -> None:
     sources = {"rsa": [paths.result_part(cfg, "rsa", m, s) for m, s in done],
                "nn": [paths.result_part(cfg, "nn", m, s) for m, s in done],
                "reliability": [p for m in cfg.models if (p := paths.result_part(cfg, "reliability", m.name)).exists()]}
+    if any(r.startswith(HUMAN) for r in cfg.rsa.references):
+        sources["behavior_norms"] = [p for m in cfg.models
+                                     if (p := paths.result_part(cfg, "behavior_norms", m.name)).exists()]
     step = man.step("rsa", {"cells": done, "version": _VERSION},
                     {k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()}, force=True)
     if len(done) == len(cells) and step.done():
         return
-    for table, columns in (("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS)):
+    names = [("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS),
+             ("behavior_norms", _BN_COLUMNS)]
+    names = [(t, c) for t, c in names if t in sources]
+    for table, columns in names:
         frames = [f for p in sources[table] if p.exists() and not (f := pd.read_parquet(p)).empty]
         write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
                       paths.result_table(cfg, table))
-    tables = [paths.result_table(cfg, t) for t in ("rsa", "nn", "reliability")]
+    tables = [paths.result_table(cfg, t) for t, _ in names]
     if len(done) == len(cells):
         step.complete(tables, {"cells": len(done)})
     else:

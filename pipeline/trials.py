@@ -14,6 +14,9 @@ groups first. Every other word is a candidate exactly once per cue.
 FA (METHOD.md §3): each cue once per run r = 0..fa_runs-1 with seed ``fa_seed + r``.
 ``trial_id = cue_idx * fa_runs + run``.
 
+Scored forced choice (`fc_scored`) runs the FC plan itself (`plan_of`), so its trials are
+the FC trials one for one and the two can be compared trial by trial.
+
 Only the shuffles run in Python (they must be bit-identical to `random.Random`); they
 are spread over the available cores, and everything else is built as NumPy/Arrow arrays:
 candidate lists are one Arrow `take` over the flattened shuffles plus an offsets array.
@@ -47,9 +50,21 @@ FC_SCHEMA = pa.schema([("trial_id", pa.int64()), ("cue_idx", pa.int32()), ("cue"
                        ("group", pa.int16()), ("candidates", pa.list_(pa.string()))])
 FA_SCHEMA = pa.schema([("trial_id", pa.int64()), ("cue_idx", pa.int32()), ("cue", pa.string()),
                        ("run", pa.int16()), ("seed", pa.int64())])
+_PLANS = {"fc": "fc", "fa": "fa", "fc_scored": "fc"}
 _ROW_GROUP = 65_536
 _PARALLEL_MIN_WORDS = 1_000
 _INT16_MAX = np.iinfo(np.int16).max
+
+
+def plan_of(paradigm: str) -> str:
+    """The plan a paradigm runs: ``fc`` for `fc` and `fc_scored`, ``fa`` for `fa`.
+
+    Raises:
+        PipelineError: unknown paradigm.
+    """
+    if paradigm not in _PLANS:
+        raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(_PLANS)}")
+    return _PLANS[paradigm]
 
 
 def fc_group_sizes(n_words: int, k: int) -> np.ndarray:
@@ -153,6 +168,7 @@ def build_fa_plan(words: list[str], runs: int, seed: int) -> pa.Table:
 
 def plan_inputs(cfg: Config, paradigm: str, words: list[str]) -> dict:
     """What a plan depends on: the words and the seeds/sizes of its paradigm (nothing else)."""
+    paradigm = plan_of(paradigm)
     t = cfg.trials
     base = {"paradigm": paradigm, "words": fingerprint(words), "n_words": len(words), "format": 1}
     if paradigm == "fc":
@@ -187,7 +203,7 @@ def run(cfg: Config, opts) -> None:
     """
     words = load_run_vocab(cfg)
     o = Options.of(opts)
-    wanted = [p for p in cfg.behave.paradigms if o.paradigm in (None, p)]
+    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if o.paradigm in (None, p)))
     man = Manifest(cfg.run_dir)
     force = o.force
     for paradigm in wanted:
@@ -217,13 +233,12 @@ def run(cfg: Config, opts) -> None:
 
 
 def load_trials(cfg: Config, paradigm: str) -> pa.Table:
-    """The trial plan of `paradigm`, checked against the current vocabulary and seeds.
+    """The trial plan `paradigm` runs (`plan_of`), checked against the current vocabulary and seeds.
 
     Raises:
         PipelineError: the plan is missing, unreadable, or was built from other inputs.
     """
-    if paradigm not in ("fc", "fa"):
-        raise PipelineError(f"unknown paradigm '{paradigm}'; use fc or fa")
+    paradigm = plan_of(paradigm)
     path = paths.trials_file(cfg, paradigm)
     if not path.exists():
         raise PipelineError(f"{path}: the {paradigm.upper()} trial plan is missing; run "

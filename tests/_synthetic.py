@@ -1,15 +1,19 @@
 """A small synthetic run directory in the documented upstream formats, for the analysis
-stages (rsa, regress, report, export): vocab.txt, trial logs, aggregated matrices, hidden
-stacks, baselines and consensus, with a shared latent geometry so the analyses have signal."""
+stages (rsa, regress, report, export): vocab.txt, trial logs (scored FC ones too when the
+config has fc_scored), aggregated matrices, hidden stacks, baselines and consensus, with a
+shared latent geometry so the analyses have signal; and human norms in SWOW's CSV layout
+(`write_swow`) drawn from the same geometry."""
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import paths
 from pipeline.aggregate import aggregate_one
-from pipeline.logs import write_part
+from pipeline.logs import SCORED_SCHEMA, write_part
 from pipeline.manifest import Manifest
 from pipeline.similarity import centered_cosine
 from pipeline.trials import fc_group_sizes
@@ -61,12 +65,22 @@ def _log_row(trial_id, cue_idx, cue, picks, *, run=0, final=True, status="ok", c
             "prompt_sha": "x", "n_prompt_tokens": 10, "n_output_tokens": 4, "latency_s": 0.01}
 
 
+def _scored_row(trial_id, cue_idx, cue, candidates, logprobs):
+    lp = np.asarray(logprobs, dtype=np.float64)
+    p = np.exp(lp - lp.max())
+    return {"trial_id": trial_id, "cue_idx": cue_idx, "cue": cue, "candidates": list(candidates),
+            "logprobs": lp.tolist(), "probs": (p / p.sum()).tolist(), "n_tokens": [2] * len(candidates),
+            "status": "ok", "final": True, "prompt_sha": "x", "n_prompt_tokens": 100,
+            "n_output_tokens": 2 * len(candidates), "latency_s": 0.01}
+
+
 def _write_logs(cfg, model: str, words: list[str], z: np.ndarray, rng) -> None:
     n = len(words)
     aff = z @ z.T
     k = cfg.trials.fc_candidates
     m = len(fc_group_sizes(n, k))
-    rows = []
+    rows, scored = [], []
+    srng = np.random.default_rng(zlib.crc32(model.encode()))
     for c in range(n):
         others = np.array([j for j in range(n) if j != c])
         perm = rng.permutation(others)
@@ -77,7 +91,11 @@ def _write_logs(cfg, model: str, words: list[str], z: np.ndarray, rng) -> None:
                 rows.append(_log_row(c * m + g, c, words[c], ["??"], final=False, status="unparseable",
                                      candidates=[words[j] for j in cand]))
             rows.append(_log_row(c * m + g, c, words[c], picks, candidates=[words[j] for j in cand]))
+            scored.append(_scored_row(c * m + g, c, words[c], [words[j] for j in cand],
+                                      aff[c, cand] - 3 + 0.5 * srng.standard_normal(cand.size)))
     write_part(paths.behavior_dir(cfg, model, "fc"), pa.Table.from_pylist(rows))
+    if "fc_scored" in cfg.behave.paradigms:
+        write_part(paths.behavior_dir(cfg, model, "fc_scored"), pa.Table.from_pylist(scored, schema=SCORED_SCHEMA))
     rows = []
     for c in range(n):
         p = np.exp(2 * aff[c])
@@ -107,7 +125,7 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
     hidden = {}
     for mi, model in enumerate(m.name for m in cfg.models):
         _write_logs(cfg, model, words, z, rng)
-        for p in ("fc", "fa"):
+        for p in ("fc", "fa", *(["fc_scored"] if "fc_scored" in cfg.behave.paradigms else [])):
             aggregate_one(cfg, model, p, words)
         for strategy in cfg.hidden.strategies if not cfg.model(model).behavior_only else ():
             offset = 3 * rng.standard_normal(dim)
@@ -137,6 +155,44 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
                 out.parent.mkdir(parents=True, exist_ok=True)
                 np.save(out, np.mean(mats, axis=0).astype(np.float32))
     return {"words": words, "z": z, "hidden": hidden, "static": static, "encoder": encoder}
+
+
+def write_swow(path, words: list[str], z: np.ndarray, seed: int = 1, missing=(3, 11), participants: int = 12,
+               outside=("zebra", "quasar")) -> list[str]:
+    """Human norms in SWOW's CSV layout (R's write.csv: quoted strings, unquoted NA, a row-name
+    column first) from the latent geometry `z`: each cue's responses are drawn by affinity from
+    the other words and a few words outside the vocabulary; R2/R3 are sometimes missing (NA,
+    "No more responses"). Cues `missing` (indices) get no rows, cues `outside` are not in the
+    vocabulary. Returns the words that have norms."""
+    rng = np.random.default_rng(seed)
+    n = len(words)
+    aff = z @ z.T
+    lines = ['"","id","participantID","age","gender","nativeLanguage","country","education","created_at","cue",'
+             '"R1","R2","R3"']
+    extra = ["thing", "stuff", "nature"]
+    row = 0
+    cues = [(i, w) for i, w in enumerate(words) if i not in set(missing)] + [(None, w) for w in outside]
+    for i, cue in cues:
+        for _ in range(participants):
+            if i is None:
+                resp = list(rng.choice(extra, size=3))
+            else:
+                p = np.exp(1.5 * aff[i])
+                p[i] = 0
+                resp = [words[j] for j in rng.choice(n, size=3, replace=False, p=p / p.sum())]
+                if rng.random() < 0.2:
+                    resp[2] = str(rng.choice(extra))
+            cells = [f'"{r}"' for r in resp]
+            u = rng.random()
+            if u < 0.15:
+                cells[1:] = ["NA", '"No more responses"']
+            elif u < 0.3:
+                cells[2] = "NA"
+            row += 1
+            lines.append(f'"{row}",{row},{1000 + row},30,"Fe","United States","United States",3,'
+                         f'"2018-01-01 10:00:00","{cue}",' + ",".join(cells))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [w for i, w in enumerate(words) if i not in set(missing)]
 
 
 def opts(**kw):

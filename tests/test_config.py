@@ -95,7 +95,7 @@ def test_int_is_accepted_for_float(tmp_path):
     ("[behave]\nfa_top_p = 0\n", r"'behave\.fa_top_p' = 0\.0 must be in \(0, 1\]"),
     ("[behave]\nchunk_size = 0\n", r"'behave\.chunk_size' = 0 must be at least 1"),
     ("[behave]\nretries = -1\n", r"'behave\.retries' = -1 must be 0 or more"),
-    ("[behave]\nparadigms = ['fc', 'fx']\n", r"'behave\.paradigms' has unknown value 'fx' \(allowed: fc, fa\)"),
+    ("[behave]\nparadigms = ['fc', 'fx']\n", r"'behave\.paradigms' has unknown value 'fx' \(allowed: fc, fa, fc_scored\)"),
     ("[behave]\nbackend = 'vlm'\n", r"unknown value 'vlm' \(allowed: vllm, hf, openai, fake\); did you mean 'vllm'\?"),
     ("[hidden]\nstrategies = ['averaged']\n", r"'hidden\.sentences' must name a sentence file"),
     ("[rsa]\nmethods = ['kendall']\n", r"'rsa\.methods' has unknown value 'kendall'"),

@@ -41,7 +41,7 @@ def opts(**kw):
     return argparse.Namespace(**{**base, **kw})
 
 
-def build(root: Path, model_path, backend="hf", chunk_size=6) -> Config:
+def build(root: Path, model_path, backend="hf", chunk_size=6, paradigms=("fc", "fa")) -> Config:
     """Config file, vocabulary and trial plans of a 12-word experiment under `root`."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "words.txt").write_text("\n".join(WORDS) + "\n")
@@ -58,6 +58,7 @@ fc_candidates = 4
 fa_runs = 2
 [behave]
 backend = "{backend}"
+paradigms = {list(paradigms)!r}
 chunk_size = {chunk_size}
 batch_size = 6
 retries = 0
@@ -161,6 +162,28 @@ def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, t
         assert all(w["trials_per_s"] > 0 for w in engine["workers"] if w["trials"])
     names = [p.name for p in logs.list_parts(paths.behavior_dir(cfg, "m", "fc"))]
     assert len(names) == 6 and all(n.startswith("part-000of001-") for n in names)
+
+
+@pytest.mark.slow
+def test_ray_scores_fc_like_a_single_process(cluster, tiny_llama_dir, tmp_path, one_thread):
+    local = build(tmp_path / "local", tiny_llama_dir, paradigms=("fc_scored",))
+    behave.run(local, opts())
+    cfg = build(tmp_path / "ray", tiny_llama_dir, paradigms=("fc_scored",))
+    run_stage("behave", cfg, opts(engine="ray", workers=2))
+
+    def scored_rows(c):
+        parts = logs.list_parts(paths.behavior_dir(c, "m", "fc_scored"))
+        return pa.concat_tables([pq.read_table(p) for p in parts]).drop_columns(["latency_s"]).sort_by("trial_id")
+
+    got, want = scored_rows(cfg), scored_rows(local)
+    assert got.column("trial_id").to_pylist() == trials.load_trials(cfg, "fc").column("trial_id").to_pylist()
+    assert got.drop_columns(["logprobs", "probs"]).equals(want.drop_columns(["logprobs", "probs"]))
+    for col in ("logprobs", "probs"):
+        a = np.concatenate([np.asarray(v) for v in got.column(col).to_pylist()])
+        b = np.concatenate([np.asarray(v) for v in want.column(col).to_pylist()])
+        assert np.allclose(a, b, atol=1e-5)
+    summary = Manifest(cfg.run_dir).summary("behave/m/fc_scored")
+    assert summary["n_trials"] == got.num_rows and summary["engine"]["name"] == "ray"
 
 
 @pytest.mark.slow

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from ..config import Config, ModelCfg
 from ..errors import PipelineError
-from .base import Backend, GenRequest, GenResult
+from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult
 
-__all__ = ["Backend", "GenRequest", "GenResult", "backend_class", "backend_keys", "get_backend", "model_path", "names",
-           "register", "runtime_dtype"]
+__all__ = ["Backend", "GenRequest", "GenResult", "ScoreRequest", "ScoreResult", "backend_class", "backend_keys",
+           "get_backend", "model_path", "names", "register", "runtime_dtype"]
 
 log = logging.getLogger(__name__)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

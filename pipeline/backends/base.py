@@ -4,6 +4,10 @@ A backend turns rendered prompts into answers. The behave stage renders each pro
 (via `Backend.render`, i.e. the model's own chat template), hashes that exact string into
 the trial log, and hands the string to `generate`, so the logged hash is the prompt the
 model saw whatever the backend.
+
+Backends that can read the model's probabilities also implement `score` (``scores = True``):
+the log-probability of given continuations after a prompt, which the scored forced-choice
+paradigm (`fc_scored`) needs instead of generated answers.
 """
 
 from __future__ import annotations
@@ -55,6 +59,38 @@ class GenResult:
     latency_s: float | None = None
 
 
+@dataclass
+class ScoreRequest:
+    """Continuations to score after one prompt.
+
+    Attributes:
+        text: the rendered prompt, including any answer prefix every continuation shares.
+        continuations: texts appended to `text`; each is scored as its own token sequence.
+        end_of_turn: also score the tokenizer's end-of-sequence token after each continuation
+            (the answer ends there), so a continuation cannot silently be the start of a
+            longer one.
+    """
+    text: str
+    continuations: list[str]
+    end_of_turn: bool = False
+
+
+@dataclass
+class ScoreResult:
+    """Scores of one request, in continuation order.
+
+    Attributes:
+        logprobs: natural-log probability of each continuation's tokens given the prompt
+            (their per-token log-probabilities summed), under the prompt's tokenization
+            followed by the continuation's own tokens in the tokenization of the whole text.
+        n_tokens: tokens scored per continuation.
+        n_prompt_tokens: tokens of the prompt.
+    """
+    logprobs: list[float]
+    n_tokens: list[int]
+    n_prompt_tokens: int
+
+
 class Backend:
     """Base class: subclasses implement `render`, `generate` and (if they hold resources) `close`,
     and `create`, which builds one from the config; `backends.register` names them."""
@@ -72,6 +108,8 @@ class Backend:
     """False for backends that reach a model elsewhere (an API): its `models[].path` may be unset."""
     model_keys: tuple[str, ...] = ()
     """`models[]` keys only this backend reads; the config refuses them on models of other backends."""
+    scores = False
+    """Whether `score` is implemented (the `fc_scored` paradigm needs it)."""
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "Backend":
@@ -107,6 +145,10 @@ class Backend:
         """Answer every request, results in request order."""
         raise NotImplementedError
 
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Log-probabilities of each request's continuations, results in request order."""
+        raise NotImplementedError(f"backend '{self.name}' cannot score continuations")
+
     def close(self) -> None:
         """Free the model (engine processes, memory)."""
 
@@ -122,3 +164,39 @@ class Backend:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def continuation_ids(tok, req: ScoreRequest) -> tuple[list[int], list[list[int]]]:
+    """Token ids of a score request's prompt and of each continuation after it.
+
+    Each continuation is tokenized as part of the whole text (prompt + continuation), the way
+    the model would read the answer, and its ids are what follows the prompt's own ids; with
+    `end_of_turn` the tokenizer's end-of-sequence id follows. Tokenizing the whole text keeps
+    word boundaries exact: " car," and " cart," become different token sequences even where
+    " car" alone is a prefix of " cart".
+
+    Args:
+        tok: a Hugging Face tokenizer (special tokens added as by default, as `generate` does).
+        req: the request.
+
+    Returns:
+        (prompt ids, continuation ids per continuation).
+
+    Raises:
+        PipelineError: the tokenizer merges the end of the prompt with a continuation, so the
+            continuation would not be scored after the same prompt tokens.
+    """
+    from ..errors import PipelineError
+
+    prompt = tok(req.text)["input_ids"]
+    eos = [tok.eos_token_id] if req.end_of_turn else []
+    out = []
+    for cont in req.continuations:
+        full = tok(req.text + cont)["input_ids"]
+        if full[:len(prompt)] != prompt or len(full) == len(prompt):
+            raise PipelineError(f"the tokenizer of this model merges the end of the prompt "
+                                f"({req.text[-20:]!r}) with the continuation {cont!r}, so it cannot be scored "
+                                f"after the same prompt tokens; score it with another model, or report the "
+                                f"tokenizer and the word")
+        out.append(full[len(prompt):] + eos)
+    return prompt, out

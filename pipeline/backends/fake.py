@@ -5,6 +5,9 @@ the request seed. With ``fail=True`` a fixed schedule of bad answers exercises t
 compliance loop: keyed by a hash of the cue and candidates, a trial is fine, fixed by the
 repair prompt, fixed by a sampled retry (only for some seeds) or never fixed.
 
+Scoring (`score`) ranks continuations in request order, each 0.75 nats below the one before
+plus a hashed jitter under 0.25, so the scored favourites are the generated FC picks.
+
 Environment (read by `FakeBackend.from_env`, so `python -m pipeline behave` subprocesses in
 tests can be steered): ``PIPELINE_FAKE_FAIL=1`` turns the schedule on;
 ``PIPELINE_FAKE_DELAY=SECONDS`` sleeps that long per `generate` call (to kill a run mid-way).
@@ -19,7 +22,7 @@ import time
 from typing import Sequence
 
 from . import register
-from .base import Backend, GenRequest, GenResult
+from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _CANDS = re.compile(r"candidates: \[([^\]]*)\]")
 _CUE_FC = re.compile(r"input word: (.*)")
@@ -37,12 +40,14 @@ class FakeBackend(Backend):
 
     rank = 9
     needs_weights = False
+    scores = True
 
     def __init__(self, fail: bool = False, delay_s: float = 0.0):
         self.fail = fail
         self.delay_s = delay_s
         self.calls = 0
         self.requests: list[GenRequest] = []
+        self.score_requests: list[ScoreRequest] = []
 
     @classmethod
     def create(cls, model_cfg=None, cfg=None, **overrides) -> "FakeBackend":
@@ -66,6 +71,18 @@ class FakeBackend(Backend):
             text = self._text(r)
             ans = self._fc(text, r) if "candidates: [" in text else self._fa(text, r)
             out.append(GenResult(text=ans, n_prompt_tokens=len(text.split()), n_output_tokens=len(ans.split())))
+        return out
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        self.calls += 1
+        self.score_requests.extend(requests)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for r in requests:
+            lps = [-(1.0 + 0.75 * i) - (_h(r.text, c) % 1000) / 4000 for i, c in enumerate(r.continuations)]
+            n = [len(c.split()) + 1 + r.end_of_turn for c in r.continuations]
+            out.append(ScoreResult(logprobs=lps, n_tokens=n, n_prompt_tokens=len(r.text.split())))
         return out
 
     def _fc(self, text: str, r: GenRequest) -> str:

@@ -16,17 +16,25 @@ config, as in the authors' runs.
 Structured output: `allowed_choices` (FC) is enforced with a token trie over the allowed
 answers (`prefix_allowed_tokens_fn`), so the answer is always two distinct candidates;
 `allowed_regex` alone (FA) cannot be enforced here and is refused with a clear message.
+
+Scoring (`score`): exact log-probabilities of the continuations from teacher-forced forward
+passes. The prefix every prompt of the call shares (the instructions) is run once and its
+KV cache reused; each prompt then runs once on top of a copy of it, and its continuations
+run as one batch on that prompt's cache (right-padded, explicit positions). No token is
+computed twice within a request, and the first token of every continuation comes from the
+prompt's last logits.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Sequence
 
 from ..errors import PipelineError
 from ..prompts import render_chat
 from . import model_path, register, runtime_dtype
-from .base import Backend, GenRequest, GenResult
+from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult, continuation_ids
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ class HFBackend(Backend):
 
     structured = "choices"
     batch_invariant = False
+    scores = True
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "HFBackend":
@@ -149,5 +158,57 @@ class HFBackend(Backend):
             results.append(GenResult(text=text, n_prompt_tokens=int(n_prompt[row]), n_output_tokens=n))
         return results
 
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        torch = self.torch
+        encoded = [continuation_ids(self.tok, r) for r in requests]
+        if not encoded:
+            return []
+        prompts = [p for p, _ in encoded]
+        shared = _common_prefix(prompts, min(len(p) for p in prompts) - 1)
+        with torch.inference_mode():
+            base = None
+            if shared:
+                ids = torch.tensor([prompts[0][:shared]], device=self.device)
+                base = self.model(ids, use_cache=True).past_key_values
+            return [self._score_one(p, conts, shared, base) for p, conts in encoded]
+
+    def _score_one(self, prompt: list[int], conts: list[list[int]], shared: int, base) -> ScoreResult:
+        torch = self.torch
+        n = len(prompt)
+        out = self.model(torch.tensor([prompt[shared:]], device=self.device),
+                         past_key_values=copy.deepcopy(base) if base is not None else None,
+                         position_ids=torch.arange(shared, n, device=self.device)[None], use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        logprobs = [float(first[c[0]]) for c in conts]
+        rows = [i for i, c in enumerate(conts) if len(c) > 1]
+        if rows:
+            width = max(len(conts[i]) - 1 for i in rows)
+            ids = torch.full((len(rows), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), n + width), dtype=torch.long)
+            mask[:, :n] = 1
+            for r, i in enumerate(rows):
+                ids[r, :len(conts[i]) - 1] = torch.tensor(conts[i][:-1])
+                mask[r, n:n + len(conts[i]) - 1] = 1
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            pos = torch.arange(n, n + width, device=self.device)[None].expand(len(rows), -1)
+            logits = self.model(ids.to(self.device), attention_mask=mask.to(self.device), past_key_values=cache,
+                                position_ids=pos, use_cache=False).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(rows):
+                m = len(conts[i]) - 1
+                target = torch.tensor(conts[i][1:], device=self.device)
+                logprobs[i] += float(logp[r, torch.arange(m, device=self.device), target].sum())
+        return ScoreResult(logprobs=logprobs, n_tokens=[len(c) for c in conts], n_prompt_tokens=n)
+
     def close(self) -> None:
         self.model = None
+
+
+def _common_prefix(seqs: list[list[int]], cap: int) -> int:
+    """Length of the longest common prefix of `seqs`, at most `cap`."""
+    first = seqs[0]
+    n = 0
+    while n < cap and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n

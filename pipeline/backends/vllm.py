@@ -13,6 +13,21 @@ Differences from transformers `generate` that matter for reproduction:
 - structured outputs (`allowed_regex`, or `allowed_choices` when no regex is given) go
   through `StructuredOutputsParams` and the engine's grammar backend.
 
+Scoring (`score`, the `fc_scored` paradigm) is exact, and keeps prefix caching. The
+continuations of one prompt form a token trie; every trie node that has children is one
+request, the prompt plus the node's tokens, asking with `logprob_token_ids` for the
+log-probabilities of exactly its children as the next token (`max_tokens=1`). A
+continuation's score is the sum over its path. Every request is an ordinary prompt, so the
+instructions shared by all trials and each trial's prompt are computed once and read from
+the prefix cache by the others. Two other exact methods are kept for the benchmark
+(`score_method`): ``prompt``, one request per continuation with `prompt_logprobs=0` on
+prompt + continuation, which vLLM runs without reading the prefix cache (every request
+recomputes its whole prompt); and ``prompt_cached``, the same with cache reads forced on
+(`skip_reading_prefix_cache=False`), where vLLM computes log-probabilities only for the rows
+after the cache hit, so a request whose hit reaches into its continuation is run again
+uncached. On SmolLM2 with 2 CPU cores the trie is the fastest (README "Benchmarks"); vLLM's
+CPU build runs the V1 model runner, which has no trace replay or `prompt_logprob_token_ids`.
+
 Starting the engine spawns worker processes: scripts that construct this backend at import
 time need an ``if __name__ == "__main__":`` guard.
 
@@ -36,9 +51,12 @@ from typing import Sequence
 from ..errors import PipelineError
 from ..prompts import render_chat
 from . import model_path, register, runtime_dtype
-from .base import Backend, GenRequest, GenResult
+from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult, continuation_ids
 
 log = logging.getLogger(__name__)
+
+SCORE_METHODS = ("tree", "prompt", "prompt_cached")
+_MAX_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
 
 
 def _cpu_kv_cache_bytes(path: str, dtype: str, max_model_len: int, max_num_seqs: int,
@@ -75,6 +93,7 @@ class VLLMBackend(Backend):
     """Offline `vllm.LLM` with per-request sampling parameters."""
 
     rank = 0
+    scores = True
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "VLLMBackend":
@@ -99,7 +118,11 @@ class VLLMBackend(Backend):
                  max_num_seqs: int = 256, gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, enforce_eager: bool = False,
                  enable_prefix_caching: bool = True, seed: int = 0,
-                 extra_eos: list[str] | None = None, fix_mistral_regex: bool = False):
+                 extra_eos: list[str] | None = None, fix_mistral_regex: bool = False,
+                 score_method: str = "tree"):
+        if score_method not in SCORE_METHODS:
+            raise ValueError(f"score_method {score_method!r}: use one of {', '.join(SCORE_METHODS)}")
+        self.score_method = score_method
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -155,6 +178,63 @@ class VLLMBackend(Backend):
                                  use_tqdm=False)
         return [GenResult(text=o.outputs[0].text, n_prompt_tokens=len(o.prompt_token_ids or []),
                           n_output_tokens=len(o.outputs[0].token_ids)) for o in outs]
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        encoded = [continuation_ids(self.tok, r) for r in requests]
+        if not encoded:
+            return []
+        if self.score_method == "tree":
+            logprobs = self._score_tree(encoded)
+        else:
+            logprobs = self._score_prompt(encoded, cached=self.score_method == "prompt_cached")
+        return [ScoreResult(logprobs=lps, n_tokens=[len(c) for c in conts], n_prompt_tokens=len(prompt))
+                for lps, (prompt, conts) in zip(logprobs, encoded)]
+
+    def _score_tree(self, encoded) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        nodes: dict[tuple[int, tuple[int, ...]], set[int]] = {}
+        for r, (_, conts) in enumerate(encoded):
+            for c in conts:
+                for d in range(len(c)):
+                    nodes.setdefault((r, tuple(c[:d])), set()).add(c[d])
+        keys, prompts, params = [], [], []
+        for r, prefix in sorted(nodes, key=lambda k: (len(k[1]), k[0])):
+            kids = sorted(nodes[r, prefix])
+            for s in range(0, len(kids), _MAX_IDS):
+                keys.append((r, prefix))
+                prompts.append(TokensPrompt(prompt_token_ids=encoded[r][0] + list(prefix)))
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=kids[s:s + _MAX_IDS],
+                                             detokenize=False))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        table: dict[tuple[int, tuple[int, ...]], dict[int, float]] = {}
+        for key, o in zip(keys, outs):
+            table.setdefault(key, {}).update({t: lp.logprob for t, lp in o.outputs[0].logprobs[0].items()})
+        return [[sum(table[r, tuple(c[:d])][c[d]] for d in range(len(c))) for c in conts]
+                for r, (_, conts) in enumerate(encoded)]
+
+    def _score_prompt(self, encoded, cached: bool) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        def params(read_cache: bool):
+            extra = {"skip_reading_prefix_cache": False} if read_cache else {}
+            return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                  flat_logprobs=True, **extra)
+
+        flat = [(prompt, c) for prompt, conts in encoded for c in conts]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in flat], params(cached),
+                                 use_tqdm=False)
+        redo = [i for i, ((p, _), o) in enumerate(zip(flat, outs)) if (o.num_cached_tokens or 0) > len(p) - 1]
+        if redo:
+            again = self.llm.generate([TokensPrompt(prompt_token_ids=flat[i][0] + flat[i][1]) for i in redo],
+                                      params(False), use_tqdm=False)
+            for i, o in zip(redo, again):
+                outs[i] = o
+        sums = [sum(o.prompt_logprobs[len(p) + j][t].logprob for j, t in enumerate(c)) for (p, c), o in zip(flat, outs)]
+        it = iter(sums)
+        return [[next(it) for _ in conts] for _, conts in encoded]
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None

@@ -1,4 +1,5 @@
-"""Behave throughput: vLLM vs plain batched transformers `generate`, and vLLM prefix caching.
+"""Behave throughput: vLLM vs plain batched transformers `generate`, vLLM prefix caching, and the
+cost per trial of scored FC (`fc_scored`) by each exact method against generative FC.
 
 Same model (SmolLM2-135M-Instruct, converted by `make model`), same 64 FC trials (the
 paper's prompt, greedy main pass only, so every engine does identical work), same dtype.
@@ -8,6 +9,13 @@ otherwise skip their prefill): only the prefix shared within a pass is reused. F
 are trials/s and prompt+output tokens/s over the timed pass, plus CPU milliseconds per trial
 (this process and its engine processes), which other jobs on a shared machine disturb less
 than wall time; compliance (share of answers the paper's parser accepts) is printed beside.
+
+Scored FC scores the 16 candidates of the same trials (`scored`) on the same engines: vLLM's
+token trie with prefix caching (the default), `prompt_logprobs` on prompt + answer without
+the prefix cache (vLLM's default for such requests; on fewer trials, it is slow) and with
+cache reads forced on, and hf's teacher-forced passes on a reused KV cache. Each is set
+against the generative FC main pass of its own engine (greedy, free-form; the structured
+pass is shown beside), in milliseconds per trial.
 
     python -m pipeline.bench --only behave
 """
@@ -29,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "data" / "models" / "smollm2-135m-instruct"
 N_TRIALS = 64
 N_WARMUP = 8
+N_SLOW = 8  # trials for the scoring method that reads no prefix cache
 WORDS = ("time people year way day man thing woman life child world family hand part place case week "
          "company system program question work government number night point home water room mother area "
          "money story fact month lot right study book eye job word business issue side kind head house "
@@ -123,10 +132,36 @@ def _measure_project_vs_bare(backend, cfg, mc) -> tuple[dict, dict]:
         print(f"   vllm, {label + ' (best of 2)':<32} {out[label]['seconds']:7.1f} s  "
               f"{out[label]['trials_s']:6.2f} trials/s", flush=True)
     return out["project"], out["bare"]
+def _measure_scored(backend, cfg, mc, label: str, n: int = N_TRIALS) -> dict:
+    from ..attempts import run_chunk
+
+    warm, timed = _trials()
+    run_chunk(backend, cfg, mc, "fc_scored", warm.slice(0, 2))
+    llm = getattr(backend, "llm", None)
+    if llm is not None:
+        llm.reset_prefix_cache()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    out = run_chunk(backend, cfg, mc, "fc_scored", timed.slice(0, n))
+    dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    ok = pc.sum(pc.equal(out.column("status"), "ok")).as_py() or 0
+    res = {"ms": 1000 * dt / n, "cpu_ms": 1000 * cpu / n, "table": out}
+    print(f"   {label:<38} {dt:7.1f} s  {res['ms']:7.0f} ms/trial  {res['cpu_ms']:7.0f} CPU ms/trial  "
+          f"scored {ok}/{n}", flush=True)
+    return res
+
+
+def _max_difference(a, b) -> float:
+    """Largest difference between the log-probabilities two methods gave the same trials."""
+    import numpy as np
+
+    n = min(a.num_rows, b.num_rows)
+    x = np.concatenate([np.asarray(v) for v in a.column("logprobs").to_pylist()[:n]])
+    y = np.concatenate([np.asarray(v) for v in b.column("logprobs").to_pylist()[:n]])
+    return float(np.abs(x - y).max())
 
 
 def run() -> list[Row]:
-    from ..backends import get_backend
+    from ..backends import get_backend, runtime_dtype
     from ..errors import PipelineError
 
     if not (MODEL / "config.json").exists():
@@ -134,14 +169,29 @@ def run() -> list[Row]:
     cfg, mc = _config("hf")
     with get_backend("hf", mc, cfg) as be:
         hf = _measure(be, cfg, mc, "hf generate (batch 16)")
+        hf_scored = _measure_scored(be, cfg, mc, "hf fc_scored (KV cache reused)")
     cfg, mc = _config("vllm")
     with get_backend("vllm", mc, cfg, enable_prefix_caching=True) as be:
         on = _measure(be, cfg, mc, "vllm, prefix caching")
         cfg_s, _ = _config("vllm", structured=True)
         structured = _measure(be, cfg_s, mc, "vllm, prefix caching, structured FC")
         project, bare = _measure_project_vs_bare(be, cfg, mc)
+        scored = {}
+        for method, label, n in (("tree", "vllm fc_scored, token trie", N_TRIALS),
+                                 ("prompt_cached", "vllm fc_scored, prompt_logprobs cached", N_TRIALS),
+                                 ("prompt", "vllm fc_scored, prompt_logprobs", N_SLOW)):
+            be.score_method = method
+            scored[method] = _measure_scored(be, cfg, mc, label, n)
+        be.score_method = "tree"
     with get_backend("vllm", mc, cfg, enable_prefix_caching=False) as be:
         off = _measure(be, cfg, mc, "vllm, no prefix caching")
+    diff = max(_max_difference(scored["tree"]["table"], scored[m]["table"]) for m in ("prompt", "prompt_cached"))
+    diff_hf = _max_difference(scored["tree"]["table"], hf_scored["table"])
+    dtype = runtime_dtype(mc.dtype)
+    print(f"   largest log-prob difference between vLLM methods {diff:.2e}, vLLM trie vs hf {diff_hf:.2e} "
+          f"(both in {dtype}; in bfloat16 the two engines' kernels round differently)", flush=True)
+    gen_ms, gen_s_ms, hf_ms = 1000 / on["trials_s"], 1000 / structured["trials_s"], 1000 / hf["trials_s"]
+    scored_what = "16 candidates scored exactly"
     what = f"SmolLM2-135M, {N_TRIALS} FC trials"
     return [
         Row(f"behave vLLM vs hf generate ({what})", on["trials_s"], hf["trials_s"], "trials/s",
@@ -158,4 +208,17 @@ def run() -> list[Row]:
             "vLLM free-form", True, f"compliance {structured['ok']:.0%} vs {on['ok']:.0%}"),
         Row("behave project path vs bare LLM.generate", project["trials_s"], bare["trials_s"], "trials/s",
             "bare LLM.generate, same prompts", True, ">= 1.0x (driver adds no engine idle time)"),
+        Row("fc_scored vLLM token trie vs generative FC", scored["tree"]["ms"], gen_ms, "ms/trial",
+            "vLLM generative FC (greedy main pass)", False,
+            f"{scored_what}; the default method (fastest exact); vs structured FC {gen_s_ms:.0f} ms/trial"),
+        Row("fc_scored vLLM prompt_logprobs cached vs gen.", scored["prompt_cached"]["ms"], gen_ms, "ms/trial",
+            "vLLM generative FC (greedy main pass)", False, "prompt_logprobs, skip_reading_prefix_cache=False"),
+        Row("fc_scored vLLM prompt_logprobs vs generative", scored["prompt"]["ms"], gen_ms, "ms/trial",
+            "vLLM generative FC (greedy main pass)", False,
+            f"prompt_logprobs, vLLM skips the prefix cache; {N_SLOW} trials"),
+        Row("fc_scored vLLM token trie, CPU time", scored["tree"]["cpu_ms"], on["cpu_ms"], "CPU ms/trial",
+            "vLLM generative FC (greedy main pass)", False),
+        Row("fc_scored hf KV reuse vs hf generate", hf_scored["ms"], hf_ms, "ms/trial",
+            "transformers generate, batch 16", False,
+            f"vLLM trie vs hf log-probs differ by {diff_hf:.1e} at most ({dtype})"),
     ]
