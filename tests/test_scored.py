@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import aggregate, behave, logs, paths, scored, trials, vocab
+from pipeline import aggregate, attempts, behave, logs, paths, scored, trials, vocab
 from pipeline.backends import ScoreRequest, ScoreResult
 from pipeline.backends.base import continuation_ids
 from pipeline.backends.fake import FakeBackend
@@ -141,18 +141,18 @@ def test_requests_are_the_fc_prompt_plus_the_answer(make_config):
     cfg = prepare(make_config())
     be = FakeBackend()
     chunk = trials.load_trials(cfg, "fc").slice(0, 3)
-    rows = behave.run_chunk(be, cfg, cfg.models[0], "fc_scored", chunk)
+    rows = attempts.run_chunk(be, cfg, cfg.models[0], "fc_scored", chunk)
     assert rows.num_rows == 3 and rows.column("final").to_pylist() == [True] * 3
     first = chunk.to_pylist()[0]
     req = be.score_requests[0]
     assert req.text.endswith("output: \n<assistant>\noutput:")
     assert req.continuations == [f" {c}," for c in first["candidates"]] and not req.end_of_turn
     assert rows.column("prompt_sha")[0].as_py() == prompt_sha(req.text)
-    assert behave.run_chunk(be, cfg, cfg.models[0], "fc_scored", chunk.slice(0, 0)).schema.equals(logs.SCORED_SCHEMA)
+    assert attempts.run_chunk(be, cfg, cfg.models[0], "fc_scored", chunk.slice(0, 0)).schema.equals(logs.SCORED_SCHEMA)
 
     single = prepare(make_config(experiment={"name": "one"}, trials={"fa_runs": 3, "fc_picks": 1}))
     be = FakeBackend()
-    behave.run_chunk(be, single, single.models[0], "fc_scored", trials.load_trials(single, "fc").slice(0, 1))
+    attempts.run_chunk(be, single, single.models[0], "fc_scored", trials.load_trials(single, "fc").slice(0, 1))
     assert be.score_requests[0].end_of_turn
     assert all(not c.endswith(",") for c in be.score_requests[0].continuations)
 
@@ -168,7 +168,7 @@ class _Broken(FakeBackend):
 
 def test_not_finite_scores_keep_the_trial_without_a_distribution(make_config):
     cfg = prepare(make_config())
-    rows = behave.run_chunk(_Broken(), cfg, cfg.models[0], "fc_scored", trials.load_trials(cfg, "fc").slice(0, 2))
+    rows = attempts.run_chunk(_Broken(), cfg, cfg.models[0], "fc_scored", trials.load_trials(cfg, "fc").slice(0, 2))
     assert rows.column("status").to_pylist() == ["not_finite", "ok"]
     assert rows.column("probs")[0].as_py() is None and rows.column("final")[0].as_py()
     d = paths.behavior_dir(cfg, "m", "fc_scored")
