@@ -67,8 +67,17 @@ def _handler(stub: Stub):
             except OSError:  # the client gave up on a connection the script dropped or stalled
                 pass
 
+        def _leave(self):
+            # Counted out before the answer is written: once the client has it, it may send the
+            # next request before this thread would otherwise get to count down.
+            if getattr(self, "_counted", False):
+                with stub.lock:
+                    stub.in_flight -= 1
+                self._counted = False
+
         def _send(self, code: int, payload: dict, headers: dict | None = None):
             data = json.dumps(payload).encode()
+            self._leave()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -85,6 +94,7 @@ def _handler(stub: Stub):
                 step = stub.script.pop(0) if stub.script else stub.always
                 stub.in_flight += 1
                 stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+            self._counted = True
             try:
                 if stub.delay_s:
                     time.sleep(stub.delay_s)
@@ -112,8 +122,7 @@ def _handler(stub: Stub):
                                  "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
                                            "total_tokens": prompt + len(text.split())}})
             finally:
-                with stub.lock:
-                    stub.in_flight -= 1
+                self._leave()
 
     return Handler
 
