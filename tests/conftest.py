@@ -85,3 +85,16 @@ def tiny(tiny_llama_dir):
     from pipeline.pooling import load_model
 
     return load_model(ModelCfg(name="tiny", path=str(tiny_llama_dir)), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vllm_f32(smollm2_dir):
+    """One in-process vLLM engine on SmolLM2 in float32, shared by the tests that compare other
+    paths (scoring, the API server) with it: an engine start costs about a minute on 2 cores."""
+    pytest.importorskip("vllm")
+    from pipeline.backends.vllm import VLLMBackend
+
+    be = VLLMBackend(str(smollm2_dir), dtype="float32", max_model_len=1024, max_num_seqs=32,
+                     gpu_memory_utilization=0.15, enforce_eager=True)
+    yield be
+    be.close()

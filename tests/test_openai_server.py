@@ -114,8 +114,7 @@ def plan_parts(cfg) -> int:
     return trials.load_trials(cfg, "fc").num_rows // 4
 
 
-def test_killed_server_is_waited_for_and_greedy_fc_equals_in_process_vllm(server, tmp_path, smollm2_dir):
-    from pipeline.backends.vllm import VLLMBackend
+def test_killed_server_is_waited_for_and_greedy_fc_equals_in_process_vllm(server, tmp_path, vllm_f32):
     from pipeline.config import load_config
 
     config = _toml(tmp_path, server, api_concurrency=4, api_retries=12, api_backoff_s=0.5)
@@ -160,12 +159,7 @@ def test_killed_server_is_waited_for_and_greedy_fc_equals_in_process_vllm(server
           f"({summary['last_run']['backend']['retry_reasons']}), {len(final)} of {plan.num_rows} trials final, "
           f"{got.num_rows} rows")
 
-    local = VLLMBackend(str(smollm2_dir), dtype="float32", max_model_len=1024, max_num_seqs=32,
-                        gpu_memory_utilization=0.15, enforce_eager=True)
-    try:
-        mine = attempts.run_chunk(local, cfg, cfg.models[0], "fc", plan)
-    finally:
-        local.close()
+    mine = attempts.run_chunk(vllm_f32, cfg, cfg.models[0], "fc", plan)
     key = ["trial_id", "attempt", "raw_output", "n_prompt_tokens", "n_output_tokens", "status"]
     mine = mine.sort_by([("trial_id", "ascending"), ("attempt", "ascending")]).select(key).to_pylist()
     assert got.select(key).to_pylist() == mine

