@@ -22,14 +22,20 @@ def test_ppmi_by_hand():
     np.testing.assert_allclose(ppmi(c).toarray(), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("heavy", [0, 5, 10_000])
+@pytest.mark.parametrize("heavy", [0, 5, None, 10_000])
 def test_sparse_cosine_equals_cdist_whatever_the_column_split(monkeypatch, heavy):
     monkeypatch.setattr(similarity, "HEAVY_COLUMN", heavy)
     rng = np.random.default_rng(0)
     dense = rng.poisson(0.3, size=(40, 300)) * (rng.random((40, 300)) < np.linspace(0.02, 0.9, 300))
     dense[7] = 0
     m = sp.csr_matrix(dense.astype(float))
+    before = (m.data.copy(), m.indices.copy(), m.indptr.copy())
     got = cosine(m)
+    xn = similarity.l2_normalize_rows(m)
+    kept = (xn.data.copy(), xn.indices.copy(), xn.indptr.copy())
+    similarity._sparse_gram(xn, np.float32)
+    for a, b in zip(before + kept, (m.data, m.indices, m.indptr, xn.data, xn.indices, xn.indptr)):
+        np.testing.assert_array_equal(a, b)  # the input is left as it was
     ref = 1 - cdist(dense, dense, "cosine")
     ok = dense.any(axis=1)
     assert got.dtype == np.float32
