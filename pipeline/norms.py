@@ -67,7 +67,7 @@ def import_norms(cfg: Config, norms: NormsCfg, words: list[str], force: bool = F
     Raises:
         PipelineError: the file is missing, unreadable, or lacks the columns of its layout.
     """
-    from .aggregate import OUTPUT_FILES, _write_outputs
+    from .counts import OUTPUT_FILES, write_outputs
 
     idx = cfg.norms.index(norms)
     path = Path(norms.path)
@@ -89,7 +89,7 @@ def import_norms(cfg: Config, norms: NormsCfg, words: list[str], force: bool = F
     t0 = time.perf_counter()
     counts, cols, stats = count_norms(path, layout, words)
     stats.update({"name": norms.name, "file": str(path), "format": layout.format, "responses": layout.responses})
-    _write_outputs(out, words, counts, cols, stats)
+    write_outputs(out, words, counts, cols, stats)
     log.info("norms %s: %d of %d vocabulary words have norms (%.1f%%), %d responses in %d columns (%.1f s)",
              norms.name, stats["covered"], len(words), 100 * stats["coverage"], stats["picks"], stats["responses"],
              time.perf_counter() - t0)
@@ -148,7 +148,7 @@ def detect(path: Path, norms: NormsCfg, idx: int = 0, source: str = "<memory>") 
 
 
 def count_norms(path: Path, layout: Layout, words: list[str]):
-    """Stream a norms file into the vocabulary x response count matrix (`aggregate._Counter`).
+    """Stream a norms file into the vocabulary x response count matrix (`counts.Counter`).
 
     Returns:
         (counts, cols, stats) as `aggregate.count_matrix`, stats extended with `rows`,
@@ -157,10 +157,10 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
     """
     from pyarrow import csv as pacsv
 
-    from .aggregate import _Counter
+    from .counts import Counter
 
     weighted = layout.format == "counts"
-    counter = _Counter(words, "norms", Rules(), path, weighted=weighted)
+    counter = Counter(words, "norms", Rules(), path, weighted=weighted)
     keys = [_key(w) for w in words]
     first = {}
     for i, k in enumerate(keys):

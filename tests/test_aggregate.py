@@ -165,14 +165,6 @@ def test_random_log_vs_counter_and_cdist(make_config):
     np.testing.assert_allclose(out["sim_counts"], 1 - cdist(ref, ref, "cosine"), atol=1e-6)
 
 
-def test_dense_and_sparse_cosine_paths_agree():
-    m = sp.random(60, 80, density=0.3, random_state=1, format="csr") * 5
-    dense_path = aggregate.similarity(m)
-    sparse_path = aggregate.similarity(sp.random(60, 80, density=0.001, random_state=1, format="csr"))
-    assert sparse_path.shape == (60, 60)
-    np.testing.assert_allclose(dense_path, 1 - cdist(m.toarray(), m.toarray(), "cosine"), atol=1e-6)
-
-
 def test_skip_recompute_on_new_parts(cfg, caplog):
     d = paths.behavior_dir(cfg, "m", "fc")
     write_part(d, _rows_table(FC_TRIALS[:3]))
@@ -261,7 +253,6 @@ def _counter_counts(cue_idx, picks, words):
                 continue
             rows.append(int(c))
             cols_idx.append(cols.setdefault(w, len(cols)))
-    import scipy.sparse as sp
     return sp.csr_matrix((np.ones(len(rows)), (rows, cols_idx)), shape=(len(words), max(len(cols), 1)))
 
 

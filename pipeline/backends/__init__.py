@@ -18,10 +18,13 @@ import functools
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import Config, ModelCfg
 from ..errors import PipelineError
 from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult
+
+if TYPE_CHECKING:  # config validates backend names and keys against this registry
+    from ..config import Config, ModelCfg
 
 __all__ = ["Backend", "GenRequest", "GenResult", "ScoreRequest", "ScoreResult", "backend_class", "backend_keys",
            "get_backend", "model_path", "names", "register", "runtime_dtype"]

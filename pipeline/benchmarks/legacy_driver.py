@@ -11,12 +11,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .. import logs
-from ..attempts import _STRUCTURED_MIN_TOKENS, derive_seed, fa_regex, generate, retry_sampling
+from ..attempts import derive_seed, fa_regex, generate, retry_sampling
 from ..backends import Backend, GenRequest
 from ..config import Config, ModelCfg
 from ..parse import parse_fa, parse_fc
 from ..prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_sha
 from ..rules import Rules
+
+STRUCTURED_MIN_TOKENS = {"fc": 32, "fa": 64}
+"""As `attempts` had it at the time."""
 
 
 def fc_regex(candidates: list[str]) -> str:
@@ -61,7 +64,7 @@ def _run_fc(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
     b, n_picks = cfg.behave, cfg.trials.fc_picks
     rules = Rules.of(cfg)
     structured = b.structured_fc
-    max_tokens = max(b.fc_max_tokens, _STRUCTURED_MIN_TOKENS["fc"]) if structured else b.fc_max_tokens
+    max_tokens = max(b.fc_max_tokens, STRUCTURED_MIN_TOKENS["fc"]) if structured else b.fc_max_tokens
     rows = _Rows()
     last_row: dict[int, int] = {}
     latest: dict[int, str] = {}
@@ -105,7 +108,7 @@ def _run_fa(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dic
             words: list[str] | None = None) -> pa.Table:
     b, k = cfg.behave, cfg.trials.fa_associates
     structured = b.structured_fa
-    max_tokens = max(b.fa_max_tokens, _STRUCTURED_MIN_TOKENS["fa"]) if structured else b.fa_max_tokens
+    max_tokens = max(b.fa_max_tokens, STRUCTURED_MIN_TOKENS["fa"]) if structured else b.fa_max_tokens
     regex = fa_regex(k, words) if structured else None
     reqs, shas, seeds = [], [], []
     for t in trials:
