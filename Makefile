@@ -95,7 +95,7 @@ lint: install
 test: deps lint
 	$(PY) -m pytest -q -ra tests
 
-test-fast: install
+test-fast: deps lint
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
 bench: deps

@@ -373,13 +373,18 @@ def _choices(cfg: Config, key: str, values: list[str], allowed: tuple[str, ...])
             _fail(cfg, key, f"has unknown value '{v}' (allowed: {', '.join(allowed)}){hint}")
 
 
+def _check_names(cfg: Config, section: str, names: list[str]) -> None:
+    """Each `[[section]]` entry has a plain name that no other entry has."""
+    for i, name in enumerate(names):
+        if not _NAME_RE.match(name):
+            _fail(cfg, f"{section}[{i}].name", f"= {name!r} must be a plain name (letters, digits, . _ -)")
+        if names.count(name) > 1:
+            _fail(cfg, f"{section}[{i}].name", f"= {name!r} appears twice; names in [[{section}]] must be unique")
+
+
 def _validate_norms(cfg: Config) -> None:
-    names = [n.name for n in cfg.norms]
+    _check_names(cfg, "norms", [n.name for n in cfg.norms])
     for i, n in enumerate(cfg.norms):
-        if not _NAME_RE.match(n.name):
-            _fail(cfg, f"norms[{i}].name", f"= {n.name!r} must be a plain name (letters, digits, . _ -)")
-        if names.count(n.name) > 1:
-            _fail(cfg, f"norms[{i}].name", f"= {n.name!r} appears twice; norms names must be unique")
         if not n.path:
             _fail(cfg, f"norms[{i}].path", "must name the norms file (a CSV you provide; nothing is shipped)")
         _choices(cfg, f"norms[{i}].format", [n.format], NORMS_FORMATS)
@@ -428,12 +433,8 @@ def _validate(cfg: Config) -> None:
             _fail(cfg, "behave.paradigms", f"includes fc_scored, which reads the model's probabilities, but "
                   f"behave.backend = \"{b.backend}\" cannot score; use a backend that can "
                   f"({', '.join(n for n in names() if backend_class(n).scores)}) or drop fc_scored")
-    names = [m.name for m in cfg.models]
+    _check_names(cfg, "models", [m.name for m in cfg.models])
     for i, m in enumerate(cfg.models):
-        if not _NAME_RE.match(m.name):
-            _fail(cfg, f"models[{i}].name", f"= {m.name!r} must be a plain name (letters, digits, . _ -)")
-        if names.count(m.name) > 1:
-            _fail(cfg, f"models[{i}].name", f"= {m.name!r} appears twice; model names must be unique")
         if not 0 < m.gpu_memory_utilization <= 1:
             _fail(cfg, f"models[{i}].gpu_memory_utilization", "must be in (0, 1]")
         if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:

@@ -432,18 +432,9 @@ def _run_model(ray, cfg: Config, opts, man: Manifest, model_cfg, chunks: list, s
                 log.info("behave: Ray worker %d is back (pid %d on %s)", i, result["pid"], result["node"])
                 idle.append(i)
                 continue
-            rows, info = result
-            n_final = _publish(chunk.job, rows, shard)
-            st = stats[(i, chunk.job.key)]
-            st.node = info["node"]
-            if info["pid"] not in st.pids:
-                st.pids.append(info["pid"])
-            st.chunks += 1
-            st.trials += n_final
-            st.busy_s += info["busy_s"]
-            final = rows.filter(rows.column("final"))
+            n_final, n_ok = _record(chunk, *result, stats[(i, chunk.job.key)], shard)
             done += n_final
-            ok += pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
+            ok += n_ok
             bar.update(n_final)
             bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", workers=len(actors) - len(dead), restarts=sum(failures))
             if bar.disable and time.perf_counter() - last_log > _LOG_EVERY_S:
@@ -459,6 +450,23 @@ def _run_model(ray, cfg: Config, opts, man: Manifest, model_cfg, chunks: list, s
     finally:
         _stop(ray, actors, dead)
     _log_workers(model_cfg.name, list(stats.values()), done, time.perf_counter() - t0)
+
+
+def _record(chunk, rows: pa.Table, info: dict, st: _WorkerStats, shard) -> tuple[int, int]:
+    """Publish a finished chunk's rows and count them into its worker's stats.
+
+    Returns:
+        (final trials, final trials with status ok)
+    """
+    n_final = _publish(chunk.job, rows, shard)
+    st.node = info["node"]
+    if info["pid"] not in st.pids:
+        st.pids.append(info["pid"])
+    st.chunks += 1
+    st.trials += n_final
+    st.busy_s += info["busy_s"]
+    final = rows.filter(rows.column("final"))
+    return n_final, pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
 
 
 def _stop(ray, actors: list, dead: set) -> None:

@@ -155,35 +155,13 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
         `rows_outside_vocabulary`, `missing_responses`, `cues_in_file`, `covered` and
         `coverage` (share of the vocabulary with at least one counted response).
     """
-    from pyarrow import csv as pacsv
-
     from .counts import Counter
 
     weighted = layout.format == "counts"
     counter = Counter(words, "norms", Rules(), path, weighted=weighted)
-    keys = [_key(w) for w in words]
-    first = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    if len(first) < len(words):
-        log.warning("norms %s: %d vocabulary words coincide with another after lowercasing; their norms go to the "
-                    "first of them", path.name, len(words) - len(first))
-    value_set = pa.array(list(first), pa.string())
-    index_of = np.array(list(first.values()), dtype=np.int32)
+    value_set, index_of = _cue_keys(words, path)
     vocab = pa.array(words, pa.string())
-    text_cols = [layout.cue, *layout.responses] + ([layout.response] if weighted else [])
-    types = {c: pa.string() for c in text_cols}
-    if weighted:
-        types[layout.count] = pa.float64()
-    try:
-        reader = pacsv.open_csv(
-            str(path), read_options=pacsv.ReadOptions(block_size=_BLOCK),
-            parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                                 null_values=["NA", ""], strings_can_be_null=True,
-                                                 quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise PipelineError(f"{path}: cannot read the norms file as CSV ({str(e).splitlines()[0]})") from None
+    reader = _open_csv(path, layout, weighted)
     st = {"rows": 0, "rows_outside_vocabulary": 0, "missing_responses": 0}
     cues_seen = set()
     while True:
@@ -231,6 +209,37 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
                   "coverage": round(float(valid.mean()), 4) if len(words) else 0.0})
     stats["trials"] = stats["rows"]
     return counts, cols, stats
+
+
+def _cue_keys(words: list[str], path: Path) -> tuple[pa.Array, np.ndarray]:
+    """The vocabulary's cue keys (lowercased, stripped) and the row of each; where two words
+    share a key, the first one's."""
+    first: dict[str, int] = {}
+    for i, w in enumerate(words):
+        first.setdefault(_key(w), i)
+    if len(first) < len(words):
+        log.warning("norms %s: %d vocabulary words coincide with another after lowercasing; their norms go to the "
+                    "first of them", path.name, len(words) - len(first))
+    return pa.array(list(first), pa.string()), np.array(list(first.values()), dtype=np.int32)
+
+
+def _open_csv(path: Path, layout: Layout, weighted: bool):
+    """A streaming pyarrow CSV reader of the layout's columns (responses as text, counts as numbers)."""
+    from pyarrow import csv as pacsv
+
+    text_cols = [layout.cue, *layout.responses] + ([layout.response] if weighted else [])
+    types = {c: pa.string() for c in text_cols}
+    if weighted:
+        types[layout.count] = pa.float64()
+    try:
+        return pacsv.open_csv(
+            str(path), read_options=pacsv.ReadOptions(block_size=_BLOCK),
+            parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
+                                                 null_values=["NA", ""], strings_can_be_null=True,
+                                                 quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PipelineError(f"{path}: cannot read the norms file as CSV ({str(e).splitlines()[0]})") from None
 
 
 def _key(word: str) -> str:

@@ -15,12 +15,22 @@ from pipeline import paths
 from pipeline.aggregate import aggregate_one
 from pipeline.logs import SCORED_SCHEMA, write_part
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine
 from pipeline.trials import fc_group_sizes
 
 WORDS = ["dog", "cat", "house", "tree", "water", "music", "money", "car", "bread", "river",
          "doctor", "school", "window", "garden", "city", "horse", "paper", "king", "ship", "milk",
          "chair", "table", "apple", "mountain", "church", "friend", "night", "road", "fire", "book"]
+
+
+def prepare(cfg):
+    """Run the vocab and trials stages of `cfg` (what behave needs); returns `cfg`."""
+    from pipeline import trials, vocab
+
+    vocab.run(cfg, Options())
+    trials.run(cfg, Options())
+    return cfg
 
 
 def make_config_at(tmp):
@@ -195,14 +205,6 @@ def write_swow(path, words: list[str], z: np.ndarray, seed: int = 1, missing=(3,
     return [w for i, w in enumerate(words) if i not in set(missing)]
 
 
-def opts(**kw):
-    """An argparse-like namespace with the CLI defaults."""
-    from argparse import Namespace
-
-    d = {"model": None, "paradigm": None, "strategy": None, "shard": (0, 1), "engine": "local",
-         "address": None, "limit": None, "force": False}
-    d.update(kw)
-    return Namespace(**d)
 
 
 def record_behave(cfg, compliance=(0.9, 0.8)) -> None:

@@ -3,7 +3,6 @@ computations (math.log), scipy's cdist and a plain-Python Counter reference."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections import Counter
@@ -20,16 +19,11 @@ from pipeline import aggregate, comparison, paths
 from pipeline.errors import PipelineError
 from pipeline.logs import SCHEMA, write_part
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.similarity import cosine, ppmi
 
 WORDS = ["dog", "cat", "tree", "milk"]
 
-
-def _opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 def _rows_table(rows: list[dict]) -> pa.Table:
@@ -73,7 +67,7 @@ FC_TRIALS = [
 def test_fc_matches_hand_computation(cfg):
     write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table(FC_TRIALS[:4]))
     write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table(FC_TRIALS[4:]))
-    aggregate.run(cfg, _opts(paradigm="fc"))
+    aggregate.run(cfg, Options(paradigm="fc"))
     out = aggregate.load_matrices(cfg, "m", "fc")
     assert out["rows"] == WORDS
     assert out["cols"] == ["cat", "dog", "tree"]

@@ -3,7 +3,6 @@ unbatched reference (real MiniLM), and consensus / centering vs direct numpy."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,15 +11,10 @@ import pytest
 from pipeline import baselines, paths
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, fingerprint
+from pipeline.options import Options
 
 WORDS = ["dog", "cat", "tree", "milk", "Paris", "us"]
 
-
-def _opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 def _write_vec(path, rows, header=True):
@@ -144,7 +138,7 @@ def test_consensus_stage_and_center_rows(make_config):
     paths.vocab_file(cfg).parent.mkdir(parents=True, exist_ok=True)
     paths.vocab_file(cfg).write_text("\n".join(f"w{i}" for i in range(n)) + "\n")
     stacks = _fake_hidden(cfg, models, "meaning", rng, n)
-    baselines.run(cfg, _opts())
+    baselines.run(cfg, Options())
     for target, _, _ in models:
         mats = [_direct_centered(stacks[m][layer]) for m, _, _ in models if m != target
                 for layer in range(1, stacks[m].shape[0])]
@@ -160,7 +154,7 @@ def test_consensus_stage_and_center_rows(make_config):
     total, layers = baselines.consensus_sum(cfg, "meaning", exclude_model=None)
     assert layers == 3 + 2 + 4
     mtime = baselines.consensus_file(cfg, "a", "meaning").stat().st_mtime_ns
-    baselines.run(cfg, _opts())
+    baselines.run(cfg, Options())
     assert baselines.consensus_file(cfg, "a", "meaning").stat().st_mtime_ns == mtime
 
 
@@ -171,7 +165,7 @@ def test_consensus_needs_hidden_of_every_model(make_config):
     paths.vocab_file(cfg).write_text("w0\nw1\nw2\n")
     _fake_hidden(cfg, [("a", 2, 4)], "meaning", np.random.default_rng(0), 3)
     with pytest.raises(PipelineError, match=r"'b'.*pipeline hidden .*--model b --strategy meaning"):
-        baselines.run(cfg, _opts())
+        baselines.run(cfg, Options())
 
 
 def test_stage_single_model_static_only(make_config, tmp_path):
@@ -180,7 +174,7 @@ def test_stage_single_model_static_only(make_config, tmp_path):
     cfg = make_config(baselines={"static": str(f), "static_name": "toy", "encoder": None})
     paths.vocab_file(cfg).parent.mkdir(parents=True, exist_ok=True)
     paths.vocab_file(cfg).write_text("\n".join(WORDS) + "\n")
-    baselines.run(cfg, _opts())
+    baselines.run(cfg, Options())
     vecs, mask = baselines.load_static_vectors(cfg)
     assert mask.tolist() == [True, True, True, False, True, True]
     report = json.loads((paths.baselines_dir(cfg) / "toy.json").read_text())

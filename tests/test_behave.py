@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -15,28 +14,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _synthetic import prepare
 
 from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import get_backend
 from pipeline.backends.fake import FakeBackend
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
+from pipeline.options import Options
 from pipeline.parse import parse_fc
 from pipeline.prompts import prompt_sha
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    return argparse.Namespace(**{**base, **kw})
-
-
-def prepare(cfg):
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
-    return cfg
 
 
 def final_rows(cfg, paradigm, model="m"):
@@ -63,7 +54,7 @@ def fc_table(n=40, seed=0):
 
 def test_plumbing_fc_and_fa(make_config):
     cfg = prepare(make_config())
-    behave.run(cfg, opts())
+    behave.run(cfg, Options())
     for paradigm in ("fc", "fa"):
         plan = trials.load_trials(cfg, paradigm)
         got = final_rows(cfg, paradigm)
@@ -83,7 +74,7 @@ def test_plumbing_fc_and_fa(make_config):
     assert fa.column("run").to_pylist() == plan.column("run").to_pylist()
     # A second run has nothing to do.
     before = sorted(p.name for p in paths.behavior_dir(cfg, "m", "fc").iterdir())
-    behave.run(cfg, opts())
+    behave.run(cfg, Options())
     assert sorted(p.name for p in paths.behavior_dir(cfg, "m", "fc").iterdir()) == before
 
 
@@ -170,10 +161,10 @@ def test_limit_then_resume_and_status_summary(make_config):
     cfg = prepare(make_config(behave={"chunk_size": 4}))
     os.environ["PIPELINE_FAKE_FAIL"] = "1"
     try:
-        behave.run(cfg, opts(paradigm="fc", limit=10))
+        behave.run(cfg, Options(paradigm="fc", limit=10))
         assert len(logs.finished_ids(paths.behavior_dir(cfg, "m", "fc"))) == 10
         assert not Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
-        behave.run(cfg, opts(paradigm="fc"))
+        behave.run(cfg, Options(paradigm="fc"))
     finally:
         del os.environ["PIPELINE_FAKE_FAIL"]
     plan = trials.load_trials(cfg, "fc")
@@ -188,10 +179,10 @@ def test_limit_then_resume_and_status_summary(make_config):
 
 def test_shards_fill_one_run(make_config):
     cfg = prepare(make_config())
-    behave.run(cfg, opts(paradigm="fa", shard=(1, 3)))
-    behave.run(cfg, opts(paradigm="fa", shard=(0, 3)))
+    behave.run(cfg, Options(paradigm="fa", shard=(1, 3)))
+    behave.run(cfg, Options(paradigm="fa", shard=(0, 3)))
     assert not Manifest(cfg.run_dir).stage("behave/m/fa")["complete"]
-    behave.run(cfg, opts(paradigm="fa", shard=(2, 3)))
+    behave.run(cfg, Options(paradigm="fa", shard=(2, 3)))
     assert Manifest(cfg.run_dir).stage("behave/m/fa")["complete"]
     ids = final_rows(cfg, "fa").column("trial_id").to_numpy()
     assert len(ids) == len(np.unique(ids)) == trials.load_trials(cfg, "fa").num_rows
@@ -201,11 +192,11 @@ def test_shards_fill_one_run(make_config):
 
 def test_changed_inputs_refuse_then_force_moves_old_logs_aside(make_config):
     cfg = prepare(make_config())
-    behave.run(cfg, opts(paradigm="fa"))
+    behave.run(cfg, Options(paradigm="fa"))
     cfg2 = make_config(behave={"fa_temperature": 0.9})
     with pytest.raises(StaleStageError, match="behave/m/fa"):
-        behave.run(cfg2, opts(paradigm="fa"))
-    behave.run(cfg2, opts(paradigm="fa", force=True))
+        behave.run(cfg2, Options(paradigm="fa"))
+    behave.run(cfg2, Options(paradigm="fa", force=True))
     stale = [p for p in paths.behavior_dir(cfg, "m", "fa").parent.iterdir() if ".stale-" in p.name]
     assert len(stale) == 1 and logs.list_parts(stale[0])
     assert Manifest(cfg.run_dir).stage("behave/m/fa")["complete"]
@@ -215,7 +206,7 @@ def test_missing_model_names_model_and_fix(make_config, tmp_path):
     cfg = prepare(make_config(behave={"backend": "hf"},
                               models=[{"name": "tiny", "path": str(tmp_path / "models" / "smollm2-135m-instruct")}]))
     with pytest.raises(PipelineError, match="model 'tiny'.*make model"):
-        behave.run(cfg, opts(paradigm="fa"))
+        behave.run(cfg, Options(paradigm="fa"))
     cfg = make_config(models=[{"name": "big", "path": str(tmp_path / "nope")}])
     with pytest.raises(PipelineError, match="model 'big'.*models\\[0\\].path"):
         get_backend("vllm", cfg.models[0], cfg)
@@ -226,7 +217,7 @@ def test_second_writer_is_refused(make_config):
     with logs.WriterLock(paths.behavior_dir(cfg, "m", "fc")):
         with pytest.raises(PipelineError, match=r"\.writer\.lock.*pid"):
             # Same process, separate open file: flock conflicts exactly as with another process.
-            behave.run(cfg, opts(paradigm="fc"))
+            behave.run(cfg, Options(paradigm="fc"))
 
 
 # ---------- self-healing logs and hostile outputs ----------
@@ -235,7 +226,7 @@ def test_finished_log_that_lost_a_part_reruns_exactly_its_trials(make_config, mo
     from pipeline import aggregate
 
     cfg = prepare(make_config(behave={"chunk_size": 16}))
-    behave.run(cfg, opts(paradigm="fc"))
+    behave.run(cfg, Options(paradigm="fc"))
     d = paths.behavior_dir(cfg, "m", "fc")
     parts = logs.list_parts(d)
     before = final_rows(cfg, "fc")
@@ -247,7 +238,7 @@ def test_finished_log_that_lost_a_part_reruns_exactly_its_trials(make_config, mo
     asked = []
     real = FakeBackend.generate
     monkeypatch.setattr(FakeBackend, "generate", lambda self, reqs: asked.extend(reqs) or real(self, reqs))
-    behave.run(cfg, opts(paradigm="fc", force=True))
+    behave.run(cfg, Options(paradigm="fc", force=True))
     assert len(asked) == len(lost_ids)
     after = final_rows(cfg, "fc")
     assert after.column("trial_id").to_pylist() == before.column("trial_id").to_pylist()
@@ -255,7 +246,7 @@ def test_finished_log_that_lost_a_part_reruns_exactly_its_trials(make_config, mo
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
     assert aggregate.aggregate_one(cfg, "m", "fc", vocab.load_run_vocab(cfg))["trials"] == before.num_rows
     asked.clear()
-    behave.run(cfg, opts(paradigm="fc"))
+    behave.run(cfg, Options(paradigm="fc"))
     assert asked == []
 
 
@@ -263,9 +254,9 @@ def test_deleted_log_folder_is_run_again(make_config):
     import shutil
 
     cfg = prepare(make_config())
-    behave.run(cfg, opts(paradigm="fa"))
+    behave.run(cfg, Options(paradigm="fa"))
     shutil.rmtree(paths.behavior_dir(cfg, "m", "fa"))
-    behave.run(cfg, opts(paradigm="fa"))
+    behave.run(cfg, Options(paradigm="fa"))
     assert final_rows(cfg, "fa").num_rows == trials.load_trials(cfg, "fa").num_rows
     assert Manifest(cfg.run_dir).stage("behave/m/fa")["complete"]
 
@@ -274,7 +265,7 @@ def test_lone_surrogates_are_stored_escaped(make_config, monkeypatch):
     cfg = prepare(make_config(behave={"chunk_size": 8}))
     monkeypatch.setattr(FakeBackend, "_fc", lambda self, text, r: "output: \udc80bad, \ud800")
     monkeypatch.setattr(FakeBackend, "_fa", lambda self, text, r: "output: caf\udce9, x.")
-    behave.run(cfg, opts())
+    behave.run(cfg, Options())
     fc = all_rows(cfg, "fc")
     assert set(fc.column("raw_output").to_pylist()) == {"output: \\udc80bad, \\ud800"}
     assert set(final_rows(cfg, "fc").column("status").to_pylist()) == {"unparseable"}
@@ -290,7 +281,7 @@ def test_unicode_vocabulary_answers_are_parsed(make_config, tmp_path):
     src = tmp_path / "uni.txt"
     src.write_text("\n".join(words) + "\n", encoding="utf-8")
     cfg = prepare(make_config(vocab={"source": str(src), "size": len(words)}, behave={"paradigms": ["fc"]}))
-    behave.run(cfg, opts())
+    behave.run(cfg, Options())
     got = final_rows(cfg, "fc")
     assert set(got.column("status").to_pylist()) == {"ok"}
     stats = aggregate.aggregate_one(cfg, "m", "fc", words)

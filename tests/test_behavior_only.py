@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import baselines, behave, comparison, export, hidden, paths, regress, report, rsa, trials, vocab
 from pipeline.manifest import Manifest, fingerprint
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine
 
 REFS = ["fc", "fa", "static", "encoder", "consensus", "fc:gpt", "fa:gpt"]
@@ -31,7 +32,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def analysed(run):
     for stage in (rsa, regress, report):
-        stage.run(run, syn.opts())
+        stage.run(run, Options())
     return run
 
 
@@ -55,7 +56,7 @@ def test_rsa_has_no_cells_for_it_but_uses_its_behavior_as_reference(analysed, ca
     assert {"m1", "m2", "gpt"} == set(rel.model)
     assert Manifest(cfg.run_dir).stage("rsa")["complete"]
     with caplog.at_level(logging.INFO, logger="pipeline.rsa"):
-        rsa.run(cfg, syn.opts())
+        rsa.run(cfg, Options())
     lines = [r.getMessage() for r in caplog.records if "gpt" in r.getMessage()]
     assert len(lines) == 1 and "behavior-only" in lines[0]
 
@@ -88,18 +89,18 @@ def test_behavior_rsa_is_recomputed_only_when_a_matrix_changes(make_config):
     cfg = syn.config(make_config, models=("m1", {"name": "gpt"}), hidden={"strategies": ["meaning"]},
                      rsa={"methods": ["spearman"], "bootstrap": 0, "split_half": False})
     syn.build(cfg, n_layers=2)
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     out = paths.result_table(cfg, "behavior_rsa")
     before = pd.read_parquet(out)
     mtime = out.stat().st_mtime_ns
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     assert out.stat().st_mtime_ns == mtime
     path = paths.matrix_file(cfg, "gpt", "fa", "sim_ppmi")
     m = np.load(path)
     m[0, 1:] = m[1:, 0] = m[0, 1:][::-1]
     np.save(path, m)
     Manifest(cfg.run_dir).register([path], "aggregate/gpt/fa")
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     after = pd.read_parquet(out)
     assert out.stat().st_mtime_ns != mtime
     assert after.query("paradigm == 'fc'").rsa.tolist() == before.query("paradigm == 'fc'").rsa.tolist()
@@ -138,8 +139,8 @@ def test_report_shows_its_compliance_and_behavioral_geometry(analysed):
 def test_hidden_and_export_skip_it(analysed, caplog):
     cfg = analysed
     with caplog.at_level(logging.INFO):
-        _, todo, _ = hidden.pending(cfg, syn.opts())
-        export.run(cfg, syn.opts(hidden=True, layers=None))
+        _, todo, _ = hidden.pending(cfg, Options())
+        export.run(cfg, Options(hidden=True, layers=None))
     assert {m for m, _, _ in todo} <= {"m1", "m2"}
     assert any("hidden gpt: behavior-only model" in r.getMessage() for r in caplog.records)
     assert any("export gpt: behavior-only model" in r.getMessage() for r in caplog.records)
@@ -164,22 +165,22 @@ def test_consensus_leaves_it_out(make_config, caplog):
         np.save(path, stacks[name])
         man.complete(f"hidden/{name}/meaning", fingerprint(name))
     with caplog.at_level(logging.INFO, logger="pipeline.baselines"):
-        baselines.run(cfg, syn.opts())
+        baselines.run(cfg, Options())
     expected = np.mean([centered_cosine(stacks["b"][layer].astype(np.float32)) for layer in (1, 2)], axis=0)
     np.testing.assert_allclose(np.load(paths.consensus_file(cfg, "a", "meaning")), expected, atol=1e-5)
     assert not paths.consensus_file(cfg, "gpt", "meaning").exists()
     assert sum("gpt" in r.getMessage() for r in caplog.records) == 1
     solo = make_config(models=[{"name": "a", "path": "x"}, {"name": "gpt"}], hidden={"strategies": ["meaning"]},
                        baselines={"static": None, "encoder": None})
-    baselines.run(solo, syn.opts())
+    baselines.run(solo, Options())
     assert Manifest(solo.run_dir).summary("baselines/consensus")["available"] is False
 
 
 def test_behave_runs_a_model_without_a_path(make_config):
     cfg = make_config(models=[{"name": "gpt"}])
-    vocab.run(cfg, syn.opts())
-    trials.run(cfg, syn.opts())
-    behave.run(cfg, syn.opts())
+    vocab.run(cfg, Options())
+    trials.run(cfg, Options())
+    behave.run(cfg, Options())
     summary = Manifest(cfg.run_dir).summary("behave/gpt/fc")
     assert summary["compliance"] == 1.0 and summary["requests"] == summary["n_trials"]
     assert summary["last_run"]["requests_per_s"] > 0 and "backend" not in summary["last_run"]

@@ -101,7 +101,7 @@ def test_int_is_accepted_for_float(tmp_path):
     ("[rsa]\nmethods = ['kendall']\n", r"'rsa\.methods' has unknown value 'kendall'"),
     ("[regress]\ntest_size = 1.0\n", r"'regress\.test_size' = 1\.0 must be in \(0, 1\)"),
     ("[baselines]\nencoder_template = 'This is a word'\n", r"'baselines\.encoder_template' must contain '\{w\}'"),
-    ("[[models]]\nname = 'a'\npath = 'x'\n[[models]]\nname = 'a'\npath = 'y'\n", r"'models\[0\]\.name' = 'a' appears twice; model names must be unique"),
+    ("[[models]]\nname = 'a'\npath = 'x'\n[[models]]\nname = 'a'\npath = 'y'\n", r"'models\[0\]\.name' = 'a' appears twice; names in \[\[models\]\] must be unique"),
     ("[[models]]\nname = 'a b'\npath = 'x'\n", r"'models\[0\]\.name' = 'a b' must be a plain name"),
 ])
 def test_impossible_values(tmp_path, text, pattern):

@@ -7,7 +7,6 @@ actor, so that greedy and seeded outputs are bit-identical between engines.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from pipeline.cli import run_stage
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.manifest import Manifest  # noqa: E402
+from pipeline.options import Options
 
 ray = pytest.importorskip("ray")
 
@@ -34,11 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["dog", "cat", "house", "tree", "water", "music", "money", "car", "bread", "river", "doctor", "school"]
 PARADIGMS = ("fc", "fa")
 
-
-def opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False, workers=None)
-    return argparse.Namespace(**{**base, **kw})
 
 
 def build(root: Path, model_path, backend="hf", chunk_size=6, paradigms=("fc", "fa")) -> Config:
@@ -74,8 +69,8 @@ device = "cpu"
 batch_size = 4
 """)
     cfg = load_config(config)
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
+    vocab.run(cfg, Options())
+    trials.run(cfg, Options())
     return cfg
 
 
@@ -121,7 +116,7 @@ def reference(tmp_path_factory, tiny_llama_dir):
     torch.set_num_threads(1)
     try:
         cfg = build(tmp_path_factory.mktemp("local"), tiny_llama_dir)
-        behave.run(cfg, opts())
+        behave.run(cfg, Options())
     finally:
         torch.set_num_threads(before)
     return cfg
@@ -146,7 +141,7 @@ def test_plan_workers_gpu_and_cpu_clusters():
 @pytest.mark.slow
 def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path):
     cfg = build(tmp_path, tiny_llama_dir)
-    run_stage("behave", cfg, opts(engine="ray", workers=2))
+    run_stage("behave", cfg, Options(engine="ray", workers=2))
     man = Manifest(cfg.run_dir)
     for paradigm in PARADIGMS:
         assert_complete_without_duplicates(cfg, paradigm)
@@ -167,9 +162,9 @@ def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, t
 @pytest.mark.slow
 def test_ray_scores_fc_like_a_single_process(cluster, tiny_llama_dir, tmp_path, one_thread):
     local = build(tmp_path / "local", tiny_llama_dir, paradigms=("fc_scored",))
-    behave.run(local, opts())
+    behave.run(local, Options())
     cfg = build(tmp_path / "ray", tiny_llama_dir, paradigms=("fc_scored",))
-    run_stage("behave", cfg, opts(engine="ray", workers=2))
+    run_stage("behave", cfg, Options(engine="ray", workers=2))
 
     def scored_rows(c):
         parts = logs.list_parts(paths.behavior_dir(c, "m", "fc_scored"))
@@ -192,7 +187,7 @@ def test_worker_killed_mid_chunk_loses_and_duplicates_nothing(cluster, reference
     cfg = build(tmp_path, tiny_llama_dir)
     marker = tmp_path / "crashed"
     monkeypatch.setenv("PIPELINE_FAULT_EXIT", f"2:{marker}")
-    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc"))
+    run_stage("behave", cfg, Options(engine="ray", workers=2, paradigm="fc"))
     assert marker.exists(), "no worker died: the fault drill did not fire"
     assert "failed on a chunk of behave/m/fc" in caplog.text
     assert_complete_without_duplicates(cfg, "fc")
@@ -221,7 +216,7 @@ def test_killed_driver_resumes_from_the_store(cluster, tmp_path, smollm2_dir):
     before = len(logs.finished_ids(directory))
     assert 0 < before < 36
     assert not Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
-    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc"))
+    run_stage("behave", cfg, Options(engine="ray", workers=2, paradigm="fc"))
     assert_complete_without_duplicates(cfg, "fc")
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
 
@@ -229,13 +224,13 @@ def test_killed_driver_resumes_from_the_store(cluster, tmp_path, smollm2_dir):
 @pytest.mark.slow
 def test_ray_shard_and_local_shard_fill_one_run(cluster, tmp_path, smollm2_dir):
     cfg = build(tmp_path, smollm2_dir, backend="fake", chunk_size=4)
-    run_stage("behave", cfg, opts(engine="ray", workers=2, paradigm="fc", shard=(0, 2)))
+    run_stage("behave", cfg, Options(engine="ray", workers=2, paradigm="fc", shard=(0, 2)))
     directory = paths.behavior_dir(cfg, "m", "fc")
     names = [p.name for p in logs.list_parts(directory)]
     assert names and all(n.startswith("part-000of002-") for n in names)
     assert (logs.finished_ids(directory) % 2 == 0).all()
     assert not Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
-    behave.run(cfg, opts(paradigm="fc", shard=(1, 2)))
+    behave.run(cfg, Options(paradigm="fc", shard=(1, 2)))
     assert_complete_without_duplicates(cfg, "fc")
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
 
@@ -272,16 +267,16 @@ def test_engine_that_cannot_start_names_the_model(cluster, tmp_path, tiny_llama_
     cfg = build(tmp_path, tiny_llama_dir)
     cfg.models[0].path = str(tmp_path / "no-such-model")
     with pytest.raises(PipelineError, match="could not start its engine.*no-such-model"):
-        run_stage("behave", cfg, opts(engine="ray", workers=1, paradigm="fc"))
+        run_stage("behave", cfg, Options(engine="ray", workers=1, paradigm="fc"))
     assert logs.list_parts(paths.behavior_dir(cfg, "m", "fc")) == []
 
 
 @pytest.mark.slow
 def test_hidden_fan_out_writes_the_local_files(cluster, tiny_llama_dir, tmp_path, one_thread):
     local = build(tmp_path / "local", tiny_llama_dir)
-    hidden.run(local, opts())
+    hidden.run(local, Options())
     cfg = build(tmp_path / "ray", tiny_llama_dir)
-    run_stage("hidden", cfg, opts(engine="ray", workers=2))
+    run_stage("hidden", cfg, Options(engine="ray", workers=2))
     man = Manifest(cfg.run_dir)
     for strategy in ("meaning", "task_fc"):
         got = np.load(paths.hidden_file(cfg, "m", strategy))

@@ -7,11 +7,12 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_behave import opts, prepare
+from _synthetic import prepare
 
 from pipeline import attempts, behave, driver, logs, paths, trials, vocab
 from pipeline.backends.fake import FakeBackend
 from pipeline.benchmarks import legacy_driver
+from pipeline.options import Options
 
 
 def _without_latency(t: pa.Table) -> list[dict]:
@@ -43,11 +44,11 @@ def test_stage_parts_equal_the_lock_step_stage(make_config, monkeypatch):
     os.environ["PIPELINE_FAKE_FAIL"] = "1"
     try:
         a = prepare(make_config(behave={"chunk_size": 6}))
-        behave.run(a, opts(paradigm="fc"))
+        behave.run(a, Options(paradigm="fc"))
         b = prepare(make_config(experiment={"name": "lockstep", "data_dir": str(a.experiment.data_dir)},
                                 behave={"chunk_size": 6}))
         monkeypatch.setattr(FakeBackend, "batch_invariant", False)
-        behave.run(b, opts(paradigm="fc"))
+        behave.run(b, Options(paradigm="fc"))
     finally:
         del os.environ["PIPELINE_FAKE_FAIL"]
     pa_parts = logs.list_parts(paths.behavior_dir(a, "m", "fc"))

@@ -11,6 +11,7 @@ from rsatoolbox.rdm import load_rdm
 from pipeline import export, paths, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine
 
 
@@ -52,7 +53,7 @@ def test_matrix_round_trip_with_non_ascii_words(tmp_path):
 def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
     cfg = syn.config(make_config, models=("m1",), hidden={"strategies": ["meaning"]})
     data = syn.build(cfg, n_layers=2)
-    export.run(cfg, syn.opts())
+    export.run(cfg, Options())
     root = paths.export_dir(cfg)
     assert (root / "words.txt").read_text().split() == data["words"]
     for p in ("fc", "fa"):
@@ -63,10 +64,10 @@ def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
     assert not list((root / "m1").glob("hidden_*"))
     npz = root / "m1" / "fc_ppmi.npz"
     mtime = npz.stat().st_mtime_ns
-    export.run(cfg, syn.opts())
+    export.run(cfg, Options())
     assert npz.stat().st_mtime_ns == mtime
 
-    export.run(cfg, syn.opts(hidden=True, layers=[2]))
+    export.run(cfg, Options(hidden=True, layers=[2]))
     sim = centered_cosine(data["hidden"]["m1", "meaning"][2], compute=np.float32)
     _check_round_trip(root / "m1" / "hidden_meaning_layer2", sim, data["words"])
     assert not (root / "m1" / "hidden_meaning_layer1.npz").exists()
@@ -75,12 +76,12 @@ def test_stage_exports_every_behavioral_matrix_and_resumes(make_config):
     fc_file = paths.matrices_dir(cfg, "m1", "fc") / "sim_ppmi.npy"
     np.save(fc_file, fa)
     with pytest.raises(PipelineError, match="changed since the aggregate/m1/fc stage wrote it"):
-        export.run(cfg, syn.opts())
+        export.run(cfg, Options())
     Manifest(cfg.run_dir).register([fc_file], "aggregate/m1/fc")  # a legitimate rebuild: re-exported
-    export.run(cfg, syn.opts())
+    export.run(cfg, Options())
     _check_round_trip(root / "m1" / "fc_ppmi", fa, data["words"])
     (root / "m1" / "fc_ppmi.h5").unlink()
-    export.run(cfg, syn.opts())
+    export.run(cfg, Options())
     assert (root / "m1" / "fc_ppmi.h5").exists()
 
 
@@ -93,4 +94,4 @@ def test_bad_layer_is_named(make_config):
     opts = build_parser().parse_args(["export", "--config", "x.toml", "--hidden", "--layers", "1,16,32"])
     assert opts.hidden and opts.layers == [1, 16, 32]
     with pytest.raises(export.PipelineError, match="layers 1..2"):
-        export.run(cfg, syn.opts(hidden=True, layers=[3]))
+        export.run(cfg, Options(hidden=True, layers=[3]))

@@ -3,7 +3,6 @@ interruption, damaged outputs rebuilt, one writer per cell."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from pipeline import hidden, paths, pooling, sentences
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.prompts import hidden_prompt
 from pipeline.rules import Rules
 
@@ -19,12 +19,6 @@ PAPER = Rules(paper=True)
 
 WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
 
-
-def _opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
 
 
 from test_pooling import _reference  # noqa: E402
@@ -64,7 +58,7 @@ def test_stage_output_matches_reference(stage_cfg, tiny, monkeypatch):
     tok, model = tiny
     monkeypatch.setattr(hidden, "_BLOCK_WORDS", 3)
     cfg = stage_cfg()
-    hidden.run(cfg, _opts())
+    hidden.run(cfg, Options())
     meaning = np.load(paths.hidden_file(cfg, "tiny", "meaning"))
     assert meaning.dtype == np.float16 and meaning.shape == (3, len(WORDS), 32)
     for j, w in enumerate(WORDS):
@@ -83,7 +77,7 @@ def test_stage_output_matches_reference(stage_cfg, tiny, monkeypatch):
     side = json.loads(paths.hidden_file(cfg, "tiny", "averaged").with_suffix(".json").read_text())
     assert side["vocabulary"] == WORDS
     mtime = paths.hidden_file(cfg, "tiny", "meaning").stat().st_mtime_ns
-    hidden.run(cfg, _opts())
+    hidden.run(cfg, Options())
     assert paths.hidden_file(cfg, "tiny", "meaning").stat().st_mtime_ns == mtime
 
 
@@ -101,7 +95,7 @@ def test_resume_after_interruption(stage_cfg, monkeypatch):
 
     monkeypatch.setattr(hidden, "_save_progress", crash_after_first_block)
     with pytest.raises(KeyboardInterrupt):
-        hidden.run(cfg, _opts())
+        hidden.run(cfg, Options())
     out = paths.hidden_file(cfg, "tiny", "meaning")
     assert not out.exists() and out.with_name(out.name + ".partial").exists()
     assert not Manifest(cfg.run_dir).stage("hidden/tiny/meaning")["complete"]
@@ -114,14 +108,14 @@ def test_resume_after_interruption(stage_cfg, monkeypatch):
         return real_encode(self, texts, words)
 
     monkeypatch.setattr(pooling.Pooler, "encode", spy)
-    hidden.run(cfg, _opts())
+    hidden.run(cfg, Options())
     assert encoded_words == WORDS[3:]
     resumed = np.load(out)
     cfg2 = stage_cfg(strategies=["meaning"])
     cfg2.experiment.name = "fresh"
     paths.vocab_file(cfg2).parent.mkdir(parents=True, exist_ok=True)
     paths.vocab_file(cfg2).write_text("\n".join(WORDS) + "\n")
-    hidden.run(cfg2, _opts())
+    hidden.run(cfg2, Options())
     np.testing.assert_array_equal(resumed, np.load(paths.hidden_file(cfg2, "tiny", "meaning")))
     assert not out.with_name(out.name + ".progress.json").exists()
 
@@ -129,7 +123,7 @@ def test_resume_after_interruption(stage_cfg, monkeypatch):
 def test_missing_sentence_file_names_fix(stage_cfg, tmp_path):
     cfg = stage_cfg(sentences=str(tmp_path / "nope.txt"))
     with pytest.raises(PipelineError, match=r"nope\.txt: file not found.*harvest"):
-        hidden.run(cfg, _opts(strategy="averaged"))
+        hidden.run(cfg, Options(strategy="averaged"))
 
 
 def test_averaged_fallback_default_meaning_paper_bare_word():
@@ -146,7 +140,7 @@ def test_damaged_output_is_named_then_rebuilt(stage_cfg, damage):
     import os
 
     cfg = stage_cfg(strategies=["meaning"])
-    hidden.run(cfg, _opts())
+    hidden.run(cfg, Options())
     out = paths.hidden_file(cfg, "tiny", "meaning")
     good = np.load(out)
     if damage == "random bytes":
@@ -160,7 +154,7 @@ def test_damaged_output_is_named_then_rebuilt(stage_cfg, damage):
     with pytest.raises(PipelineError, match=r"meaning\.npy: hidden states of tiny/meaning .*"
                                             r"pipeline hidden --config test\.toml --model tiny --strategy meaning"):
         hidden.load_hidden(cfg, "tiny", "meaning")
-    hidden.run(cfg, _opts())
+    hidden.run(cfg, Options())
     np.testing.assert_array_equal(np.load(out), good)
 
 
@@ -182,8 +176,8 @@ def test_second_extraction_of_one_cell_is_refused(stage_cfg):
     out = paths.hidden_file(cfg, "tiny", "meaning")
     with StageLock(out.with_name(f".{out.stem}.lock"), "test"):
         with pytest.raises(PipelineError, match=r"\.meaning\.lock is held by another run \(pid"):
-            hidden.run(cfg, _opts())
-    hidden.run(cfg, _opts())
+            hidden.run(cfg, Options())
+    hidden.run(cfg, Options())
     assert out.exists()
 
 
@@ -194,4 +188,4 @@ def test_cuda_device_without_cuda_is_named(stage_cfg):
         pytest.skip("this machine has CUDA")
     cfg = stage_cfg(device="cuda")
     with pytest.raises(PipelineError, match=r"hidden.device = 'cuda' but this machine has no usable CUDA device"):
-        hidden.run(cfg, _opts())
+        hidden.run(cfg, Options())

@@ -19,6 +19,7 @@ from pipeline.config import ConfigError, NormsCfg
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
 from pipeline.norms import count_norms, detect, import_norms
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine
 
 WORDS = ["dog", "cat", "house", "tree"]
@@ -128,13 +129,13 @@ def test_aggregate_imports_norms_unless_narrowed(make_config, tmp_path):
     path.write_text(SWOW)
     cfg = make_config(norms=[{"name": "swow", "path": str(tmp_path / "absent.csv")}], behave={"paradigms": []})
     _vocab(cfg, WORDS)
-    aggregate.run(cfg, syn.opts(model="m"))
+    aggregate.run(cfg, Options(model="m"))
     assert not paths.norms_dir(cfg, "swow").exists()
     with pytest.raises(PipelineError, match=r"norms\[0\].path = .*absent.csv.* file not found; point it at your "
                                             r"copy of the norms"):
-        aggregate.run(cfg, syn.opts())
+        aggregate.run(cfg, Options())
     cfg.norms[0].path = str(path)
-    aggregate.run(cfg, syn.opts())
+    aggregate.run(cfg, Options())
     assert (paths.norms_dir(cfg, "swow") / "sim_counts.npy").exists()
 
 
@@ -152,9 +153,9 @@ def run_dir(tmp_path_factory):
     built = syn.build(cfg, n_layers=3)
     covered = syn.write_swow(tmp / "SWOW-EN.R100.csv", built["words"], built["z"])
     syn.record_behave(cfg)
-    aggregate.run(cfg, syn.opts())
+    aggregate.run(cfg, Options())
     for stage in (rsa, regress, report):
-        stage.run(cfg, syn.opts())
+        stage.run(cfg, Options())
     return cfg, built, covered
 
 

@@ -5,7 +5,6 @@ in test_openai_server.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import threading
@@ -16,13 +15,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _synthetic import prepare
 
-from pipeline import behave, logs, paths, trials, vocab
+from pipeline import behave, logs, paths, trials
 from pipeline.backends import GenRequest, get_backend
 from pipeline.backends.openai import PROBE_REGEX, OpenAIBackend, canonical_messages
 from pipeline.config import ConfigError
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.prompts import chat_messages, fa_prompt, fc_prompt
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -140,22 +141,12 @@ def stub():
     server.server_close()
 
 
-def opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    return argparse.Namespace(**{**base, **kw})
-
 
 def api_config(make_config, url, behave_kw=None, **model_kw):
     model = {"name": "api", "backend": "openai", "base_url": url, "api_backoff_s": 0.01, "api_retries": 3,
              "api_concurrency": 4, **model_kw}
     return make_config(behave={"backend": "vllm", "chunk_size": 8, **(behave_kw or {})}, models=[model])
 
-
-def prepared(cfg):
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
-    return cfg
 
 
 def backend_for(cfg) -> OpenAIBackend:
@@ -214,8 +205,8 @@ def test_concurrency_is_bounded_by_the_config(make_config, stub):
 
 def test_key_is_sent_from_the_environment_and_written_nowhere(make_config, stub, monkeypatch, caplog):
     monkeypatch.setenv("PIPELINE_TEST_API_KEY", KEY)
-    cfg = prepared(api_config(make_config, stub.url, api_key_env="PIPELINE_TEST_API_KEY"))
-    behave.run(cfg, opts(paradigm="fc"))
+    cfg = prepare(api_config(make_config, stub.url, api_key_env="PIPELINE_TEST_API_KEY"))
+    behave.run(cfg, Options(paradigm="fc"))
     assert {h.get("Authorization") for h in stub.headers} == {f"Bearer {KEY}"}
     for path in cfg.run_dir.rglob("*"):
         if path.is_file():
@@ -308,16 +299,16 @@ def test_structured_config_refuses_a_server_that_ignores_the_field(make_config, 
 # ---------------------------------------------------------------- the behave stage
 
 def test_run_that_gives_up_mid_way_resumes_with_nothing_lost_or_duplicated(make_config, stub):
-    cfg = prepared(api_config(make_config, stub.url, api_retries=1))
+    cfg = prepare(api_config(make_config, stub.url, api_retries=1))
     stub.script = [None] * 16
     stub.always = 503
     with pytest.raises(PipelineError, match="attempts to"):
-        behave.run(cfg, opts(paradigm="fc"))
+        behave.run(cfg, Options(paradigm="fc"))
     directory = paths.behavior_dir(cfg, "api", "fc")
     assert len(logs.list_parts(directory)) == 2
     assert not Manifest(cfg.run_dir).stage("behave/api/fc")["complete"]
     stub.always = None
-    behave.run(cfg, opts(paradigm="fc"))
+    behave.run(cfg, Options(paradigm="fc"))
     rows = pa.concat_tables([pq.read_table(p) for p in logs.list_parts(directory)])
     plan = trials.load_trials(cfg, "fc").column("trial_id").to_numpy()
     ids = rows.filter(rows.column("final")).column("trial_id").to_numpy()
@@ -348,7 +339,7 @@ def test_killed_behave_process_resumes_with_nothing_lost_or_duplicated(tmp_path,
         "[vocab]", f'source = "{tmp_path / "words.txt"}"',
         "[behave]", 'backend = "openai"', 'paradigms = ["fc"]', "chunk_size = 4",
         "[[models]]", 'name = "api"', f'base_url = "{stub.url}"', "api_concurrency = 2"]) + "\n")
-    cfg = prepared(load_config(config))
+    cfg = prepare(load_config(config))
     directory = paths.behavior_dir(cfg, "api", "fc")
     stub.delay_s = 0.2
     cmd = [sys.executable, "-m", "pipeline", "behave", "--config", str(config)]
@@ -370,7 +361,7 @@ def test_killed_behave_process_resumes_with_nothing_lost_or_duplicated(tmp_path,
 
 
 def test_fingerprint_keeps_the_model_id_but_not_the_url(make_config, stub):
-    a = prepared(api_config(make_config, stub.url))
+    a = prepare(api_config(make_config, stub.url))
     b = api_config(make_config, "http://10.0.0.9:8000/v1")
     c = api_config(make_config, stub.url, api_model="other")
     fp = [behave.behave_inputs(x, x.models[0], "fc") for x in (a, b, c)]

@@ -28,6 +28,7 @@ from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import GenRequest, get_backend
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.prompts import chat_messages, fa_prompt
 from pipeline.serve import LocalServer
 
@@ -48,12 +49,6 @@ def server(smollm2_dir, tmp_path_factory):
         srv.stop()
 
 
-def opts(**kw):
-    import argparse
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    return argparse.Namespace(**{**base, **kw})
-
 
 def api_model(server, **kw):
     return {"name": "smol-api", "backend": "openai", "base_url": server.base_url, "api_model": NAME,
@@ -69,9 +64,9 @@ def rows(cfg, model, paradigm) -> pa.Table:
 def test_structured_fc_and_fa_obey_the_server_grammar_and_seeds_repeat(server, make_config):
     cfg = make_config(trials={"fa_runs": 2}, models=[api_model(server)],
                       behave={"backend": "vllm", "chunk_size": 20, "structured_fc": True, "structured_fa": True})
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
-    behave.run(cfg, opts())
+    vocab.run(cfg, Options())
+    trials.run(cfg, Options())
+    behave.run(cfg, Options())
     words = vocab.load_run_vocab(cfg)
     fc = rows(cfg, "smol-api", "fc").to_pylist()
     assert len(fc) == 40 and all(r["final"] and r["status"] == "ok" for r in fc)
@@ -119,8 +114,8 @@ def test_killed_server_is_waited_for_and_greedy_fc_equals_in_process_vllm(server
 
     config = _toml(tmp_path, server, api_concurrency=4, api_retries=12, api_backoff_s=0.5)
     cfg = load_config(config)
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
+    vocab.run(cfg, Options())
+    trials.run(cfg, Options())
     directory = paths.behavior_dir(cfg, "smol-api", "fc")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log_path = tmp_path / "behave.log"

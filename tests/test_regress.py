@@ -11,6 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import paths, regress
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine, cosine, l2_normalize_rows, sample_pairs
 
 WORDS = [f"w{i:03d}" for i in range(120)]
@@ -110,7 +111,7 @@ def test_known_linear_mix_recovers_analytic_r2(make_config):
                {"static": 1.0, "encoder": 0.8, "fc": 0.0, "fa": 0.0}]
     sigma = 0.9
     cfg, noise = _known_run(make_config, weights, sigma)
-    regress.run(cfg, syn.opts())
+    regress.run(cfg, Options())
     df = pd.read_parquet(paths.results_dir(cfg) / "regression.parquet")
     assert set(df.feature_set) == set(regress.FEATURE_SETS_NO_CONSENSUS)
     assert len(df) == 2 * 4
@@ -135,7 +136,7 @@ def test_known_linear_mix_recovers_analytic_r2(make_config):
 def test_stage_with_consensus_counts_drops_and_resumes(make_config):
     cfg = syn.config(make_config, hidden={"strategies": ["task_fc"]}, regress={"seeds": [3], "cv": 2})
     syn.build(cfg, n_layers=2)
-    regress.run(cfg, syn.opts())
+    regress.run(cfg, Options())
     df = pd.read_parquet(paths.results_dir(cfg) / "regression.parquet")
     assert len(df) == 2 * 2 * 5
     assert list(regress.FEATURE_SETS) == list(df.feature_set.unique())
@@ -149,7 +150,7 @@ def test_stage_with_consensus_counts_drops_and_resumes(make_config):
     assert man.stage("regress")["complete"]
     part = paths.results_dir(cfg) / "parts" / "regression" / "m1" / "task_fc.parquet"
     mtime = part.stat().st_mtime_ns
-    regress.run(cfg, syn.opts())
+    regress.run(cfg, Options())
     assert part.stat().st_mtime_ns == mtime
 
 
@@ -158,7 +159,7 @@ def test_missing_baseline_names_the_file(make_config):
     syn.build(cfg, n_layers=1)
     (paths.baselines_dir(cfg) / "minilm.npy").unlink()
     with pytest.raises(regress.PipelineError, match=r"minilm\.npy.*baselines --config"):
-        regress.run(cfg, syn.opts())
+        regress.run(cfg, Options())
 
 
 def test_consensus_matches_baselines_module(make_config):
@@ -179,7 +180,7 @@ def test_sets_needing_an_unconfigured_paradigm_are_skipped(make_config):
     cfg = syn.config(make_config, behave={"paradigms": ["fc"]}, hidden={"strategies": ["meaning"]},
                      regress={"seeds": [0], "cv": 2})
     syn.build(cfg, n_layers=1)
-    regress.run(cfg, syn.opts(model="m1"))
+    regress.run(cfg, Options(model="m1"))
     df = pd.read_parquet(paths.results_dir(cfg) / "regression.parquet")
     assert list(df.feature_set.unique()) == ["base", "base+cross", "base+cross+fc"]
     assert "base+cross+fa" in Manifest(cfg.run_dir).stage("regress/m1/meaning")["summary"]["skipped_sets"]

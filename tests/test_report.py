@@ -13,6 +13,7 @@ import pytest
 from pipeline import export, paths, regress, report, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 
 
 def _table(md: str, heading: str) -> pd.DataFrame:
@@ -35,7 +36,7 @@ def run_dir(tmp_path_factory):
     syn.build(cfg, n_layers=3)
     syn.record_behave(cfg, compliance=(0.93, 0.71))
     for stage in (rsa, regress, report, export):
-        stage.run(cfg, syn.opts())
+        stage.run(cfg, Options())
     return cfg
 
 
@@ -108,15 +109,15 @@ def test_report_is_rebuilt_only_when_results_change(run_dir):
     cfg = run_dir
     md = paths.report_dir(cfg) / "report.md"
     mtime = md.stat().st_mtime_ns
-    report.run(cfg, syn.opts())
+    report.run(cfg, Options())
     assert md.stat().st_mtime_ns == mtime
     (paths.results_dir(cfg) / "rsa.parquet").unlink()
-    rsa.run(cfg, syn.opts())  # rebuilds the same table: the report has nothing new to show
-    report.run(cfg, syn.opts())
+    rsa.run(cfg, Options())  # rebuilds the same table: the report has nothing new to show
+    report.run(cfg, Options())
     assert md.stat().st_mtime_ns == mtime
     cfg.rsa.nn_k = [3]
-    rsa.run(cfg, syn.opts(force=True))
-    report.run(cfg, syn.opts())
+    rsa.run(cfg, Options(force=True))
+    report.run(cfg, Options())
     assert md.stat().st_mtime_ns != mtime
 
 
@@ -124,10 +125,10 @@ def test_single_model_report_without_regression(make_config):
     cfg = syn.config(make_config, models=("solo",), hidden={"strategies": ["meaning"]},
                      rsa={"methods": ["paper"], "bootstrap": 0, "nn_k": [4]})
     with pytest.raises(PipelineError, match="no results to report"):
-        report.run(cfg, syn.opts())
+        report.run(cfg, Options())
     syn.build(cfg, n_layers=2)
-    rsa.run(cfg, syn.opts())
-    report.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
+    report.run(cfg, Options())
     out = paths.report_dir(cfg)
     assert (out / "rsa_by_layer.png").exists() and (out / "nn_overlap.png").exists()
     assert not (out / "regression_by_layer.png").exists()
@@ -172,7 +173,7 @@ def test_paper_model_gets_published_overlay_and_table(make_config):
                      regress={"seeds": [0], "cv": 2})
     syn.build(cfg, n_layers=3)
     for stage in (rsa, regress, report):
-        stage.run(cfg, syn.opts())
+        stage.run(cfg, Options())
     assert published.match(cfg.models) == {"Llama-3.1-8B-Instruct": "Llama-3.1-8B-Instruct"}
     summary = Manifest(cfg.run_dir).summary("report")
     assert summary["published_curves"] == 5  # fc, fa, static, encoder, consensus for the one matched panel

@@ -11,6 +11,7 @@ import pytest
 from pipeline import comparison, paths, rsa
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
+from pipeline.options import Options
 from pipeline.similarity import centered_cosine, cosine
 
 # ---------------------------------------------------------------- stage
@@ -18,7 +19,7 @@ from pipeline.similarity import centered_cosine, cosine
 def test_stage_writes_tables_and_resumes(make_config):
     cfg = syn.config(make_config, rsa={"bootstrap": 5})
     data = syn.build(cfg)
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     res = paths.results_dir(cfg)
     df = pd.read_parquet(res / "rsa.parquet")
     n_layers = 4
@@ -42,14 +43,14 @@ def test_stage_writes_tables_and_resumes(make_config):
 
     part = paths.results_dir(cfg) / "parts" / "rsa" / "m1" / "meaning.parquet"
     mtime = part.stat().st_mtime_ns
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     assert part.stat().st_mtime_ns == mtime
 
     other = paths.results_dir(cfg) / "parts" / "rsa" / "m2" / "meaning.parquet"
     other_mtime = other.stat().st_mtime_ns
     with Manifest(cfg.run_dir)._locked() as m:
         m["stages"]["rsa/m2/meaning"]["complete"] = False
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     assert part.stat().st_mtime_ns == mtime
     assert other.stat().st_mtime_ns != other_mtime
     assert len(pd.read_parquet(res / "rsa.parquet")) == len(df)
@@ -58,21 +59,21 @@ def test_stage_writes_tables_and_resumes(make_config):
     np.save(fc_file, fa)
     with pytest.raises(PipelineError, match=r"sim_ppmi\.npy.*changed since the aggregate/m1/fc stage wrote it.*"
                                             r"aggregate --config test\.toml --model m1 --paradigm fc"):
-        rsa.run(cfg, syn.opts())
+        rsa.run(cfg, Options())
     man.register([fc_file], "aggregate/m1/fc")  # as if aggregate had rebuilt it from new logs
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     new = pd.read_parquet(res / "rsa.parquet").query("model == 'm1' and reference == 'fc'")
     assert not np.allclose(new.rsa, df.query("model == 'm1' and reference == 'fc'").rsa)
     cfg.rsa.nn_k = [3]
     with pytest.raises(StaleStageError):
-        rsa.run(cfg, syn.opts())
+        rsa.run(cfg, Options())
 
 
 def test_single_model_skips_consensus_and_narrows_by_model(make_config):
     cfg = syn.config(make_config, models=("solo",), rsa={"methods": ["spearman"], "bootstrap": 0, "nn_k": [3]},
                      hidden={"strategies": ["meaning"]})
     syn.build(cfg)
-    rsa.run(cfg, syn.opts(model="solo"))
+    rsa.run(cfg, Options(model="solo"))
     df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet")
     assert "consensus" not in set(df.reference)
     summary = Manifest(cfg.run_dir).stage("rsa/solo/meaning")["summary"]
@@ -84,20 +85,20 @@ def test_missing_inputs_name_the_file_and_the_fix(make_config):
     syn.build(cfg)
     paths.hidden_file(cfg, "m2", "meaning").unlink()
     with pytest.raises(PipelineError, match=r"m2/meaning\.npy.*hidden --config"):
-        rsa.run(cfg, syn.opts())
+        rsa.run(cfg, Options())
     (paths.baselines_dir(cfg) / "consensus" / "m1" / "meaning.npy").unlink()
     with pytest.raises(PipelineError, match=r"consensus.*baselines --config"):
-        rsa.run(cfg, syn.opts(model="m1"))
+        rsa.run(cfg, Options(model="m1"))
     np.save(paths.hidden_file(cfg, "m2", "meaning"), np.zeros((3, 7, 4), dtype=np.float16))
     with pytest.raises(PipelineError, match=r"shape \(3, 7, 4\)"):
-        rsa.run(cfg, syn.opts(model="m2"))
+        rsa.run(cfg, Options(model="m2"))
 
 
 def test_paradigm_not_configured_is_skipped_with_a_note(make_config):
     cfg = syn.config(make_config, models=("solo",), behave={"paradigms": ["fc"]}, hidden={"strategies": ["meaning"]},
                      rsa={"methods": ["spearman"], "bootstrap": 0, "nn_k": [3]})
     syn.build(cfg, n_layers=1)
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     res = paths.results_dir(cfg)
     assert "fa" not in set(pd.read_parquet(res / "rsa.parquet").reference)
     assert set(pd.read_parquet(res / "reliability.parquet").paradigm) == {"fc"}
@@ -129,7 +130,7 @@ def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_conf
     write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
     from pipeline.aggregate import aggregate_one
     aggregate_one(cfg, "m1", "fa", words)
-    rsa.run(cfg, syn.opts())
+    rsa.run(cfg, Options())
     df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet")
     assert set(df.query("reference != 'static'").n_words) == {29}
     assert set(df.query("reference == 'static'").n_words) == {28}  # word 5 has no static vector

@@ -5,12 +5,11 @@ trial-by-trial agreement with generated FC. vLLM's methods against hf: tests/tes
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _synthetic import prepare
 
 from pipeline import aggregate, attempts, behave, logs, paths, scored, trials, vocab
 from pipeline.backends import ScoreRequest, ScoreResult
@@ -19,21 +18,12 @@ from pipeline.backends.fake import FakeBackend
 from pipeline.config import ConfigError
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.prompts import prompt_sha
 
 CANDIDATES = ["car", "cart", "carpet", "xylophonist", "ice-cream", "dog"]
 
 
-def opts(**kw):
-    base = dict(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local", address=None,
-                limit=None, force=False)
-    return argparse.Namespace(**{**base, **kw})
-
-
-def prepare(cfg):
-    vocab.run(cfg, opts())
-    trials.run(cfg, opts())
-    return cfg
 
 
 # ---------------------------------------------------------------- exactness (hf, tiny Llama)
@@ -113,10 +103,10 @@ def test_a_tokenizer_that_merges_prompt_and_answer_is_refused():
 def test_behave_fc_scored_logs_one_distribution_per_fc_trial(make_config):
     cfg = prepare(make_config(behave={"paradigms": ["fc", "fc_scored"]}))
     directory = paths.behavior_dir(cfg, "m", "fc_scored")
-    behave.run(cfg, opts(paradigm="fc_scored", limit=7))
+    behave.run(cfg, Options(paradigm="fc_scored", limit=7))
     assert len(logs.finished_ids(directory)) == 7
     assert not (Manifest(cfg.run_dir).stage("behave/m/fc_scored") or {}).get("complete")
-    behave.run(cfg, opts())
+    behave.run(cfg, Options())
     plan = trials.load_trials(cfg, "fc")
     table = pa.concat_tables(pq.read_table(p) for p in logs.list_parts(directory)).sort_by("trial_id")
     assert table.schema.equals(logs.SCORED_SCHEMA)
@@ -255,7 +245,7 @@ def test_top_counts_count_the_most_probable_candidates_as_picks(scored_run):
 def test_split_halves_of_fc_scored(make_config):
     cfg = prepare(make_config(behave={"paradigms": ["fc", "fc_scored"]}, rsa={"methods": ["spearman", "paper"],
                                                                               "paper_pairs": 50}))
-    behave.run(cfg, opts(paradigm="fc_scored"))
+    behave.run(cfg, Options(paradigm="fc_scored"))
     rows = aggregate.split_half(cfg, "m", "fc_scored", vocab.load_run_vocab(cfg))
     assert [r["method"] for r in rows] == ["spearman", "paper"]
     assert all(r["paradigm"] == "fc_scored" and r["n_trials_a"] + r["n_trials_b"] == 40 for r in rows)
