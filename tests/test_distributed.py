@@ -35,7 +35,6 @@ WORDS = ["dog", "cat", "house", "tree", "water", "music", "money", "car", "bread
 PARADIGMS = ("fc", "fa")
 
 
-
 def build(root: Path, model_path, backend="hf", chunk_size=6, paradigms=("fc", "fa")) -> Config:
     """Config file, vocabulary and trial plans of a 12-word experiment under `root`."""
     root.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ with a non-final failed attempt first), FA gives 126 runs x up to 5 associates p
 from the cue's neighbours and a Zipfian open vocabulary, with cue repeats, case variants
 and "na". Parts hold 8,192 trials each, as the paper config writes them.
 
-The stage runs in a child process so its peak RSS (`os.wait4` rusage) is its own. The
+The stage runs in a child process so its peak RSS is its own: the child reads its
+`VmHWM` (the high-water mark of its own address space); rusage's `ru_maxrss` would not do,
+since Linux carries the parent's peak across fork and exec into the child's. The
 baseline is the obvious pandas route (read parts, explode picks, clean with `.str`,
 groupby size) timed on a tenth of the parts and extrapolated linearly (x10), plus the
 same PPMI and the plain scipy cosine (normalized rows, sparse product, densified) on the
@@ -145,7 +147,18 @@ def ensure_data():
     return cfg
 
 
-_STAGE_CHILD = """
+_PEAK = """
+def _peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource, sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+"""
+
+_STAGE_CHILD = _PEAK + """
 import argparse, json, sys, time
 from pipeline import aggregate
 from pipeline.config import from_dict
@@ -153,10 +166,10 @@ cfg = from_dict(json.loads(sys.argv[1]), source="bench-aggregate")
 opts = argparse.Namespace(model=None, paradigm=None, strategy=None, force=False)
 t0 = time.perf_counter()
 aggregate.run(cfg, opts)
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb()}))
 """
 
-_NAIVE_CHILD = """
+_NAIVE_CHILD = _PEAK + """
 import json, sys, time
 import pandas as pd
 parts = json.loads(sys.argv[1])
@@ -169,20 +182,18 @@ for paradigm, files in parts.items():
     ok = (s != "") & ~s.isin(["na", "nan"]) & s.str.contains(r"[^\\W_]", regex=True) & (s != df["cue"].str.lower())
     counts = df.assign(picks=s)[ok].groupby(["cue_idx", "picks"]).size()
     out.append(int(counts.sum()))
-print(json.dumps({"seconds": time.perf_counter() - t0, "picks": out}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "picks": out, "peak_mb": _peak_mb()}))
 """
 
 
 def _child(code: str, arg: str) -> tuple[dict, float]:
-    """Run `code` in a fresh interpreter; return its JSON output and peak RSS in MB."""
-    proc = subprocess.Popen([sys.executable, "-c", code, arg], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    """Run `code` in a fresh interpreter; return its JSON output and its own peak RSS in MB."""
+    proc = subprocess.run([sys.executable, "-c", code, arg], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed with exit code {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, out["peak_mb"]
 
 
 def run() -> list[Row]:
