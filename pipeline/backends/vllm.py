@@ -6,8 +6,9 @@ tokenizes them, with special tokens added as transformers does by default.
 
 Differences from transformers `generate` that matter for reproduction:
 - every request carries its own seed (`SamplingParams.seed`), so a sampled answer does not
-  depend on batch composition (the authors' batch-seeded runs cannot be replayed exactly
-  by any per-request scheme);
+  depend on batch composition where the kernels are batch-invariant (float32 on CPU;
+  bfloat16 with AMX is not, see README "Resuming") (the authors' batch-seeded runs cannot be
+  replayed exactly by any per-request scheme);
 - sampled requests use the model's generation-config `top_k` (transformers' default 50 when
   absent) and `repetition_penalty`, the values `generate` applied implicitly in the paper;
 - structured outputs (`allowed_regex`, or `allowed_choices` when no regex is given) go
