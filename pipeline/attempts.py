@@ -48,7 +48,6 @@ _FA_LETTERS = "a-z"
 _CONNECTORS = "-'’"
 
 
-
 def derive_seed(*parts: int) -> int:
     """A seed in [0, 2**63) from integers, stable across runs, platforms and chunkings."""
     digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()

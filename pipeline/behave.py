@@ -215,28 +215,27 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
     proto = None if scored else Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
     size = cfg.behave.chunk_size
     backend.stats()
-    counts = {"done": 0, "ok": 0, "tokens": 0, "requests": 0}
-    t0 = time.perf_counter()
-    last_log = [t0]
+    done = ok = tokens = requests = 0
+    t0 = last_log = time.perf_counter()
     pipelined = backend.batch_invariant and not scored
     log.info("behave: %s, %d trials to run (shard %d/%d), chunks of %d%s", key, todo.num_rows, *shard, size,
              "" if pipelined or scored else f"; lock-step (backend '{backend.name}' batches change its answers)")
     chunks = (todo.slice(start, size) for start in range(0, todo.num_rows, size))
     with _progress(todo.num_rows, key) as bar:
         def publish(rows: pa.Table) -> None:
+            nonlocal done, ok, tokens, requests, last_log
             part = logs.write_part(directory, rows, shard)
             final = rows.filter(rows.column("final"))
-            counts["done"] += final.num_rows
-            counts["ok"] += pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
-            counts["tokens"] += (pc.sum(rows.column("n_prompt_tokens")).as_py() or 0) + \
+            done += final.num_rows
+            ok += pc.sum(pc.equal(final.column("status"), "ok")).as_py() or 0
+            tokens += (pc.sum(rows.column("n_prompt_tokens")).as_py() or 0) + \
                 (pc.sum(rows.column("n_output_tokens")).as_py() or 0)
-            counts["requests"] += rows.num_rows
-            done, ok, requests = counts["done"], counts["ok"], counts["requests"]
+            requests += rows.num_rows
             now = time.perf_counter()
             bar.update(final.num_rows)
             bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", req_s=f"{requests / max(now - t0, 1e-9):.2f}")
-            if bar.disable and now - last_log[0] > 30:
-                last_log[0] = now
+            if bar.disable and now - last_log > 30:
+                last_log = now
                 log.info("behave: %s %d/%d trials, %.2f trials/s, %.2f requests/s, %.1f%% ok", key, done,
                          todo.num_rows, done / (now - t0), requests / (now - t0), 100 * ok / max(done, 1))
             log.debug("behave: %s wrote %s (%d rows)", key, part.name, rows.num_rows)
@@ -247,7 +246,6 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
             for chunk in chunks:
                 publish(run_chunk(backend, cfg, model_cfg, paradigm, chunk, proto=proto))
     dt = time.perf_counter() - t0
-    done, ok, tokens, requests = counts["done"], counts["ok"], counts["tokens"], counts["requests"]
     log.info("behave: %s ran %d trials (%d requests) in %.1f s (%.2f trials/s, %.2f requests/s, %.0f tokens/s), "
              "%.1f%% ok", key, done, requests, dt, done / dt if dt else 0, requests / dt if dt else 0,
              tokens / dt if dt else 0, 100 * ok / max(done, 1))

@@ -499,10 +499,11 @@ def _validate_references(cfg: Config) -> None:
     norms = [n.name for n in cfg.norms]
     for ref in cfg.rsa.references:
         if ref.startswith(HUMAN):
-            if ref[len(HUMAN):] not in norms:
-                _fail(cfg, "rsa.references", f"names '{ref}', but no [[norms]] entry is called "
-                      f"'{ref[len(HUMAN):]}' (defined: {', '.join(norms) or 'none'}); add [[norms]] with "
-                      f"name = \"{ref[len(HUMAN):]}\" and path = \"<your norms file>\"")
+            name = ref[len(HUMAN):]
+            if name not in norms:
+                _fail(cfg, "rsa.references", f"names '{ref}', but no [[norms]] entry is called '{name}' "
+                      f"(defined: {', '.join(norms) or 'none'}); add [[norms]] with name = \"{name}\" and "
+                      f"path = \"<your norms file>\"")
             continue
         cross = cross_reference(ref)
         if cross is None:

@@ -8,7 +8,8 @@ that, records answers and writes parts. Each call takes up to `call_size` reques
 next attempts (repairs, retries) of the chunks already open first, oldest chunk first,
 then the main requests of new chunks, so follow-ups join full batches.
 
-What does not change (the logs are identical to a lock-step run's apart from latency):
+What does not change (the logs are identical to a lock-step run's apart from latency, on
+an engine whose kernels do not round by batch shape: README "Resuming"):
 every trial's attempts depend only on its own answers (`attempts.ChunkRun`), which holds
 for backends whose answers do not depend on their batch mates (`Backend.batch_invariant`:
 per-request seeds, as vLLM honours them); rows of a chunk are ordered as in lock-step
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -124,4 +124,3 @@ def _receive(engine: _Engine):
         except queue.Empty:
             if not engine.is_alive() and engine.out.empty():
                 raise RuntimeError("the behave engine thread stopped without an answer") from None
-            time.sleep(0)

@@ -182,7 +182,8 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
         if not batch.num_rows:
             continue
         cue_idx = index_of[np.asarray(pc.filter(pos, inside).to_numpy(zero_copy_only=False), dtype=np.int64)]
-        base = {"cue_idx": pa.array(cue_idx, pa.int32()), "cue": vocab.take(pa.array(cue_idx))}
+        cues = pa.RecordBatch.from_pydict({"cue_idx": pa.array(cue_idx, pa.int32()),
+                                           "cue": vocab.take(pa.array(cue_idx))})
         if weighted:
             w = np.asarray(pc.fill_null(batch.column(layout.count), np.nan).to_numpy(zero_copy_only=False))
             bad = ~np.isfinite(w) | (w < 0)
@@ -193,15 +194,14 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
             resp = batch.column(layout.response)
             given = np.asarray(pc.is_valid(resp).to_numpy(zero_copy_only=False), dtype=bool)
             st["missing_responses"] += int((~given).sum())
-            counter.add(pa.RecordBatch.from_pydict(base), picks=_as_lists(resp), weights=pa.array(w[given]))
+            counter.add(cues, picks=_as_lists(resp), weights=pa.array(w[given]))
             continue
         for name in layout.responses:
             resp = batch.column(name)
             given = pc.and_(pc.is_valid(resp), pc.invert(pc.fill_null(
                 pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(resp)), value_set=pa.array(MISSING)), False)))
             st["missing_responses"] += batch.num_rows - int(pc.sum(given).as_py() or 0)
-            counter.add(pa.RecordBatch.from_pydict(base),
-                        picks=_as_lists(pc.if_else(given, resp, pa.scalar(None, pa.string()))))
+            counter.add(cues, picks=_as_lists(pc.if_else(given, resp, pa.scalar(None, pa.string()))))
     counts, cols, stats = counter.result()
     valid = np.asarray(stats["row_valid"], dtype=bool)
     stats.update(st)

@@ -32,8 +32,7 @@ def norms_dir(cfg: Config, name: str) -> Path:
 
 def norms_file(cfg: Config, name: str, kind: str = "sim_ppmi") -> Path:
     """One file of `norms_dir` (kinds as in `matrix_file`)."""
-    suffix = ".npz" if kind in ("counts", "ppmi") else ".npy"
-    return norms_dir(cfg, name) / f"{kind}{suffix}"
+    return norms_dir(cfg, name) / _matrix_name(kind)
 
 
 def hidden_file(cfg: Config, model: str, strategy: str) -> Path:
@@ -58,8 +57,11 @@ def export_dir(cfg: Config) -> Path:
 
 def matrix_file(cfg: Config, model: str, paradigm: str, kind: str = "sim_ppmi") -> Path:
     """One aggregated file: ``sim_ppmi``, ``sim_counts`` (.npy), or ``counts``, ``ppmi`` (.npz)."""
-    suffix = ".npz" if kind in ("counts", "ppmi") else ".npy"
-    return matrices_dir(cfg, model, paradigm) / f"{kind}{suffix}"
+    return matrices_dir(cfg, model, paradigm) / _matrix_name(kind)
+
+
+def _matrix_name(kind: str) -> str:
+    return f"{kind}.npz" if kind in ("counts", "ppmi") else f"{kind}.npy"
 
 
 def static_file(cfg: Config) -> Path:

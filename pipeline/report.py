@@ -68,7 +68,6 @@ REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored":
 REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
                       "encoder": "#9467bd", "consensus": "#7f7f7f"},
                      lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
-BEHAVIORAL = ("fc", "fa", "fc_scored")
 _AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
@@ -313,7 +312,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                 handles.setdefault(REF_LABELS[ref], line)
                 if g.ci_low.notna().any():
                     ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
-                if rel is not None and ref in BEHAVIORAL:
+                if rel is not None and ref in PARADIGMS:
                     r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
                     if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
                         lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]

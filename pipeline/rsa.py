@@ -83,7 +83,7 @@ import pandas as pd
 from . import paths
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
-from .config import HUMAN, Config, cross_reference
+from .config import HUMAN, PARADIGMS, Config, cross_reference
 from .manifest import Manifest
 from .options import Options, select
 from .rules import Rules
@@ -93,7 +93,7 @@ from .store import load_npy, write_parquet
 log = logging.getLogger(__name__)
 
 _VERSION = 1
-_BEHAVIORAL = ("fc", "fa", "fc_scored")
+_BEHAVIORAL = PARADIGMS
 _PAPER_COMMON = ("fc", "fa")
 _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method", "n_words", "n_pairs",
                 "rsa", "ci_low", "ci_high"]
@@ -101,12 +101,12 @@ _NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_wo
 _REL_COLUMNS = ["model", "paradigm", "method", "n_words", "n_pairs", "r_half", "reliability",
                 "ceiling_low", "ceiling_high", "n_trials_a", "n_trials_b"]
 _BEH_COLUMNS = ["paradigm", "model_a", "model_b", "method", "n_words", "n_pairs", "rsa"]
+_BN_COLUMNS = ["model", "paradigm", "reference", "method", "n_words", "n_pairs", "rsa"]
 
 
 def _behavioral(name: str) -> bool:
     """A similarity matrix of behavior: the model's own `fc`/`fa` or another's `fc:M`/`fa:M`."""
     return name in _BEHAVIORAL or cross_reference(name) is not None
-_BN_COLUMNS = ["model", "paradigm", "reference", "method", "n_words", "n_pairs", "rsa"]
 
 
 # ---------------------------------------------------------------- references
@@ -320,8 +320,6 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
     behind an API are compared with each other and with the open ones."""
     from itertools import combinations
 
-    from .similarity import alphabetical_pairs
-
     found = {(p, m.name): path for p in _BEHAVIORAL if p in cfg.behave.paradigms for m in cfg.models
              if (path := paths.matrix_file(cfg, m.name, p, "sim_ppmi")).exists()}
     per_paradigm = {p: [m for q, m in found if q == p] for p in _BEHAVIORAL}
@@ -334,19 +332,13 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
         log.info("rsa: behavior_rsa complete, skipped")
         return
     step.start()
-    n, r = len(words), cfg.rsa
-    pi, pj = alphabetical_pairs(list(words), r.paper_pairs, r.seed) if "paper" in r.methods else (None, None)
+    n = len(words)
+    pairs = _paper_pairs(cfg, words)
     rows = []
     for paradigm, models in per_paradigm.items():
         refs = {m: load_reference(cfg, paradigm, found[paradigm, m], n, m) for m in models}
         for a, b in combinations(models, 2):
-            valid = refs[a].valid & refs[b].valid
-            k = int(valid.sum())
-            sa, sb = (np.where(np.outer(valid, valid), refs[x].sim, np.nan) for x in (a, b))
-            for method in r.methods:
-                n_pairs = int((valid[pi] & valid[pj]).sum()) if method == "paper" else k * (k - 1) // 2
-                value = compare(sa, sb, method, n_pairs=r.paper_pairs, seed=r.seed, words=words) if k > 2 \
-                    else np.nan
+            for method, k, n_pairs, value in _compare_on_common(refs[a], refs[b], cfg.rsa.methods, cfg, words, pairs):
                 rows.append({"paradigm": paradigm, "model_a": a, "model_b": b, "method": method, "n_words": k,
                              "n_pairs": n_pairs, "rsa": value})
         del refs
@@ -375,26 +367,42 @@ def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str],
     step.start()
     n = len(words)
     refs = {name: load_reference(cfg, name, path, n, model) for name, path in files.items()}
+    methods = [m for m in METHODS if m in cfg.rsa.methods]
+    pairs = _paper_pairs(cfg, words)
     rows = []
     for p in paradigms:
         for h in humans:
-            both = refs[p].valid & refs[h].valid
-            a = refs[p].sim.copy()
-            a[~both] = np.nan
-            a[:, ~both] = np.nan
-            n_words = int(both.sum())
-            for method in [m for m in METHODS if m in cfg.rsa.methods]:
-                r = compare(a, refs[h].sim, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) \
-                    if n_words >= 3 else np.nan
-                if method == "paper":
-                    i, j = alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
-                    n_pairs = int((both[i] & both[j]).sum())
-                else:
-                    n_pairs = n_words * (n_words - 1) // 2
-                rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": n_words,
-                             "n_pairs": n_pairs, "rsa": r})
+            for method, k, n_pairs, value in _compare_on_common(refs[p], refs[h], methods, cfg, words, pairs):
+                rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": k,
+                             "n_pairs": n_pairs, "rsa": value})
     write_parquet(pd.DataFrame(rows, columns=_BN_COLUMNS), part)
     step.complete([part], {"rows": len(rows)})
+
+
+def _paper_pairs(cfg: Config, words: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The 'paper' method's pairs (alphabetical order), drawn once per table; None without it."""
+    if "paper" not in cfg.rsa.methods:
+        return None
+    return alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
+
+
+def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: list[str], pairs
+                       ) -> list[tuple[str, int, int, float]]:
+    """Two similarity matrices compared on the words valid in both, with each method.
+
+    Returns:
+        (method, n_words, n_pairs, rsa) per method; rsa is NaN below 3 common words.
+    """
+    valid = x.valid & y.valid
+    k = int(valid.sum())
+    sx, sy = (np.where(np.outer(valid, valid), ref.sim, np.nan) for ref in (x, y))
+    out = []
+    for method in methods:
+        n_pairs = int((valid[pairs[0]] & valid[pairs[1]]).sum()) if method == "paper" else k * (k - 1) // 2
+        value = compare(sx, sy, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) if k > 2 \
+            else np.nan
+        out.append((method, k, n_pairs, value))
+    return out
 
 
 def _merge(cfg: Config, man: Manifest) -> None:

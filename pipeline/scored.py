@@ -178,4 +178,3 @@ def agreement(cfg: Config, model: str) -> dict | None:
         return None
     return {"n_trials": n, "top2_same": round(same / n, 4), "top1_first": round(first / n, 4),
             "first_pick_rank": round(rank / n, 3), "first_pick_prob": round(prob / n, 4)}
-

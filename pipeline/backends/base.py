@@ -103,7 +103,9 @@ class Backend:
     ``choices`` (`allowed_choices`, built only for such backends)."""
     batch_invariant = True
     """Whether an answer depends only on its own request, not on the requests sharing an
-    engine call (per-request seeds); only such backends may be fed by the pipelined driver."""
+    engine call (per-request seeds); only such backends may be fed by the pipelined driver.
+    Kernels that round by batch shape (vLLM in bfloat16, README "Resuming") can still move
+    answers near a tie, under any driver."""
     needs_weights = True
     """False for backends that reach a model elsewhere (an API): its `models[].path` may be unset."""
     model_keys: tuple[str, ...] = ()

@@ -116,14 +116,15 @@ def _pipelined(engine, cfg, plan, out: Path, words) -> int:
     from ..attempts import Protocol
     from ..driver import run_pipelined
 
-    rows = [0]
+    rows = 0
 
     def publish(t):
+        nonlocal rows
         logs.write_part(out, t)
-        rows[0] += t.num_rows
+        rows += t.num_rows
     proto = Protocol(engine, cfg, cfg.models[0], "fc", words)
     run_pipelined(engine, proto, (plan.slice(s, CHUNK) for s in range(0, plan.num_rows, CHUNK)), publish, CHUNK)
-    return rows[0]
+    return rows
 
 
 def _drive(name: str, engine, cfg, plan, out: Path, words) -> dict:

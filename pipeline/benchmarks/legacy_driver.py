@@ -3,7 +3,7 @@ benchmark's baseline: chunk by chunk in lock-step with the engine (render every 
 through the chat template, build the structured-output regex character by character, call
 `generate` and wait, parse, then a repair pass and up to five retry passes, each another
 blocking call over ever fewer trials). Not used by the pipeline; `benchmarks.driver` and
-`tests/test_behave.py` compare the current driver's logs and speed against it.
+`tests/test_driver.py` compare the current driver's logs and speed against it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .. import logs
-from ..attempts import derive_seed, fa_regex, generate, retry_sampling
+from ..attempts import derive_seed, fa_regex, fc_choices, generate, retry_sampling
 from ..backends import Backend, GenRequest
 from ..config import Config, ModelCfg
 from ..parse import parse_fa, parse_fc
@@ -29,11 +29,6 @@ def fc_regex(candidates: list[str]) -> str:
         others = "|".join(_esc(b) for b in candidates if b != a)
         alts.append(f"{_esc(a)}, (?:{others})")
     return f"output: (?:{'|'.join(alts)})"
-
-
-def fc_choices(candidates: list[str]) -> list[str]:
-    """Every allowed structured FC answer (for backends that constrain by choice lists)."""
-    return [f"output: {a}, {b}" for a in candidates for b in candidates if a != b]
 
 
 def _esc(word: str) -> str:
