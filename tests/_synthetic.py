@@ -205,8 +205,6 @@ def write_swow(path, words: list[str], z: np.ndarray, seed: int = 1, missing=(3,
     return [w for i, w in enumerate(words) if i not in set(missing)]
 
 
-
-
 def record_behave(cfg, compliance=(0.9, 0.8)) -> None:
     """Manifest summaries shaped like the behave stage's (for the report's compliance table)."""
     man = Manifest(cfg.run_dir)

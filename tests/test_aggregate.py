@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import scipy.sparse as sp
 from scipy.spatial.distance import cdist
 
 from pipeline import aggregate, comparison, paths
@@ -23,7 +22,6 @@ from pipeline.options import Options
 from pipeline.similarity import cosine, ppmi
 
 WORDS = ["dog", "cat", "tree", "milk"]
-
 
 
 def _rows_table(rows: list[dict]) -> pa.Table:
@@ -236,20 +234,6 @@ def test_cue_without_responses_default_masks_paper_follows_the_authors(cfg, make
         assert aggregate.aggregate_one(c, "m", "fc", WORDS)["masked_row_words"] == masked
 
 
-def _counter_counts(cue_idx, picks, words):
-    """Plain-Python cue x response counts, with aggregate's cleaning (an independent reference)."""
-    cols = {}
-    rows, cols_idx = [], []
-    for c, trial in zip(cue_idx, picks):
-        for p in trial:
-            w = str(p).strip().lower()
-            if not w or w in ("na", "nan") or not any(ch.isalnum() for ch in w) or w == words[c].lower():
-                continue
-            rows.append(int(c))
-            cols_idx.append(cols.setdefault(w, len(cols)))
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols_idx)), shape=(len(words), max(len(cols), 1)))
-
-
 def test_halves_add_up_to_the_full_count(make_config):
     from pipeline.aggregate import count_matrix
 
@@ -281,8 +265,7 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
     groups = 8
     for paradigm, half_of in (("fc", lambda d: (d.trial_id % groups) % 2), ("fa", lambda d: d.run % 2)):
         d = logs[paradigm].query("final")
-        sims = [cosine(ppmi(_counter_counts(d[half_of(d) == h].cue_idx.to_numpy(),
-                                            list(d[half_of(d) == h].picks), words))) for h in (0, 1)]
+        sims = [cosine(ppmi(_reference_counts(d[half_of(d) == h].to_dict("records"), words)[0])) for h in (0, 1)]
         for method in ("spearman", "paper"):
             r = comparison.compare(sims[0], sims[1], method, n_pairs=100, seed=0, words=words)
             row = rows.query("paradigm == @paradigm and method == @method")
@@ -291,5 +274,3 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
             assert row.ceiling_high.item() == pytest.approx(np.sqrt(2 * r / (1 + r)), abs=1e-12)
         assert rows.query("paradigm == @paradigm").n_trials_a.iloc[0] == (half_of(d) == 0).sum()
     assert rows.query("paradigm == 'fc'").n_trials_a.iloc[0] == rows.query("paradigm == 'fc'").n_trials_b.iloc[0]
-
-

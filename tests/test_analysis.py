@@ -137,5 +137,3 @@ def test_paper_method_equals_the_authors_procedure(n):
     assert got["static"] == pytest.approx(_authors_rsa(hidden[1], ref, words, 500_000, 0, valid), abs=1e-6)
     vocab_order, _ = analysis.analyse_cell(hidden, {"fc": refs["fc"]}, ["paper"], paper_pairs=500_000, seed=0)
     assert abs(vocab_order[0]["rsa"] - got["fc"]) > 1e-5  # another order gives other pairs
-
-

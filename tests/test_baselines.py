@@ -16,7 +16,6 @@ from pipeline.options import Options
 WORDS = ["dog", "cat", "tree", "milk", "Paris", "us"]
 
 
-
 def _write_vec(path, rows, header=True):
     dim = len(rows[0][1])
     lines = [f"{len(rows)} {dim}"] if header else []

@@ -28,8 +28,6 @@ from pipeline.prompts import prompt_sha
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def final_rows(cfg, paradigm, model="m"):
     t = pa.Table.from_batches(list(logs.iter_final(paths.behavior_dir(cfg, model, paradigm))),
                               schema=logs.SCHEMA)

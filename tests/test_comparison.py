@@ -166,5 +166,3 @@ def test_topk_orders_by_value_then_index():
                    dtype=np.float32)
     top = comparison.topk(sim, 2, chunk=2)
     assert top.tolist() == [[1, 2], [2, 3], [3, 1], [2, 1], [1, 0]]
-
-

@@ -20,7 +20,6 @@ PAPER = Rules(paper=True)
 WORDS = ["dog", "cat", "xylophone", "tree", "art", "water", "king", "milk"]
 
 
-
 from test_pooling import _reference  # noqa: E402
 
 # ------------------------------------------------------------ stage

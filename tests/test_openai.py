@@ -141,12 +141,10 @@ def stub():
     server.server_close()
 
 
-
 def api_config(make_config, url, behave_kw=None, **model_kw):
     model = {"name": "api", "backend": "openai", "base_url": url, "api_backoff_s": 0.01, "api_retries": 3,
              "api_concurrency": 4, **model_kw}
     return make_config(behave={"backend": "vllm", "chunk_size": 8, **(behave_kw or {})}, models=[model])
-
 
 
 def backend_for(cfg) -> OpenAIBackend:

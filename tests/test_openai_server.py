@@ -49,7 +49,6 @@ def server(smollm2_dir, tmp_path_factory):
         srv.stop()
 
 
-
 def api_model(server, **kw):
     return {"name": "smol-api", "backend": "openai", "base_url": server.base_url, "api_model": NAME,
             "api_concurrency": 8, **kw}

@@ -15,7 +15,6 @@ from pipeline.rules import Rules
 PAPER = Rules(paper=True)
 
 
-
 # ------------------------------------------------------------ location
 
 def test_locate_word_default_rule():
@@ -123,5 +122,3 @@ def test_shared_prefix_pass_equals_reference(tiny, strategy):
     assert pooler.forward_calls == 1 + 3 + 1
     for i, (text, word) in enumerate(zip(texts, words)):
         np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)
-
-

@@ -24,8 +24,6 @@ from pipeline.prompts import prompt_sha
 CANDIDATES = ["car", "cart", "carpet", "xylophonist", "ice-cream", "dog"]
 
 
-
-
 # ---------------------------------------------------------------- exactness (hf, tiny Llama)
 
 @pytest.fixture(scope="module")

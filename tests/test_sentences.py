@@ -58,5 +58,3 @@ def test_harvest_cli(tmp_path, capsys):
     assert "1 without any: cat" in capsys.readouterr().out
     assert sentences.main(["harvest", "--vocab", str(vocab), "--corpus", str(tmp_path / "missing.txt"),
                         "--out", str(tmp_path / "o.txt")]) == 2
-
-
