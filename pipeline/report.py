@@ -4,7 +4,7 @@ Reads `results/rsa.parquet`, `nn.parquet`, `reliability.parquet`, `regression.pa
 the behave summaries in the manifest, and writes under `report/`:
 
 - `rsa_by_layer.png`: RSA by layer, one panel per model x strategy, one line per reference,
-  bootstrap CI bands, and the split-half noise ceiling of FC and FA as horizontal bands
+  bootstrap CI bands, and the split-half noise ceiling of FC, FA and scored FC as horizontal bands
   (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry);
 - `rsa_by_depth.png`: the same against relative depth layer/L, averaged over models (each
   model's curve interpolated onto a common grid; band = ±1 SD over models);
@@ -319,7 +319,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                         ax.axhspan(lo, hi, color=REF_COLORS[ref], alpha=0.07, lw=0)
                         for y in (lo, hi):
                             edge = ax.axhline(y, color=REF_COLORS[ref], lw=0.9, ls="--")
-                        handles.setdefault(f"{ref.upper()} noise ceiling (split-half)", edge)
+                        handles.setdefault(f"{REF_LABELS[ref].partition(' (')[0]} noise ceiling (split-half)", edge)
             if matched and model in matched:
                 theirs = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)]
                 for ref in _refs(cell):
