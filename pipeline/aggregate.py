@@ -45,7 +45,7 @@ from .config import PARADIGMS, Config
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
-from .options import Options, select
+from .options import Options, model_paradigms, select
 from .rules import Rules
 from .similarity import ppmi
 from .vocab import load_run_vocab
@@ -66,7 +66,7 @@ def run(cfg: Config, opts) -> None:
     sel = select(cfg, o)
     words = load_run_vocab(cfg)
     for model in sel.models:
-        for paradigm in sel.paradigms:
+        for paradigm in model_paradigms(cfg, model, sel.paradigms, "aggregate"):
             aggregate_one(cfg, model, paradigm, words, force=o.force)
     if o.model is None and o.paradigm is None:
         from .norms import import_norms

@@ -33,7 +33,7 @@ from .attempts import Protocol, retry_sampling, run_chunk
 from .backends import backend_class, get_backend
 from .config import Config, ModelCfg
 from .manifest import Manifest, fingerprint
-from .options import Options, select
+from .options import Options, model_paradigms, select
 from .parse import STATUSES
 from .prompts import prompt_hashes
 from .rules import Rules
@@ -159,7 +159,7 @@ def run(cfg: Config, opts) -> None:
     shard, limit, force = o.shard, o.limit, o.force
     man = Manifest(cfg.run_dir)
     for model_cfg in (cfg.model(name) for name in sel.models):
-        paradigms = sel.paradigms
+        paradigms = model_paradigms(cfg, model_cfg.name, sel.paradigms, "behave")
         backend = None
         try:
             for paradigm in paradigms:

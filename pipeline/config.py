@@ -171,6 +171,17 @@ class Config:
         """The behave backend of `model`: its own `backend`, else `behave.backend`."""
         return model.backend or self.behave.backend
 
+    def paradigms_of(self, model: ModelCfg | str) -> list[str]:
+        """The `behave.paradigms` that `model` runs: all but ``fc_scored`` when its backend cannot
+        score continuations (an API model beside in-process ones); every stage asks this, so such
+        a model's scored FC is skipped alike everywhere."""
+        from .backends import backend_class
+
+        m = self.model(model) if isinstance(model, str) else model
+        if "fc_scored" in self.behave.paradigms and not backend_class(self.backend_of(m), self).scores:
+            return [p for p in self.behave.paradigms if p != "fc_scored"]
+        return list(self.behave.paradigms)
+
     def model(self, name: str) -> ModelCfg:
         """Return the model entry called `name`, or fail naming the valid ones."""
         for m in self.models:
@@ -426,13 +437,6 @@ def _validate(cfg: Config) -> None:
         if not 0 < getattr(b, key) <= 1:
             _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be in (0, 1]")
     _choices(cfg, "behave.scored_counts", [b.scored_counts], SCORED_COUNTS)
-    if "fc_scored" in b.paradigms:
-        from .backends import backend_class
-
-        if not backend_class(b.backend, cfg).scores:
-            _fail(cfg, "behave.paradigms", f"includes fc_scored, which reads the model's probabilities, but "
-                  f"behave.backend = \"{b.backend}\" cannot score; use a backend that can "
-                  f"({', '.join(n for n in names() if backend_class(n).scores)}) or drop fc_scored")
     _check_names(cfg, "models", [m.name for m in cfg.models])
     for i, m in enumerate(cfg.models):
         if not 0 < m.gpu_memory_utilization <= 1:
@@ -440,6 +444,7 @@ def _validate(cfg: Config) -> None:
         if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:
             _fail(cfg, f"models[{i}]", "tensor_parallel_size, max_num_seqs must be >= 1 and max_model_len >= 16")
         _validate_backend(cfg, i, m)
+    _validate_scored(cfg)
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
     if "averaged" in h.strategies and not h.sentences:
@@ -488,6 +493,21 @@ def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
     cls.check_config(cfg, i, m, lambda key, msg: _fail(cfg, f"models[{i}].{key}", msg))
 
 
+def _validate_scored(cfg: Config) -> None:
+    """fc_scored needs at least one model whose backend can score; the others skip it
+    (`Config.paradigms_of`)."""
+    from .backends import scoring_names
+
+    if "fc_scored" not in cfg.behave.paradigms or not cfg.models:
+        return
+    if any("fc_scored" in cfg.paradigms_of(m) for m in cfg.models):
+        return
+    used = ", ".join(f'"{n}"' for n in sorted({cfg.backend_of(m) for m in cfg.models}))
+    _fail(cfg, "behave.paradigms", f"includes fc_scored, which reads the model's probabilities, but no model's "
+          f"backend can score (behave.backend / models[].backend: {used} cannot score); use a backend that can "
+          f"({', '.join(scoring_names())}) for at least one model, or drop fc_scored")
+
+
 def cross_reference(name: str) -> tuple[str, str] | None:
     """``fc:MODEL`` / ``fa:MODEL`` -> (paradigm, model): another model's behavior as a reference."""
     paradigm, sep, model = name.partition(":")
@@ -514,3 +534,7 @@ def _validate_references(cfg: Config) -> None:
             hint = f"; did you mean '{cross[0]}:{close[0]}'?" if close else ""
             _fail(cfg, "rsa.references", f"has '{ref}', but no model is named '{cross[1]}' (models: "
                   f"{', '.join(models) or '(none)'}){hint}")
+        elif cross[0] == "fc_scored" and "fc_scored" in cfg.behave.paradigms \
+                and "fc_scored" not in cfg.paradigms_of(cross[1]):
+            _fail(cfg, "rsa.references", f"has '{ref}', but model '{cross[1]}' runs no fc_scored: its backend "
+                  f"'{cfg.backend_of(cfg.model(cross[1]))}' cannot score; use 'fc:{cross[1]}' instead")

@@ -61,7 +61,7 @@ from . import logs
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
-from .options import Options, select
+from .options import Options, model_paradigms, select
 from .rules import Rules
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,8 @@ def run_behave(cfg: Config, opts) -> None:
         ray = None
         for model_cfg in models:
             with contextlib.ExitStack() as locks:
-                jobs, chunks = _prepare_jobs(cfg, opts, man, model_cfg, paradigms, shard, locks)
+                jobs, chunks = _prepare_jobs(cfg, opts, man, model_cfg,
+                                             model_paradigms(cfg, model_cfg.name, paradigms, "behave"), shard, locks)
                 for job in jobs:
                     if job.todo == 0:
                         _finish(cfg, man, job, None)

@@ -9,10 +9,13 @@ option by name with a default of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from .config import Config
 from .errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,20 @@ def select(cfg: Config, opts=None) -> Selection:
                             f"({', '.join(cfg.hidden.strategies)})")
     strategies = [o.strategy] if o.strategy else list(cfg.hidden.strategies)
     return Selection(models, paradigms, strategies)
+
+
+def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool = False) -> list[str]:
+    """`paradigms` less those `model` does not run (`Config.paradigms_of`: fc_scored on a
+    backend that cannot score), with one line per stage for each left out.
+
+    Args:
+        stage: the stage name that prefixes the line.
+        quiet: leave the line out (a second pass over the same model in one stage).
+    """
+    runs = cfg.paradigms_of(model)
+    keep = [p for p in paradigms if p in runs or p not in cfg.behave.paradigms]
+    left = [p for p in paradigms if p not in keep]
+    if left and not quiet:
+        log.info("%s %s: %s skipped: backend '%s' cannot score continuations (models of other backends score)",
+                 stage, model, ", ".join(left), cfg.backend_of(cfg.model(model)))
+    return keep

@@ -287,9 +287,12 @@ def _counts_file(cfg: Config, model: str, feature: str) -> tuple[Path, str, str]
 
 
 def extra_features(cfg: Config) -> list[str]:
-    """The references beyond the paper's that become feature sets (see the module docstring)."""
+    """The references beyond the paper's that become feature sets (see the module docstring);
+    ``fc_scored`` only when every model with weights runs it (an API model with a `path`
+    whose backend cannot score has none to offer)."""
+    scored = all("fc_scored" in cfg.paradigms_of(m) for m in cfg.models if not m.behavior_only)
     return [r for r in cfg.rsa.references
-            if r.startswith(HUMAN) or (r == "fc_scored" and "fc_scored" in cfg.behave.paradigms)]
+            if r.startswith(HUMAN) or (r == "fc_scored" and "fc_scored" in cfg.behave.paradigms and scored)]
 
 
 def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:

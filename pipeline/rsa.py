@@ -139,9 +139,11 @@ def available_references(cfg: Config, model: str, strategy: str) -> tuple[dict[s
     """
     use, skipped = {}, {}
     for name, path in reference_paths(cfg, model, strategy).items():
-        paradigm = cross[0] if (cross := cross_reference(name)) else name
+        paradigm, owner = cross if (cross := cross_reference(name)) else (name, model)
         if _behavioral(name) and paradigm not in cfg.behave.paradigms:
             skipped[name] = f"behave.paradigms does not include {paradigm}"
+        elif _behavioral(name) and paradigm not in cfg.paradigms_of(owner):
+            skipped[name] = f"{owner} runs no {paradigm}: backend '{cfg.backend_of(cfg.model(owner))}' cannot score"
         elif path.exists():
             use[name] = path
         elif name == "consensus" and sum(not m.behavior_only for m in cfg.models) < 2:
@@ -292,7 +294,7 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     from .logs import list_parts
 
     key = f"rsa/reliability/{model}"
-    paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
+    paradigms = [p for p in _BEHAVIORAL if p in cfg.paradigms_of(model)]
     settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
                 "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms}
     if "fc_scored" in paradigms:
@@ -320,8 +322,8 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
     behind an API are compared with each other and with the open ones."""
     from itertools import combinations
 
-    found = {(p, m.name): path for p in _BEHAVIORAL if p in cfg.behave.paradigms for m in cfg.models
-             if (path := paths.matrix_file(cfg, m.name, p, "sim_ppmi")).exists()}
+    found = {(p, m.name): path for p in _BEHAVIORAL for m in cfg.models if p in cfg.paradigms_of(m)
+             and (path := paths.matrix_file(cfg, m.name, p, "sim_ppmi")).exists()}
     per_paradigm = {p: [m for q, m in found if q == p] for p in _BEHAVIORAL}
     if all(len(v) < 2 for v in per_paradigm.values()):
         return
@@ -352,7 +354,7 @@ def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str],
     """One model's behavioral PPMI-cosine matrices against every human reference, each pair
     of matrices on the words valid in both (`rsa.methods`), as part `behavior_norms/<model>`."""
     humans = [r for r in cfg.rsa.references if r.startswith(HUMAN)]
-    paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
+    paradigms = [p for p in _BEHAVIORAL if p in cfg.paradigms_of(model)]
     part = paths.result_part(cfg, "behavior_norms", model)
     if not humans or not paradigms:
         return

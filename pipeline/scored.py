@@ -77,8 +77,11 @@ def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[
             continuations than it was given.
     """
     if not backend.scores:
+        from .backends import scoring_names
+
         raise PipelineError(f"backend '{backend.name}' cannot score continuations, which fc_scored needs; set "
-                            f"behave.backend to one that can (vllm, hf) or drop fc_scored from behave.paradigms")
+                            f"behave.backend to one that can ({', '.join(scoring_names())}) or drop fc_scored from "
+                            f"behave.paradigms")
     reqs = requests(backend, cfg, model_cfg, trials)
     t0 = time.perf_counter()
     results = backend.score(reqs)

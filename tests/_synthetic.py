@@ -104,7 +104,7 @@ def _write_logs(cfg, model: str, words: list[str], z: np.ndarray, rng) -> None:
             scored.append(_scored_row(c * m + g, c, words[c], [words[j] for j in cand],
                                       aff[c, cand] - 3 + 0.5 * srng.standard_normal(cand.size)))
     write_part(paths.behavior_dir(cfg, model, "fc"), pa.Table.from_pylist(rows))
-    if "fc_scored" in cfg.behave.paradigms:
+    if "fc_scored" in cfg.paradigms_of(model):
         write_part(paths.behavior_dir(cfg, model, "fc_scored"), pa.Table.from_pylist(scored, schema=SCORED_SCHEMA))
     rows = []
     for c in range(n):
@@ -135,7 +135,7 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
     hidden = {}
     for mi, model in enumerate(m.name for m in cfg.models):
         _write_logs(cfg, model, words, z, rng)
-        for p in ("fc", "fa", *(["fc_scored"] if "fc_scored" in cfg.behave.paradigms else [])):
+        for p in ("fc", "fa", *(["fc_scored"] if "fc_scored" in cfg.paradigms_of(model) else [])):
             aggregate_one(cfg, model, p, words)
         for strategy in cfg.hidden.strategies if not cfg.model(model).behavior_only else ():
             offset = 3 * rng.standard_normal(dim)

@@ -184,3 +184,26 @@ def test_behave_runs_a_model_without_a_path(make_config):
     summary = Manifest(cfg.run_dir).summary("behave/gpt/fc")
     assert summary["compliance"] == 1.0 and summary["requests"] == summary["n_trials"]
     assert summary["last_run"]["requests_per_s"] > 0 and "backend" not in summary["last_run"]
+
+
+def test_an_api_model_beside_fc_scored_skips_it_in_every_stage(make_config, caplog):
+    api = {"name": "gpt", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    cfg = syn.config(make_config, models=("m1", "m2", api), behave={"paradigms": ["fc", "fa", "fc_scored"]},
+                     hidden={"strategies": ["meaning"]}, regress={"seeds": [0], "cv": 2},
+                     rsa={"references": ["fc", "fa", "fc_scored", "static", "fc:gpt"], "bootstrap": 0})
+    syn.build(cfg, n_layers=2)
+    syn.record_behave(cfg)
+    assert not paths.behavior_dir(cfg, "gpt", "fc_scored").exists()
+    with caplog.at_level(logging.INFO):
+        for stage in (rsa, regress, report):
+            stage.run(cfg, Options())
+    df = pd.read_parquet(paths.result_table(cfg, "rsa"))
+    assert set(df.reference) == {"fc", "fa", "fc_scored", "static", "fc:gpt"} and set(df.model) == {"m1", "m2"}
+    rel = pd.read_parquet(paths.result_table(cfg, "reliability"))
+    assert set(rel.query("model == 'gpt'").paradigm) == {"fc", "fa"}
+    assert set(rel.query("model == 'm1'").paradigm) == {"fc", "fa", "fc_scored"}
+    beh = pd.read_parquet(paths.result_table(cfg, "behavior_rsa"))
+    assert set(zip(beh.query("paradigm == 'fc_scored'").model_a, beh.query("paradigm == 'fc_scored'").model_b)) == \
+        {("m1", "m2")}
+    assert "base+cross+fc_scored" in set(pd.read_parquet(paths.result_table(cfg, "regression")).feature_set)
+    assert (paths.report_dir(cfg) / "report.md").exists()

@@ -425,3 +425,40 @@ def test_shipped_api_example_config_loads():
     assert cfg.backend_of(open_model) == "vllm" and not open_model.behavior_only
     assert cfg.backend_of(api) == "openai" and api.behavior_only and api.base_url.endswith("/v1")
     assert "fc:smollm2-api" in cfg.rsa.references
+
+
+def test_fc_scored_beside_an_api_model_is_skipped_for_it_with_one_line(make_config, stub, caplog):
+    import logging
+
+    from pipeline import aggregate
+
+    model = {"name": "api", "backend": "openai", "base_url": stub.url, "api_backoff_s": 0.01}
+    cfg = prepare(make_config(behave={"backend": "vllm", "chunk_size": 8, "paradigms": ["fc", "fa", "fc_scored"]},
+                              models=[{"name": "open", "path": "/models/open"}, model],
+                              rsa={"references": ["fc", "fa", "fc_scored", "fc:api"]}))
+    assert cfg.paradigms_of(cfg.model("api")) == ["fc", "fa"]
+    assert cfg.paradigms_of(cfg.model("open")) == ["fc", "fa", "fc_scored"]
+    with caplog.at_level(logging.INFO):
+        behave.run(cfg, Options(model="api"))
+        aggregate.run(cfg, Options(model="api"))
+    man = Manifest(cfg.run_dir)
+    assert man.stage("behave/api/fc")["complete"] and man.stage("behave/api/fa")["complete"]
+    assert man.stage("behave/api/fc_scored") is None and not paths.behavior_dir(cfg, "api", "fc_scored").exists()
+    lines = [r.getMessage() for r in caplog.records if "fc_scored skipped" in r.getMessage()]
+    assert lines == ["behave api: fc_scored skipped: backend 'openai' cannot score continuations (models of other "
+                     "backends score)", "aggregate api: fc_scored skipped: backend 'openai' cannot score "
+                     "continuations (models of other backends score)"]
+    assert paths.matrix_file(cfg, "api", "fa", "sim_ppmi").exists()
+
+
+def test_fc_scored_with_no_model_that_can_score_is_refused_naming_the_backends(make_config):
+    with pytest.raises(ConfigError, match=r"'behave.paradigms' includes fc_scored.*no model's backend can score.*"
+                                          r"\"openai\" cannot score\); use a backend that can \(vllm, hf\) for") as e:
+        make_config(behave={"backend": "openai", "paradigms": ["fc", "fc_scored"]},
+                    models=[{"name": "api", "base_url": "http://x/v1"}])
+    assert "fake" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"'rsa.references' has 'fc_scored:api', but model 'api' runs no fc_scored"):
+        make_config(behave={"backend": "vllm", "paradigms": ["fc", "fc_scored"]},
+                    models=[{"name": "open", "path": "/m"}, {"name": "api", "backend": "openai",
+                                                             "base_url": "http://x/v1"}],
+                    rsa={"references": ["fc", "fc_scored:api"]})

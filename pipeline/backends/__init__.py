@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # config validates backend names and keys against this regist
     from ..config import Config, ModelCfg
 
 __all__ = ["Backend", "GenRequest", "GenResult", "ScoreRequest", "ScoreResult", "backend_class", "backend_keys",
-           "get_backend", "model_path", "names", "register", "runtime_dtype"]
+           "get_backend", "model_path", "names", "register", "runtime_dtype", "scoring_names"]
 
 log = logging.getLogger(__name__)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -116,6 +116,12 @@ def names() -> list[str]:
     """Registered backend names, production first (`Backend.rank`)."""
     _discover()
     return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+
+
+def scoring_names() -> list[str]:
+    """Backends that can score continuations (`fc_scored`), test stand-ins left out: what
+    messages offer."""
+    return [n for n in names() if _REGISTRY[n].scores and not _REGISTRY[n].stand_in]
 
 
 def backend_keys() -> set[str]:

@@ -112,6 +112,8 @@ class Backend:
     """`models[]` keys only this backend reads; the config refuses them on models of other backends."""
     scores = False
     """Whether `score` is implemented (the `fc_scored` paradigm needs it)."""
+    stand_in = False
+    """A stand-in for tests (`fake`): accepted by the config, never offered in advice."""
 
     @classmethod
     def create(cls, model_cfg, cfg, **overrides) -> "Backend":

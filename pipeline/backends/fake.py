@@ -41,6 +41,7 @@ class FakeBackend(Backend):
     rank = 9
     needs_weights = False
     scores = True
+    stand_in = True
 
     def __init__(self, fail: bool = False, delay_s: float = 0.0):
         self.fail = fail
