@@ -196,7 +196,7 @@ def open_log(cfg: Config, man: Manifest, model_cfg, paradigm: str, force: bool) 
     directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
     fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
     rec = man.stage(key)
-    if man.check(key, fp, force):
+    if man.check(key, fp, force, partial=bool(logs.list_parts(directory)) if directory.exists() else False):
         log.info("behave: %s is complete, skipping", key)
         return None
     if force and rec is not None and rec.get("inputs") != fp:

@@ -120,14 +120,15 @@ class Step:
     passing fingerprints to three manifest calls. Made by `Manifest.step`.
     """
 
-    def __init__(self, man: "Manifest", key: str, settings, upstream=None, force: bool = False):
-        self.man, self.key, self.force = man, key, force
+    def __init__(self, man: "Manifest", key: str, settings, upstream=None, force: bool = False, partial=None):
+        self.man, self.key, self.force, self.partial = man, key, force, partial
         self.fp = settings if isinstance(settings, str) else fingerprint(settings)
         self.up = None if upstream is None else upstream if isinstance(upstream, str) else fingerprint(upstream)
 
     def done(self, quiet: bool = False) -> bool:
         """`Manifest.check`: complete, same settings and upstream, outputs intact."""
-        return self.man.check(self.key, self.fp, self.force, upstream=self.up, quiet=quiet)
+        partial = self.partial() if callable(self.partial) else self.partial
+        return self.man.check(self.key, self.fp, self.force, upstream=self.up, quiet=quiet, partial=partial)
 
     def start(self) -> None:
         self.man.start(self.key, self.fp, self.up)
@@ -209,7 +210,7 @@ class Manifest:
         return self.read()["stages"].get(key)
 
     def check(self, key: str, inputs_fp: str, force: bool = False, upstream: str | None = None,
-              quiet: bool = False) -> bool:
+              quiet: bool = False, partial: bool | None = None) -> bool:
         """Decide whether stage `key` is already complete for these settings and inputs.
 
         Args:
@@ -219,6 +220,10 @@ class Manifest:
             upstream: fingerprint of the content of what the stage reads, or None when the
                 stage reads nothing but its settings.
             quiet: do not log why the work is to be (re)done (a second check of the same record).
+            partial: whether an unfinished run left work behind (trial log parts); None when
+                the caller cannot tell. An unfinished record whose run left nothing (False) and
+                none of whose recorded outputs exist (a start that failed, e.g. a wrong model
+                id) holds no results to mix, so other settings start afresh instead of refusing.
 
         Returns:
             True when a completed record with the same settings and upstream exists and every
@@ -233,7 +238,7 @@ class Manifest:
         if rec is None:
             return False
         if rec.get("inputs") != inputs_fp:
-            if force:
+            if force or self._left_nothing(rec, partial):
                 return False
             raise StaleStageError(
                 f"stage '{key}' in {self.run_dir} ran with other inputs (fingerprint "
@@ -252,6 +257,12 @@ class Manifest:
                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
                         "it" if len(problems) == 1 else "them")
         return not problems
+
+    def _left_nothing(self, rec: dict, partial: bool | None) -> bool:
+        """An unfinished record whose run wrote nothing that is still there."""
+        if partial is not False or rec.get("complete"):
+            return False
+        return not any(self._abs(rel).exists() for rel in rec.get("outputs") or {})
 
     def start(self, key: str, inputs_fp: str, upstream: str | None = None) -> None:
         with self._locked() as m:
@@ -281,10 +292,11 @@ class Manifest:
             m["stages"][key] = rec
             m.setdefault("artifacts", {}).update(ids)
 
-    def step(self, key: str, settings, upstream=None, force: bool = False) -> Step:
+    def step(self, key: str, settings, upstream=None, force: bool = False, partial=None) -> Step:
         """A `Step` for record `key`: `settings` and `upstream` are fingerprints or the
-        objects to fingerprint."""
-        return Step(self, key, settings, upstream, force)
+        objects to fingerprint; `partial` (a bool or a callable returning one) says whether an
+        unfinished run left work behind (`check`)."""
+        return Step(self, key, settings, upstream, force, partial)
 
     def invalidate(self, key: str) -> None:
         """Mark `key` incomplete (its outputs are being rebuilt), keeping its settings."""

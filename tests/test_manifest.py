@@ -54,6 +54,24 @@ def test_interrupted_stage_with_other_inputs_is_refused_too(tmp_path):
         man.check("behave.m.fc", "new")
 
 
+def test_a_start_that_wrote_nothing_does_not_hold_its_settings(tmp_path):
+    man = Manifest(tmp_path)
+    man.start("behave/m/fc", "old")
+    assert man.check("behave/m/fc", "new", partial=False) is False
+    with pytest.raises(StaleStageError):
+        man.check("behave/m/fc", "new", partial=True)
+    step = man.step("behave/m/fc", "new", partial=lambda: False)
+    assert step.done() is False
+    step.start()
+    assert man.stage("behave/m/fc")["inputs"] == "new"
+    out = tmp_path / "kept.txt"
+    out.write_text("x")
+    man.complete("behave/m/fc", "new", outputs=[out])
+    man.start("behave/m/fc", "new")
+    with pytest.raises(StaleStageError):  # an interrupted rerun: what the first run wrote is still there
+        man.check("behave/m/fc", "newer", partial=False)
+
+
 def test_force_reruns_and_resets_the_record(tmp_path):
     man = Manifest(tmp_path)
     man.start("vocab", "old")

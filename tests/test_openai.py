@@ -462,3 +462,20 @@ def test_fc_scored_with_no_model_that_can_score_is_refused_naming_the_backends(m
                     models=[{"name": "open", "path": "/m"}, {"name": "api", "backend": "openai",
                                                              "base_url": "http://x/v1"}],
                     rsa={"references": ["fc", "fc_scored:api"]})
+
+
+def test_a_failed_start_does_not_hold_its_settings_against_the_fixed_run(make_config, stub):
+    stub.always = 404
+    cfg = prepare(api_config(make_config, stub.url, api_model="no-such-model"))
+    with pytest.raises(PipelineError, match="HTTP 404"):
+        behave.run(cfg, Options(paradigm="fc"))
+    assert not logs.list_parts(paths.behavior_dir(cfg, "api", "fc"))
+    stub.always = None
+    fixed = api_config(make_config, stub.url, api_model="api")
+    behave.run(fixed, Options(paradigm="fc"))
+    assert Manifest(cfg.run_dir).stage("behave/api/fc")["complete"]
+    stub.script = [None] * 2
+    stub.always = 503
+    other = api_config(make_config, stub.url, api_model="other", api_retries=0)
+    with pytest.raises(PipelineError, match="ran with other inputs"):  # complete logs are still protected
+        behave.run(other, Options(paradigm="fc"))
