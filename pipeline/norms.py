@@ -88,9 +88,11 @@ def import_norms(cfg: Config, norms: NormsCfg, words: list[str], force: bool = F
     step.start()
     t0 = time.perf_counter()
     counts, cols, stats = count_norms(path, layout, words)
-    stats.update({"name": norms.name, "file": str(path), "format": layout.format, "responses": layout.responses})
+    stats.update({"name": norms.name, "file": str(path), "format": layout.format,
+                  "response_columns": layout.responses or [layout.response, layout.count]})
     write_outputs(out, words, counts, cols, stats)
-    log.info("norms %s: %d of %d vocabulary words have norms (%.1f%%), %d responses in %d columns (%.1f s)",
+    log.info("norms %s: %d of %d vocabulary words have norms (%.1f%%), %d responses counted, %d distinct responses "
+             "(%.1f s)",
              norms.name, stats["covered"], len(words), 100 * stats["coverage"], stats["picks"], stats["responses"],
              time.perf_counter() - t0)
     if stats["masked_rows"]:

@@ -7,6 +7,7 @@ FC and FA."""
 from __future__ import annotations
 
 import json
+import logging
 
 import _synthetic as syn
 import numpy as np
@@ -103,12 +104,15 @@ def _vocab(cfg, words):
     paths.vocab_file(cfg).write_text("\n".join(words) + "\n")
 
 
-def test_import_masks_words_without_norms_and_reruns_when_the_file_changes(make_config, tmp_path):
+def test_import_masks_words_without_norms_and_reruns_when_the_file_changes(make_config, tmp_path, caplog, capsys):
     path = tmp_path / "swow.csv"
     path.write_text(SWOW)
     cfg = make_config(norms=[{"name": "swow", "path": str(path)}])
     _vocab(cfg, WORDS)
-    stats = import_norms(cfg, cfg.norms[0], WORDS)
+    with caplog.at_level(logging.INFO, logger="pipeline.norms"):
+        stats = import_norms(cfg, cfg.norms[0], WORDS)
+    assert "Logging error" not in capsys.readouterr().err
+    assert "5 responses in 5 columns" not in caplog.text and "5 distinct responses" in caplog.text
     d = paths.norms_dir(cfg, "swow")
     sim = np.load(d / "sim_ppmi.npy")
     assert np.isnan(sim[3]).all() and np.isnan(sim[:, 3]).all()
@@ -117,6 +121,9 @@ def test_import_masks_words_without_norms_and_reruns_when_the_file_changes(make_
     summary = Manifest(cfg.run_dir).summary("norms/swow")
     assert summary["coverage"] == 0.75 and summary["missing_words"] == ["tree"] and summary["format"] == "swow"
     assert json.loads((d / "stats.json").read_text())["covered"] == stats["covered"] == 3
+    written = json.loads((d / "stats.json").read_text())
+    assert written["responses"] == stats["responses"] == 5 == summary["responses"]  # distinct responses counted
+    assert written["response_columns"] == summary["response_columns"] == ["R1", "R2", "R3"]
     mtime = (d / "sim_ppmi.npy").stat().st_mtime_ns
     import_norms(cfg, cfg.norms[0], WORDS)
     assert (d / "sim_ppmi.npy").stat().st_mtime_ns == mtime
