@@ -135,7 +135,7 @@ class NormsCfg:
     """Human association norms (`norms`): a file the user provides; nothing is shipped."""
     name: str
     path: str
-    format: str = "auto"  # swow | counts | auto (from the header)
+    format: str = "auto"  # swow | counts | strength | auto (from the header)
     responses: list[str] = field(default_factory=lambda: ["R1", "R2", "R3"])  # SWOW columns counted
 
 
@@ -205,7 +205,7 @@ REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
 HUMAN = "human:"
 """Prefix of a human-norms reference: ``human:<norms name>`` (`norms`)."""
 SCORED_COUNTS = ("expected", "top")
-NORMS_FORMATS = ("auto", "swow", "counts")
+NORMS_FORMATS = ("auto", "swow", "counts", "strength")
 SWOW_RESPONSES = ("R1", "R2", "R3")
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
                                    "see the README table 'Paper mode vs default')"}

@@ -3,13 +3,16 @@
 Psycholinguists compare model geometry with human free-association norms, above all the
 Small World of Words (SWOW; De Deyne et al., 2019). The norms are not redistributable, so
 nothing ships with the pipeline: each `[[norms]]` entry of the config points at the user's
-own file, in one of two layouts (`norms[].format`, or ``auto`` to tell them by the header):
+own file, in one of three layouts (`norms[].format`, or ``auto`` to tell them by the header):
 
 - ``swow``: SWOW's published CSV (e.g. ``SWOW-EN.R100.csv``), one row per participant and cue
   with columns ``cue`` and ``R1``, ``R2``, ``R3`` (other columns are ignored). Missing
   responses are ``NA`` (unquoted, as R writes them), empty, or SWOW's raw markers ``No more
   responses`` and ``Unknown word``; none of them counts. `norms[].responses` chooses the
   columns counted (all three by default, SWOW's R123; ``["R1"]`` for first responses only).
+- ``strength``: SWOW's strength tables (``cue, response, R123, N, R123.Strength``, or ``R1`` in
+  the first-response file): the ``R123`` (``R1`` with ``responses = ["R1"]``) column is the
+  count; ``N`` and the strength (a proportion) are not read.
 - ``counts``: a plain table with columns ``cue``, ``response``, ``count`` (one row per cue and
   response; repeated pairs add up; counts must be finite and non-negative).
 
@@ -132,21 +135,45 @@ def detect(path: Path, norms: NormsCfg, idx: int = 0, source: str = "<memory>") 
     for name in header:
         by_lower.setdefault(name.strip().lower(), name)
     fmt = norms.format
+    strength_like = "response" in by_lower and "count" not in by_lower and bool({"r123", "r1"} & set(by_lower))
     if fmt == "auto":
-        fmt = "swow" if "r1" in by_lower else "counts" if {"response", "count"} <= set(by_lower) else None
+        fmt = ("strength" if strength_like else "swow" if "r1" in by_lower
+               else "counts" if {"response", "count"} <= set(by_lower) else None)
         if fmt is None:
             raise PipelineError(f"{path}: the header ({', '.join(header[:12]) or 'empty'}) is neither SWOW's "
-                                f"(cue, R1, R2, R3) nor a counts table (cue, response, count); fix the file or "
-                                f"set norms[{idx}].format in {source}")
+                                f"(cue, R1, R2, R3), SWOW's strength table (cue, response, R123 or R1) nor a counts "
+                                f"table (cue, response, count); fix the file or set norms[{idx}].format in {source}")
+    if fmt == "strength":
+        return _strength_layout(path, norms, idx, source, delimiter, header, by_lower)
     need = ["cue", *(r.lower() for r in norms.responses)] if fmt == "swow" else ["cue", "response", "count"]
     missing = [c for c in need if c not in by_lower]
     if missing:
+        hint = f' (a SWOW strength table: set norms[{idx}].format = "strength")' if strength_like else ""
         raise PipelineError(f"{path}: the {fmt} layout needs the column(s) {', '.join(missing)}, but the header has "
                             f"{', '.join(header[:12]) or 'nothing'}; fix the file, or norms[{idx}].format / "
-                            f"norms[{idx}].responses in {source}")
+                            f"norms[{idx}].responses in {source}{hint}")
     if fmt == "swow":
         return Layout("swow", delimiter, by_lower["cue"], [by_lower[r.lower()] for r in norms.responses])
     return Layout("counts", delimiter, by_lower["cue"], [], by_lower["response"], by_lower["count"])
+
+
+def _strength_layout(path: Path, norms: NormsCfg, idx: int, source: str, delimiter: str, header: list[str],
+                     by_lower: dict) -> Layout:
+    """SWOW's strength table (``cue, response, R123, N, R123.Strength``; ``R1`` in the
+    first-response file): the ``R123`` (or ``R1``) column is the number of participants who gave
+    the response, the count; ``N`` and the strength (count / N) are not read."""
+    column = "R123" if sorted(norms.responses) == ["R1", "R2", "R3"] else "R1" if norms.responses == ["R1"] else None
+    if column is None:
+        raise PipelineError(f"norms[{idx}].responses = {norms.responses} in {source}: SWOW's strength tables hold "
+                            f"R123 (all responses) or R1 (first responses) only; set responses to [\"R1\", \"R2\", "
+                            f"\"R3\"] or [\"R1\"]")
+    missing = [c for c in ("cue", "response", column.lower()) if c not in by_lower]
+    if missing:
+        fix = (f'set norms[{idx}].responses = ["R1"] (this is the first-response table)' if column == "R123"
+               and "r1" in by_lower else f"use the R{column[1:]} strength file, or set norms[{idx}].responses")
+        raise PipelineError(f"{path}: the strength layout of responses {', '.join(norms.responses)} counts the column "
+                            f"{column}, but the header has {', '.join(header[:12]) or 'nothing'}; {fix} in {source}")
+    return Layout("strength", delimiter, by_lower["cue"], [], by_lower["response"], by_lower[column.lower()])
 
 
 def count_norms(path: Path, layout: Layout, words: list[str]):
@@ -159,7 +186,7 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
     """
     from .counts import Counter
 
-    weighted = layout.format == "counts"
+    weighted = layout.count is not None
     counter = Counter(words, "norms", Rules(), path, weighted=weighted)
     value_set, index_of = _cue_keys(words, path)
     vocab = pa.array(words, pa.string())

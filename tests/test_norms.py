@@ -70,12 +70,47 @@ def test_counts_layout_tab_separated(tmp_path):
     assert st["rows_outside_vocabulary"] == 1 and st["missing_responses"] == 1 and st["covered"] == 3
 
 
+STRENGTH = ("cue\tresponse\tR123\tN\tR123.Strength\n"
+            "dog\tcat\t37\t90\t0.4111\n"
+            "dog\tbone\t8\t90\t0.0889\n"
+            "Cat\tdog\t20\t60\t0.3333\n"
+            "zebra\tstripes\t30\t60\t0.5\n"
+            "house\thome\t12\t30\t0.4\n")
+
+
+def test_swow_strength_layout_counts_the_r123_column(tmp_path):
+    path = tmp_path / "strength.SWOW-EN.R123.csv"
+    path.write_text(STRENGTH)
+    layout = detect(path, NormsCfg("n", str(path)))
+    assert layout.format == "strength" and layout.count == "R123" and layout.response == "response"
+    got, st = _counts(path)
+    assert got == {"dog": {"cat": 37.0, "bone": 8.0}, "cat": {"dog": 20.0}, "house": {"home": 12.0}, "tree": {}}
+    assert st["rows_outside_vocabulary"] == 1 and st["covered"] == 3
+    assert _counts(path, format="strength")[0] == got
+
+
+def test_swow_strength_layout_of_first_responses(tmp_path):
+    path = tmp_path / "strength.SWOW-EN.R1.csv"
+    path.write_text(STRENGTH.replace("R123", "R1"))
+    got, _ = _counts(path, responses=["R1"])
+    assert got["dog"] == {"cat": 37.0, "bone": 8.0}
+    with pytest.raises(PipelineError, match=r"the strength layout of responses R1, R2, R3 counts the column R123, "
+                                            r"but the header has.*R1.*set norms\[0\]\.responses = \[\"R1\"\]"):
+        _counts(path)
+    r123 = tmp_path / "strength.SWOW-EN.R123.csv"
+    r123.write_text(STRENGTH)
+    with pytest.raises(PipelineError, match=r"the strength layout of responses R1 counts the column R1"):
+        _counts(r123, responses=["R1"])
+
+
 @pytest.mark.parametrize("text, kw, pattern", [
-    ("cue,assoc\ndog,cat\n", {}, r"neither SWOW's \(cue, R1, R2, R3\) nor a counts table"),
+    ("cue,assoc\ndog,cat\n", {}, r"neither SWOW's \(cue, R1, R2, R3\), SWOW's strength table .* nor a counts table"),
     ("cue,R1,R2\ndog,cat,bone\n", {}, r"the swow layout needs the column\(s\) r3"),
     ("cue,response,count\ndog,cat,3\n", {"format": "swow"}, r"the swow layout needs the column\(s\) r1, r2, r3"),
     ("cue,response,count\ndog,cat,-1\n", {}, r"count\(s\) that are missing, negative or not a number"),
     ("cue,response,count\ndog,cat,NA\n", {}, r"count\(s\) that are missing, negative or not a number"),
+    (STRENGTH, {"format": "counts"}, r"the counts layout needs the column\(s\) count.*format = \"strength\""),
+    (STRENGTH.replace("\t37\t", "\t-1\t"), {}, r"column 'R123' holds 1 count\(s\) that are missing, negative"),
 ])
 def test_bad_files_are_named_with_the_fix(tmp_path, text, kw, pattern):
     path = tmp_path / "norms.csv"
