@@ -478,13 +478,25 @@ def _fit_layers(st: _Stage, model: str, strategy: str, seed: int, split: Split, 
     return out
 
 
+def result_settings(cfg: Config) -> str:
+    """Fingerprint of the settings the regression table was computed under (the regress
+    section, the references that add feature sets, each model's paradigms, the rules, the
+    vocabulary), recorded with it so that `report` can tell a table older than the config."""
+    from .vocab import vocab_fingerprint
+
+    return fingerprint({"regress": asdict(cfg.regress), "references": cfg.rsa.references,
+                        "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),
+                        "paradigms": {m.name: cfg.paradigms_of(m) for m in cfg.models}})
+
+
 def _merge(cfg: Config, man: Manifest) -> None:
     stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
     done = [(m, s) for m, s in cells if (stages.get(f"regress/{m}/{s}") or {}).get("complete")]
     sources = [paths.result_part(cfg, "regression", m, s) for m, s in done]
-    step = man.step("regress", {"cells": done, "version": _VERSION}, man.ids([p for p in sources if p.exists()]),
-                    force=True)
+    current = result_settings(cfg)
+    step = man.step("regress", {"cells": done, "version": _VERSION, "settings": current},
+                    man.ids([p for p in sources if p.exists()]), force=True)
     complete = len(done) == len(cells)
     if complete and step.done():
         return
@@ -492,4 +504,4 @@ def _merge(cfg: Config, man: Manifest) -> None:
     out = paths.result_table(cfg, "regression")
     write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS), out)
     if complete:
-        step.complete([out], {"cells": len(done)})
+        step.complete([out], {"cells": len(done), "settings": current})

@@ -710,14 +710,35 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
 
 # ---------------------------------------------------------------- stage
 
+def _check_up_to_date(cfg: Config, man: Manifest) -> None:
+    """Refuse result tables merged under other settings than the config's (a reference added,
+    e.g. ``human:<name>``, after rsa ran): the report would silently lack them.
+
+    Raises:
+        PipelineError: names the table and the command that brings it up to date.
+    """
+    from . import regress, rsa
+
+    for stage, table, settings in (("rsa", "rsa", rsa.result_settings), ("regress", "regression",
+                                                                        regress.result_settings)):
+        recorded = (man.summary(stage) or {}).get("settings")
+        if recorded is not None and paths.result_table(cfg, table).exists() and recorded != settings(cfg):
+            raise PipelineError(f"{paths.result_table(cfg, table)} was computed with other settings than "
+                                f"{cfg.source} has now (e.g. rsa.references, a [[norms]] entry, the {stage} "
+                                f"section); bring it up to date with `python -m pipeline {stage} --config {cfg.source} "
+                                f"--force`{' (then regress)' if stage == 'rsa' else ''}, then run report again")
+
+
 def run(cfg: Config, opts) -> None:
-    """`report` stage: figures and report.md (rebuilt when the results change)."""
+    """`report` stage: figures and report.md (rebuilt when the results change); refuses
+    result tables older than the config's settings (`_check_up_to_date`)."""
     res = load_results(cfg)
     if not res:
         raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `python -m pipeline rsa --config "
                             f"{cfg.source}` (and regress) first")
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
+    _check_up_to_date(cfg, man)
     step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in _TABLES),

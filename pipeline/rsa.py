@@ -407,10 +407,21 @@ def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: 
     return out
 
 
+def result_settings(cfg: Config) -> str:
+    """Fingerprint of the settings the merged tables were computed under (the rsa section,
+    each model's paradigms, the rules, the vocabulary), recorded with them so that `report`
+    can tell tables older than the config."""
+    from .manifest import fingerprint
+    from .vocab import vocab_fingerprint
+
+    return fingerprint({"rsa": asdict(cfg.rsa), "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),
+                        "paradigms": {m.name: cfg.paradigms_of(m) for m in cfg.models}})
+
+
 def _merge(cfg: Config, man: Manifest) -> None:
     """Rebuild the result tables from every finished cell part of the configured cells.
 
-    Skipped when the cells and the tables are what the last merge recorded.
+    Skipped when the cells, their settings and the tables are what the last merge recorded.
     """
     stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
@@ -421,7 +432,8 @@ def _merge(cfg: Config, man: Manifest) -> None:
     if any(r.startswith(HUMAN) for r in cfg.rsa.references):
         sources["behavior_norms"] = [p for m in cfg.models
                                      if (p := paths.result_part(cfg, "behavior_norms", m.name)).exists()]
-    step = man.step("rsa", {"cells": done, "version": _VERSION},
+    current = result_settings(cfg)
+    step = man.step("rsa", {"cells": done, "version": _VERSION, "settings": current},
                     {k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()}, force=True)
     if len(done) == len(cells) and step.done():
         return
@@ -434,6 +446,6 @@ def _merge(cfg: Config, man: Manifest) -> None:
                       paths.result_table(cfg, table))
     tables = [paths.result_table(cfg, t) for t, _ in names]
     if len(done) == len(cells):
-        step.complete(tables, {"cells": len(done)})
+        step.complete(tables, {"cells": len(done), "settings": current})
     else:
         log.info("rsa: %d of %d model x strategy cells finished; tables hold those", len(done), len(cells))

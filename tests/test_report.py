@@ -190,3 +190,31 @@ def test_paper_model_gets_published_overlay_and_table(make_config):
         assert float(row.published) == pytest.approx(theirs, abs=6e-4)
         assert float(row.difference) == pytest.approx(ours - theirs, abs=1e-3)
     assert "### Regression, mean test R² over layers" in md and "### NN@k overlap" in md
+
+
+def test_report_refuses_results_older_than_the_settings_naming_the_stage(tmp_path):
+    from pipeline import aggregate
+    from pipeline.config import from_dict
+
+    cfg = syn.config(syn.make_config_at(tmp_path), models=("m1",), hidden={"strategies": ["meaning"]},
+                     rsa={"bootstrap": 0, "split_half": False}, regress={"seeds": [0], "cv": 2})
+    built = syn.build(cfg, n_layers=2)
+    for stage in (rsa, regress, report):
+        stage.run(cfg, Options())
+    raw = cfg.to_dict()
+    raw["norms"] = [{"name": "swow", "path": str(tmp_path / "swow.csv")}]
+    raw["rsa"]["references"] = [*raw["rsa"]["references"], "human:swow"]
+    raw["models"] = [{k: v for k, v in m.items() if v is not None} for m in raw["models"]]
+    with_norms = from_dict(raw, source="with-norms.toml")
+    syn.write_swow(tmp_path / "swow.csv", built["words"], built["z"])
+    aggregate.run(with_norms, Options())
+    with pytest.raises(PipelineError, match=r"results/rsa\.parquet.*other settings.*python -m pipeline rsa --config "
+                                            r"with-norms\.toml --force"):
+        report.run(with_norms, Options())
+    rsa.run(with_norms, Options(force=True))
+    with pytest.raises(PipelineError, match=r"results/regression\.parquet.*python -m pipeline regress --config "
+                                            r"with-norms\.toml --force"):
+        report.run(with_norms, Options())
+    regress.run(with_norms, Options(force=True))
+    report.run(with_norms, Options())
+    assert "human:swow" in set(pd.read_parquet(paths.result_table(cfg, "rsa")).reference)
