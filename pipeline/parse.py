@@ -5,8 +5,9 @@ that non-compliance can be counted by kind instead of silently dropped. One rule
 the run's `rules.Rules`: what an FC pick may look like. Paper mode takes the authors'
 ``[A-Za-z]+``; the default takes letters of any script with inner hyphens or apostrophes
 and compares NFC-normalized strings, so vocabularies of other languages (``café``, ``zoë``,
-``e-mail``, ``o'clock``) can be answered at all. On ASCII answers without inner ``-`` or
-``'`` both rules give the same picks.
+``e-mail``, ``o'clock``) can be answered at all; digits only inside a trial's candidate that
+has them (``mp3``), so an echoed format line ``output: word1, word2`` is no answer in either
+mode. On ASCII answers without inner ``-`` or ``'`` both rules give the same picks.
 
 FC status precedence (the first that applies wins):
     ``empty`` (blank output) > ``unparseable`` (no ``output: a, b`` match and no comma line)
@@ -39,7 +40,7 @@ _LABEL = re.compile(r"^\s*output\s*:", re.IGNORECASE)
 _DEFAULT_RULES = Rules()
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)
 def _fc_patterns(word: str) -> tuple[re.Pattern, re.Pattern]:
     return (re.compile(rf"output:\s*({word})\s*,\s*({word})", re.IGNORECASE),
             re.compile(rf"^[^\w]*({word})[^\w]*$"))
@@ -84,7 +85,7 @@ def parse_fc(output: str | None, cue: str, candidates: list[str], n_picks: int =
     Follows `extract_picks` and `validate_picks` of the paper's `forced_choice_<model>.py`:
     strip; replace a leading ``<cue>:`` with ``output: ``; take the LAST case-insensitive
     match of ``output:\\s*(W)\\s*,\\s*(W)`` with W the rule's pick pattern (paper:
-    ``[A-Za-z]+``); else the last line with a comma and no colon (its first two
+    ``[A-Za-z]+``; default: `Rules.fc_pick`); else the last line with a comma and no colon (its first two
     comma-separated parts). A pick is valid only if, after strip, it equals (case-sensitively;
     NFC-normalized by default) one of the trial's candidates and is not the cue; an identical
     second pick is dropped. Valid picks are returned as the candidate strings themselves.
@@ -105,16 +106,16 @@ def parse_fc(output: str | None, cue: str, candidates: list[str], n_picks: int =
     rules = rules or _DEFAULT_RULES
     if output is None or not output.strip():
         return Parsed(status="empty")
-    pair, one_word = _fc_patterns(rules.fc_word)
     text = rules.normalize(output.strip())
     cue_n = rules.normalize(cue)
+    eligible = {rules.normalize(c.strip()): c.strip() for c in candidates if isinstance(c, str) and c.strip()}
+    eligible.pop(cue_n, None)
+    pair, one_word = _fc_patterns(rules.fc_pick(eligible))
     raw = _fc_extract(text, cue_n, pair)
     if raw is None:
         bare = _LABEL.sub("", text, count=1).strip()
         return Parsed(status="wrong_count" if one_word.match(bare) else "unparseable")
     raw = [p.strip() for p in raw]
-    eligible = {rules.normalize(c.strip()): c.strip() for c in candidates if isinstance(c, str) and c.strip()}
-    eligible.pop(cue_n, None)
     picks: list[str] = []
     status = "ok"
     for p in raw:

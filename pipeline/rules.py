@@ -32,6 +32,10 @@ _ALNUM = r"[^\W_]"
 UNICODE_WORD = rf"{_ALNUM}+(?:['’\-]{_ALNUM}+)*"
 """A word: letters (or digits) of any script, joined by inner hyphens or apostrophes
 (``o'clock``, ``e-mail``, ``mp3``)."""
+_LETTER = r"[^\W\d_]"
+LETTER_WORD = rf"{_LETTER}+(?:['’\-]{_LETTER}+)*"
+"""`UNICODE_WORD` without digits: on ASCII text without inner ``-``/``'`` exactly the
+authors' ``[A-Za-z]+``, so an echoed format line (``output: word1, word2``) is no answer."""
 ASCII_WORD = r"[A-Za-z]+"
 """The authors' FC pick pattern (`extract_picks`: ``output:\\s*([A-Za-z]+)\\s*,\\s*([A-Za-z]+)``)."""
 
@@ -59,8 +63,21 @@ class Rules:
 
     @property
     def fc_word(self) -> str:
-        """Regex of one FC pick in the ``output: a, b`` pattern."""
+        """Regex of a word an FC answer can name (the vocabulary check, `unmatchable`)."""
         return ASCII_WORD if self.paper else UNICODE_WORD
+
+    def fc_pick(self, candidates=()) -> str:
+        """Regex of one FC pick in the ``output: a, b`` pattern of a trial.
+
+        Paper mode: ``[A-Za-z]+``. Default: letters of any script with inner hyphens or
+        apostrophes (`LETTER_WORD`), or literally one of the trial's `candidates` that hold
+        digits (``mp3``). Digits count only inside such a candidate, so on ASCII answers
+        without inner ``-``/``'`` both modes extract the same picks.
+        """
+        if self.paper:
+            return ASCII_WORD
+        digits = sorted({c for c in candidates if any(ch.isdigit() for ch in c)}, key=lambda c: (-len(c), c))
+        return "|".join([*(re.escape(c) for c in digits), LETTER_WORD]) if digits else LETTER_WORD
 
     def normalize(self, text: str) -> str:
         """NFC in default mode (a model may compose accents the vocabulary decomposes);

@@ -110,6 +110,37 @@ def test_parse_fc_prompt_echo_takes_last_answer():
     assert p.picks == ["boat", "bank"] and p.status == "ok"
 
 
+ASCII_ANSWERS = [
+    "output: cat, leash\nUse the format: output: word1, word2",  # the prompt's format line echoed
+    "output: cat, leash\noutput: word1, word2\n",
+    "output: word1, word2",
+    "output: cat, leash2", "output: cat2, leash", "output: cat, 2leash", "output: 1, 2", "output: cat 3, leash",
+    "output: cat, leash\noutput: beer, zebra",                    # the last match wins, candidates or not
+    "output: beer, tango\noutput: cat, leash",
+    "cat, leash", "dog: cat, leash", "DOG:cat,leash", "output:cat,leash,note", "output: cat_x, leash",
+    "output: cat, leash_2", "output: Cat, leash", "output: cat, cat", "output: dog, cat", "output: cat",
+    "Answer 1: output: cat, leash", "output: cat,\nleash", "output: cat , leash.", "cat2, leash3",
+    "output: **cat**, leash", "the answer is (cat, leash)", "", "output:", "42",
+]
+
+
+@pytest.mark.parametrize("output", ASCII_ANSWERS)
+def test_paper_and_default_give_the_same_picks_on_ascii_answers(output):
+    default, paper = parse_fc(output, "dog", CANDS), parse_fc(output, "dog", CANDS, rules=PAPER)
+    v1, v2 = _paper_fc(output, "dog", CANDS)
+    assert paper.picks == [v for v in (v1, v2) if v is not None]
+    assert (default.picks, default.status) == (paper.picks, paper.status)
+
+
+def test_parse_fc_echoed_format_line_is_not_the_answer():
+    text = "output: cat, leash\nUse the format: output: word1, word2"
+    assert parse_fc(text, "dog", CANDS).picks == ["cat", "leash"] and parse_fc(text, "dog", CANDS).status == "ok"
+    digits = ["mp3", "cd", "tape", "word1"]  # a candidate with digits is still a pick by default
+    assert parse_fc("output: mp3, cd\nformat: output: word1, word2", "x", digits).picks == ["word1"]
+    assert parse_fc("output: mp3, cd", "x", digits).picks == ["mp3", "cd"]
+    assert parse_fc("output: mp3x, cd", "x", digits).status == "unparseable"
+
+
 def test_parse_fc_rejects_other_pick_counts():
     with pytest.raises(ValueError, match="2-pick"):
         parse_fc("output: cat, leash, note", "dog", CANDS, n_picks=3)
@@ -144,7 +175,7 @@ def test_parse_fa_period_ends_the_list():
 def _garbage(rng: random.Random) -> str:
     pieces = ["output:", "Output :", "dog:", ",", ", ", ".", "\n", "**", "cat", "leash", "Cat", "dog",
               "ÿ", "日本", "🙂", " ", "\t", "[", "]", "banana", "zebra", "input word:", "candidates:",
-              "output: cat, leash", "\u200b", "'", '"', "-", "..."]
+              "output: cat, leash", "\u200b", "'", '"', "-", "...", "1", "word2", "output: word1, word2"]
     n = rng.choice([0, 1, 2, 5, 20, 200])
     return "".join(rng.choice(pieces) if rng.random() < 0.8 else chr(rng.randrange(1, 0x2FFF))
                    for _ in range(n))
@@ -164,7 +195,7 @@ def test_parse_never_raises_and_is_consistent_on_garbage():
             assert len(q.picks) <= 2 and len(set(q.picks)) == len(q.picks)
             assert all(x in CANDS and x != "dog" for x in q.picks)
             assert (q.status == "ok") == (len(q.picks) == 2)
-        if text.isascii() and not joined.search(text) and not re.search(r"output:\s*\w*\d", text, re.I):
+        if text.isascii() and not joined.search(text):
             assert p.picks == paper.picks, text
         f = parse_fa(text, "dog")
         assert f.status in STATUSES and len(f.picks) <= 5
