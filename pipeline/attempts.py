@@ -126,6 +126,8 @@ class Renderer:
         self.backend, self.system = backend, system_prompt
         self.calls = 0
         self.mode: str | None = None
+        if not backend.renders_text:
+            return
         shell = backend.render(chat_messages(self.PLACEHOLDER, system_prompt))
         if shell.count(self.PLACEHOLDER) == 1:
             self.prefix, self.suffix = shell.split(self.PLACEHOLDER)

@@ -138,9 +138,14 @@ def norms_coverage(cfg: Config) -> pd.DataFrame:
             rows.append({"reference": f"{HUMAN}{n.name}", "format": s.get("format"),
                          "words with norms": s.get("covered"),
                          "vocabulary": (s.get("covered") or 0) + (s.get("masked_rows") or 0),
-                         "coverage": s.get("coverage"), "responses counted": s.get("picks"),
+                         "coverage": s.get("coverage"), "responses counted": _count(s.get("picks")),
                          "missing (first 10)": ", ".join((s.get("missing_words") or [])[:10]) or "–"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _count(v):
+    """A count as an int when it is whole (weighted norms sum to floats), else as it is."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 # ---------------------------------------------------------------- summaries

@@ -479,3 +479,26 @@ def test_a_failed_start_does_not_hold_its_settings_against_the_fixed_run(make_co
     other = api_config(make_config, stub.url, api_model="other", api_retries=0)
     with pytest.raises(PipelineError, match="ran with other inputs"):  # complete logs are still protected
         behave.run(other, Options(paradigm="fc"))
+
+
+def test_no_chat_template_warning_on_an_api_run(make_config, stub, caplog):
+    import logging
+
+    cfg = prepare(api_config(make_config, stub.url))
+    with caplog.at_level(logging.WARNING):
+        behave.run(cfg, Options())
+    assert Manifest(cfg.run_dir).stage("behave/api/fa")["complete"]
+    assert not [r for r in caplog.records if "chat template" in r.getMessage()]
+
+
+def test_readme_retry_window_is_the_defaults():
+    from pathlib import Path
+
+    from pipeline.backends import openai as api
+    from pipeline.config import ModelCfg
+
+    m = ModelCfg(name="x")
+    window = [sum(api.retry_delay(m.api_backoff_s, a, None, u) for a in range(m.api_retries)) for u in (0.0, 1.0)]
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lo, hi = re.search(r"with the\s+defaults a request persists for ([\d.]+) to ([\d.]+) minutes", text).groups()
+    assert (float(lo), float(hi)) == (round(window[0] / 60, 1), round(window[1] / 60, 1))

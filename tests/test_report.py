@@ -218,3 +218,15 @@ def test_report_refuses_results_older_than_the_settings_naming_the_stage(tmp_pat
     regress.run(with_norms, Options(force=True))
     report.run(with_norms, Options())
     assert "human:swow" in set(pd.read_parquet(paths.result_table(cfg, "rsa")).reference)
+
+
+def test_norms_coverage_prints_counts_as_integers(make_config):
+    cfg = make_config(norms=[{"name": "swow", "path": "a.csv"}, {"name": "mine", "path": "b.csv"}])
+    man = Manifest(cfg.run_dir)
+    man.complete("norms/swow", "x", {"format": "strength", "covered": 3, "masked_rows": 1, "coverage": 0.75,
+                                     "picks": 320.0, "missing_words": ["tree"]})
+    man.complete("norms/mine", "y", {"format": "counts", "covered": 4, "masked_rows": 0, "coverage": 1.0,
+                                     "picks": 12.5, "missing_words": []})
+    table = "\n".join(report._norms_section(cfg, {}))
+    assert "| human:swow | strength | 3 | 4 | 0.750 | 320 | tree |" in table
+    assert "| human:mine | counts | 4 | 4 | 1.000 | 12.500 | – |" in table

@@ -112,6 +112,10 @@ class Backend:
     """`models[]` keys only this backend reads; the config refuses them on models of other backends."""
     scores = False
     """Whether `score` is implemented (the `fc_scored` paradigm needs it)."""
+    renders_text = True
+    """Whether `render` returns the prompt text itself (the chat template applied), so a fixed
+    prefix and suffix around the message can be reused (`attempts.Renderer`); False for
+    backends that send the messages (openai: their canonical JSON)."""
     stand_in = False
     """A stand-in for tests (`fake`): accepted by the config, never offered in advice."""
 

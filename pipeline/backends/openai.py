@@ -67,6 +67,14 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ERROR_CHARS = 300
 
 
+def retry_delay(backoff_s: float, attempt: int, wait: float | None, u: float) -> float:
+    """Seconds before retry ``attempt + 1``: `backoff_s` doubled per attempt and jittered down
+    by up to half (`u` uniform in [0, 1)), at least the server's ``Retry-After`` (`wait`), at
+    most `_BACKOFF_CAP_S`."""
+    delay = backoff_s * 2 ** attempt * (0.5 + u / 2)
+    return min(max(delay, wait or 0.0), _BACKOFF_CAP_S)
+
+
 def canonical_messages(messages: list[dict]) -> str:
     """The one string for a list of chat messages: what `render` returns and the log hashes."""
     return json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
@@ -104,6 +112,7 @@ class OpenAIBackend(Backend):
 
     rank = 6
     needs_weights = False
+    renders_text = False
     model_keys = ("base_url", "api_model", "api_key_env", "api_concurrency", "api_timeout_s", "api_retries",
                   "api_backoff_s", "api_extra")
 
@@ -360,8 +369,7 @@ class OpenAIBackend(Backend):
                 why = "a malformed (non-JSON) response"
             if attempt == self.retries:
                 break
-            delay = self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2)
-            delay = min(max(delay, wait or 0.0), _BACKOFF_CAP_S)
+            delay = retry_delay(self.backoff_s, attempt, wait, random.random())
             with self._lock:
                 self._stats["retries"] += 1
                 reasons = self._stats["retry_reasons"]
