@@ -5,7 +5,7 @@ code, commit 4dccc88, METHOD.md); the default is the project's rule where it is 
 one. Each difference, with the reason the default differs, is in the README table "Paper
 mode vs default"; stages ask a `Rules` object instead of testing the switch themselves, and
 the active rule set is part of every fingerprint it affects. The rules: the FC pick pattern
-(`fc_word`, `normalize`), the NA strings dropped from responses (`drop_raw`), rows of cues
+(`fc_word`, `fc_pick`, `normalize`), the NA strings dropped from responses (`drop_raw`), rows of cues
 without a valid response (aggregate), the RSA word set (`common_words`), hidden-state word
 location (`locate`, `pool_zero_width`), the averaged fallback (`averaged_fallback`),
 sentence matching (`sentence_tokens`), static-vector lookup (baselines) and missing static
