@@ -17,6 +17,7 @@ import time
 
 from .config import PARADIGMS, load_config
 from .errors import PipelineError
+from .upstream import check as check_upstream
 
 STAGES: dict[str, str] = {
     "vocab": "Copy the configured vocabulary slice to data/<experiment>/vocab.txt (and build vocab lists).",
@@ -115,6 +116,7 @@ def run_stage(name: str, cfg, opts) -> None:
 
     target = ENGINES.get(Options.of(opts).engine, {}).get(name, f"pipeline.{name}:run")
     module, func = target.split(":")
+    check_upstream(cfg, name)
     t0 = time.perf_counter()
     getattr(importlib.import_module(module), func)(cfg, opts)
     log.info("stage %s finished in %.1f s", name, time.perf_counter() - t0)
