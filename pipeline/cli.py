@@ -35,6 +35,7 @@ DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "
 ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
 
 log = logging.getLogger("pipeline")
+_MAX_SHARDS = 2**31 - 1
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -44,6 +45,9 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--shard {text!r}: use I/N with 0 <= I < N, e.g. 0/4") from None
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N, e.g. 0/4")
+    if n > _MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: N is at most {_MAX_SHARDS} (one trial per shard is "
+                                         f"already the finest split), e.g. 0/4")
     return i, n
 
 

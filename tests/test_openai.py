@@ -425,3 +425,27 @@ def test_shipped_api_example_config_loads():
     assert cfg.backend_of(open_model) == "vllm" and not open_model.behavior_only
     assert cfg.backend_of(api) == "openai" and api.behavior_only and api.base_url.endswith("/v1")
     assert "fc:smollm2-api" in cfg.rsa.references
+
+
+@pytest.mark.parametrize("model, pattern", [
+    ({"base_url": "http://127.0.0.1:99999/v1"}, r"'models\[0\]\.base_url' = 'http://127\.0\.0\.1:99999/v1' has an "
+                                                r"invalid port"),
+    ({"base_url": "http://127.0.0.1:abc/v1"}, r"'models\[0\]\.base_url' = 'http://127\.0\.0\.1:abc/v1' has an invalid "
+                                              r"port"),
+    ({"base_url": "http://x/v1", "api_timeout_s": float("inf")}, r"'models\[0\]\.api_timeout_s' = inf must be a "
+                                                                 r"finite number > 0"),
+    ({"base_url": "http://x/v1", "api_backoff_s": float("inf")}, r"'models\[0\]\.api_backoff_s' = inf must be a "
+                                                                 r"finite number >= 0"),
+])
+def test_impossible_url_and_times_are_refused_at_load(make_config, model, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_config(behave={"backend": "vllm"}, models=[{"name": "m", "backend": "openai", **model}])
+
+
+@pytest.mark.parametrize("usage", [[1, 2], "12 tokens", {"prompt_tokens": "many", "completion_tokens": 3},
+                                   {"prompt_tokens": float("nan"), "completion_tokens": None}, 7])
+def test_odd_usage_counts_as_missing(make_config, usage):
+    backend = backend_for(api_config(make_config, "http://127.0.0.1:9/v1"))
+    res = backend._parse({"choices": [{"message": {"content": "output: a, b"}}], "usage": usage})
+    assert res.text == "output: a, b" and res.n_prompt_tokens >= 0 and res.n_output_tokens >= 0
+    assert backend.stats()["missing_usage"] == 1

@@ -190,3 +190,27 @@ def test_paper_model_gets_published_overlay_and_table(make_config):
         assert float(row.published) == pytest.approx(theirs, abs=6e-4)
         assert float(row.difference) == pytest.approx(ours - theirs, abs=1e-3)
     assert "### Regression, mean test R² over layers" in md and "### NN@k overlap" in md
+
+
+@pytest.mark.parametrize("table, damage", [("rsa", "truncate"), ("regression", "truncate"), ("nn", "foreign"),
+                                           ("regression", "foreign_unregistered")])
+def test_truncated_or_foreign_result_table_is_named_with_the_stage_that_rebuilds_it(tmp_path, table, damage):
+    import shutil
+
+    src = syn.config(syn.make_config_at(tmp_path), regress={"seeds": [0], "cv": 2}, rsa={"bootstrap": 0})
+    syn.build(src, n_layers=2)
+    syn.record_behave(src)
+    for stage in (rsa, regress):
+        stage.run(src, Options())
+    path = paths.result_table(src, table)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        shutil.copy(paths.result_table(src, "reliability"), path)
+        if damage == "foreign_unregistered":
+            data = Manifest(src.run_dir).read()
+            data["artifacts"].pop(Manifest(src.run_dir).rel(path))
+            (src.run_dir / "manifest.json").write_text(__import__("json").dumps(data))
+    stage = "regress" if table == "regression" else "rsa"
+    with pytest.raises(PipelineError, match=rf"{table}\.parquet: .*rebuild it with `python -m pipeline {stage} "):
+        report.run(src, Options())
