@@ -68,3 +68,15 @@ def test_hidden_device_that_cannot_compute(tmp_path, capsys, device):
     assert cli.main(["vocab", "--config", str(cfg)]) == 0
     msg = _one_line_error(capsys, ["hidden", "--config", str(cfg)])
     assert f"hidden.device = '{device}'" in msg and "'cpu'" in msg
+
+
+def test_export_after_a_limited_behave_run_says_the_matrices_are_partial(tmp_path, capsys, caplog):
+    from pipeline.manifest import Manifest
+
+    cfg = _config(tmp_path, tmp_path / "d")
+    for argv in (["vocab"], ["trials"], ["behave", "--limit", "5"], ["aggregate"], ["export"]):
+        assert cli.main([*argv, "--config", str(cfg)]) == 0, capsys.readouterr().err
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING" and r.name == "pipeline.export"]
+    assert any("fc" in w and "5 of" in w and "partial" in w for w in warned), warned
+    summary = Manifest(tmp_path / "d" / "x").summary("export/m/fc_ppmi")
+    assert summary["partial"] is True and summary["behave_trials"] == 5
