@@ -182,10 +182,24 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     man = Manifest(cfg.run_dir)
     step = man.step(stage_key(model_name, strategy), fp)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
+        _remove_stale_temps(out)
         if step.done(quiet=True):
             log.info("hidden %s/%s: completed by another run meanwhile, skipping", model_name, strategy)
             return man.summary(step.key) or {}
         return _extract(cfg, step, model_name, strategy, words, pooler, sentences)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete the temp files (`store.atomic_write`'s ``.<name>.tmp-<pid>``) that a killed
+    extraction of this cell left beside its output, its progress file and its sidecar. Called
+    under the cell's lock, so no live writer of these files exists."""
+    names = (out.name, f"{out.name}.progress.json", paths.sidecar(out).name)
+    stale = [f for n in names for f in out.parent.glob(f".{n}.tmp-*")] if out.parent.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        log.info("hidden: removed %d temp file(s) left by a killed run: %s", len(stale),
+                 ", ".join(f.name for f in stale[:3]))
 
 
 def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:

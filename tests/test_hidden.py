@@ -188,3 +188,18 @@ def test_cuda_device_without_cuda_is_named(stage_cfg):
     cfg = stage_cfg(device="cuda")
     with pytest.raises(PipelineError, match=r"hidden.device = 'cuda' but this machine has no usable CUDA device"):
         hidden.run(cfg, Options())
+
+
+def test_temp_files_of_a_killed_extraction_are_removed(stage_cfg):
+    cfg = stage_cfg(strategies=["meaning"])
+    out = paths.hidden_file(cfg, "tiny", "meaning")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stale = [out.with_name(f".{out.name}.progress.json.tmp-999999"), out.with_name(f".{out.name}.tmp-999998"),
+             out.with_name(f".{paths.sidecar(out).name}.tmp-999997")]
+    for f in stale:
+        f.write_text("{")
+    other = out.with_name(".task_fc.npy.progress.json.tmp-999996")
+    other.write_text("{")
+    hidden.run(cfg, Options())
+    assert out.exists() and not any(f.exists() for f in stale)
+    assert other.exists(), "another cell's files belong to that cell's lock holder"
