@@ -184,8 +184,8 @@ def _check_harvest(cfg: Config, path: Path, words: list[str], sentences: list[li
     if missing:
         raise PipelineError(f"{path} was harvested for another vocabulary ({len(harvested)} words); {len(missing)} of "
                             f"this run's {len(words)} words ({', '.join(missing[:8])}"
-                            f"{' ...' if len(missing) > 8 else ''}) are not in it and would fall back to the "
-                            f"template; {fix}")
+                            f"{' ...' if len(missing) > 8 else ''}) were not harvested for, so they would get the "
+                            f"template or only the sentences other words brought in; {fix}")
     now = _harvest_settings(cfg)
     changed = [k for k in ("corpora", "rules") if record.get(k) != now[k]]
     if not isinstance(record.get("max_sentences"), int) or record["max_sentences"] < now["max_sentences"]:
