@@ -54,3 +54,15 @@ def test_edited_vocab_is_restored_by_vocab_not_force(finished, tmp_path, capsys)
     assert cli.main(["vocab", "--config", str(finished)]) == 0
     assert vocab.read_text() == original
     assert cli.main(["behave", "--config", str(finished)]) == 0
+
+
+def test_edited_trial_plan_is_restored_by_trials(finished, tmp_path, capsys):
+    plan = tmp_path / "d" / "x" / "trials" / "fa.parquet"
+    assert plan.exists()
+    original = plan.read_bytes()
+    plan.write_bytes(original[: len(original) // 2])
+    msg = _one_line_error(capsys, ["aggregate", "--config", str(finished)])
+    assert "fa.parquet" in msg and "`python -m pipeline trials --config" in msg and "--force" not in msg
+    assert cli.main(["trials", "--config", str(finished)]) == 0
+    assert plan.read_bytes() == original
+    assert cli.main(["aggregate", "--config", str(finished)]) == 0
