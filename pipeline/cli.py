@@ -120,7 +120,7 @@ def run_stage(name: str, cfg, opts) -> None:
 
     target = ENGINES.get(Options.of(opts).engine, {}).get(name, f"pipeline.{name}:run")
     module, func = target.split(":")
-    check_upstream(cfg, name)
+    check_upstream(cfg, name, opts)
     t0 = time.perf_counter()
     getattr(importlib.import_module(module), func)(cfg, opts)
     log.info("stage %s finished in %.1f s", name, time.perf_counter() - t0)

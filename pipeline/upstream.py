@@ -33,11 +33,14 @@ _UPSTREAM = {
 }
 
 
-def check(cfg: Config, stage: str) -> None:
+def check(cfg: Config, stage: str, opts=None) -> None:
     """Refuse to run `stage` on upstream results that the current config would not produce.
 
-    Only records that exist are compared (a stage that never ran is the stage's own error
-    to report), and nothing is written, so a finished run can be checked on read-only storage.
+    Only records that exist, of the models, paradigms and strategies that ``--model``,
+    ``--paradigm`` and ``--strategy`` leave, are compared (a stage that never ran is the
+    stage's own error to report); hidden states are checked for every model, since rsa and
+    regress read the others' for the consensus. Nothing is written, so a finished run can be
+    checked on read-only storage.
 
     Raises:
         StaleStageError: an upstream stage ran with other settings; the message names the
@@ -54,7 +57,7 @@ def check(cfg: Config, stage: str) -> None:
     if not stages:
         return
     for up in ups:
-        for key, expected in _expected(cfg, up, stages):
+        for key, expected in _expected(cfg, up, stages, opts):
             rec = stages.get(key)
             if rec is None:
                 continue
@@ -74,8 +77,11 @@ def check(cfg: Config, stage: str) -> None:
                         f"to write it again (its settings are unchanged, so nothing else is redone), then {stage}")
 
 
-def _expected(cfg: Config, up: str, stages: dict) -> list[tuple[str, str]]:
+def _expected(cfg: Config, up: str, stages: dict, opts=None) -> list[tuple[str, str]]:
     """(record key, the settings fingerprint the config gives now) of each record of `up`."""
+    from .options import Options
+
+    o = Options.of(opts)
     if up == "vocab":
         words = _config_words(cfg)
         return [] if words is None else [("vocab", fingerprint({"words": fingerprint(words), "size": len(words)}))]
@@ -96,6 +102,8 @@ def _expected(cfg: Config, up: str, stages: dict) -> list[tuple[str, str]]:
         for m in cfg.models:
             for p in cfg.behave.paradigms:
                 key = stage_key(m.name, p)
+                if o.model not in (None, m.name) or o.paradigm not in (None, p):
+                    continue
                 if key in stages:
                     out.append((key, fingerprint(behave_inputs(cfg, m, p))))
         return out
@@ -107,6 +115,8 @@ def _expected(cfg: Config, up: str, stages: dict) -> list[tuple[str, str]]:
     for m in cfg.models:
         for s in cfg.hidden.strategies:
             key = stage_key(m.name, s)
+            if o.strategy not in (None, s):
+                continue
             if key in stages and not m.behavior_only:
                 try:
                     out.append((key, _fingerprint(cfg, m, s, vfp)))

@@ -66,3 +66,10 @@ def test_edited_trial_plan_is_restored_by_trials(finished, tmp_path, capsys):
     assert cli.main(["trials", "--config", str(finished)]) == 0
     assert plan.read_bytes() == original
     assert cli.main(["aggregate", "--config", str(finished)]) == 0
+
+
+def test_narrowed_run_checks_only_what_it_reads(finished, capsys):
+    msg = _one_line_error(capsys, ["aggregate", "--config", str(finished), "--set", "behave.fa_temperature=0.9"])
+    assert "behave/m/fa" in msg
+    assert cli.main(["aggregate", "--config", str(finished), "--paradigm", "fc", "--set",
+                     "behave.fa_temperature=0.9"]) == 0
