@@ -17,6 +17,7 @@ import time
 
 from .config import PARADIGMS, load_config
 from .errors import PipelineError
+from .upstream import check as check_upstream
 
 STAGES: dict[str, str] = {
     "vocab": "Copy the configured vocabulary slice to data/<experiment>/vocab.txt (and build vocab lists).",
@@ -34,6 +35,7 @@ DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "
 ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
 
 log = logging.getLogger("pipeline")
+_MAX_SHARDS = 2**31 - 1
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -43,6 +45,9 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--shard {text!r}: use I/N with 0 <= I < N, e.g. 0/4") from None
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N, e.g. 0/4")
+    if n > _MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: N is at most {_MAX_SHARDS} (one trial per shard is "
+                                         f"already the finest split), e.g. 0/4")
     return i, n
 
 
@@ -115,6 +120,7 @@ def run_stage(name: str, cfg, opts) -> None:
 
     target = ENGINES.get(Options.of(opts).engine, {}).get(name, f"pipeline.{name}:run")
     module, func = target.split(":")
+    check_upstream(cfg, name, opts)
     t0 = time.perf_counter()
     getattr(importlib.import_module(module), func)(cfg, opts)
     log.info("stage %s finished in %.1f s", name, time.perf_counter() - t0)

@@ -413,6 +413,11 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "trials.fc_candidates", f"= {t.fc_candidates} must be at least 2")
     if not 1 <= t.fc_picks < t.fc_candidates:
         _fail(cfg, "trials.fc_picks", f"= {t.fc_picks} must be between 1 and fc_candidates - 1 ({t.fc_candidates - 1})")
+    if t.fc_picks != 2 and "fc" in cfg.behave.paradigms:
+        raise ConfigError(f"{cfg.source}: 'trials.fc_picks' = {t.fc_picks}: generated FC ('fc' in behave.paradigms) "
+                          f"asks for and parses exactly 2 picks, as the paper's prompt and extraction rules do; set "
+                          f"trials.fc_picks = 2, or drop 'fc' from behave.paradigms and keep fc_scored, which "
+                          f"scores any number of picks (e.g. paradigms = [\"fa\", \"fc_scored\"])")
     if t.fa_runs < 1 or t.fa_associates < 1:
         _fail(cfg, "trials.fa_runs", "and trials.fa_associates must be at least 1")
     if cfg.vocab.size is not None:

@@ -74,8 +74,8 @@ class Counter:
     def _clean(self, flat: pa.Array, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """Lowercased, stripped responses and which of them count (METHOD.md §2 "Clean")."""
         text = pc.utf8_trim_whitespace(pc.utf8_lower(flat))
-        valid = pc.fill_null(pc.and_(pc.match_substring_regex(text, _ALNUM),
-                                     pc.invert(pc.is_in(text, value_set=_DROP))), False)
+        dropped = pc.and_(pc.is_in(text, value_set=_DROP), pc.invert(pc.is_in(text, value_set=self.vocab_clean)))
+        valid = pc.fill_null(pc.and_(pc.match_substring_regex(text, _ALNUM), pc.invert(dropped)), False)
         if self.na is not None:
             is_na = pc.fill_null(pc.is_in(flat, value_set=self.na), False)
             self.st["dropped_na_strings"] += int(pc.sum(pc.and_(is_na, valid)).as_py() or 0)

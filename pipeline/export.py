@@ -129,6 +129,28 @@ def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
     return out
 
 
+def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
+    """For a behavioral matrix whose trial log behave has not completed (``--limit``, an
+    interrupted run, shards still running): a warning and the summary fields that say so."""
+    import json
+
+    paradigm = src.name.split("_", 1)[0]
+    rec = man.stage(f"behave/{model}/{paradigm}") or {}
+    if rec.get("complete"):
+        return {}
+    planned = ((man.stage(f"trials.{paradigm}") or {}).get("summary") or {}).get("n_trials")
+    try:
+        done = json.loads((src.path.parent / "stats.json").read_text())["trials"]
+    except (OSError, ValueError, KeyError, TypeError):
+        done = None
+    log.warning("export %s/%s: partial matrix: the %s log holds %s of %s planned trials (behave has not completed: "
+                "--limit, an interrupted run or shards still running); run `python -m pipeline behave --config %s "
+                "--model %s --paradigm %s`, then aggregate and export again", model, src.name, paradigm.upper(),
+                done if done is not None else "some", planned if planned is not None else "its", cfg.source, model,
+                paradigm)
+    return {"partial": True, "behave_trials": done, "planned_trials": planned}
+
+
 def run(cfg: Config, opts) -> None:
     """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
     from .hidden import load_hidden
@@ -161,8 +183,10 @@ def run(cfg: Config, opts) -> None:
             else:
                 sim = centered_cosine(load_hidden(cfg, model, src.strategy, n_words=n)[src.layer], compute=np.float32)
                 what = f"mean-centered cosine of layer {src.layer}"
+            partial = _partial(cfg, man, model, src) if src.layer is None else {}
             files = export_matrix(root / model / src.name, sim, words,
-                                  {"experiment": cfg.experiment.name, "model": model, "source": src.name, "kind": what})
-            step.complete(files, {"files": [str(f.relative_to(cfg.run_dir)) for f in files]})
+                                  {"experiment": cfg.experiment.name, "model": model, "source": src.name, "kind": what,
+                                   **({"partial": "true"} if partial else {})})
+            step.complete(files, {"files": [str(f.relative_to(cfg.run_dir)) for f in files], **partial})
             count += 1
     log.info("export: %d matrices written under %s", count, root)

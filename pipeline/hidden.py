@@ -127,9 +127,73 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
                 f"[\"wordnet\"] to harvest WordNet glosses automatically")
         t0 = time.perf_counter()
         summary = harvest(words, h.harvest, path, h.max_sentences, rules=Rules.of(cfg))
+        atomic_write_bytes(_provenance_file(path), json.dumps(
+            {**_harvest_settings(cfg), "words": sorted({w.lower() for w in words}), "sha256": sha256_file(path)},
+            indent=1).encode())
         log.info("hidden: harvested %d sentences from %s into %s (%.1f s); %d words have none", summary["sentences"],
                  ", ".join(h.harvest), path, time.perf_counter() - t0, len(summary["words_without_sentences"]))
-    return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
+        return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
+    sentences = load_sentences(path, words, h.max_sentences, Rules.of(cfg))
+    if h.harvest:
+        _check_harvest(cfg, path, words, sentences)
+    return sentences
+
+
+def _provenance_file(path: Path) -> Path:
+    """The record beside a harvested sentence file: the words and settings it was harvested for."""
+    return path.with_name(path.name + ".harvest.json")
+
+
+def _harvest_settings(cfg: Config) -> dict:
+    h = cfg.hidden
+    return {"corpora": list(h.harvest), "max_sentences": h.max_sentences, "rules": Rules.of(cfg).name}
+
+
+def _check_harvest(cfg: Config, path: Path, words: list[str], sentences: list[list[str]]) -> None:
+    """A sentence file that `hidden.harvest` made belongs to the vocabulary it was harvested for.
+
+    `hidden.sentences` may name one file for several experiments (the demo's does), so a file
+    harvested for a smaller vocabulary would give the new words no sentence and the fallback
+    template, silently. The record beside the file (`_provenance_file`) must cover this run's
+    words with the same corpora and caps; a file without a record (harvested before records
+    existed, or made by hand while `hidden.harvest` is set) must give every word a sentence.
+
+    Raises:
+        PipelineError: naming the file, the words it lacks and the fix (this experiment's own
+            file, or deleting the shared one so it is harvested again).
+    """
+    fix = (f"`hidden.sentences` is shared between experiments: give this one its own file, e.g. --set "
+           f"hidden.sentences={cfg.run_dir / 'sentences.txt'} (harvested automatically on the next run), or delete "
+           f"{path} (and {_provenance_file(path).name}) to harvest it again for this vocabulary")
+    try:
+        record = json.loads(_provenance_file(path).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("sha256") != sha256_file(path):
+            record = None
+    except (OSError, ValueError):
+        record = None
+    if record is None:
+        lacking = [w for w, s in zip(words, sentences) if not s]
+        if lacking:
+            raise PipelineError(f"{path} has no record of the vocabulary it was harvested for, and {len(lacking)} of "
+                                f"this run's {len(words)} words ({', '.join(lacking[:8])}"
+                                f"{' ...' if len(lacking) > 8 else ''}) have no sentence in it; {fix}. A file you "
+                                f"made yourself is used as given when hidden.harvest is empty")
+        return
+    harvested = set(record.get("words") or [])
+    missing = [w for w in words if w.lower() not in harvested]
+    if missing:
+        raise PipelineError(f"{path} was harvested for another vocabulary ({len(harvested)} words); {len(missing)} of "
+                            f"this run's {len(words)} words ({', '.join(missing[:8])}"
+                            f"{' ...' if len(missing) > 8 else ''}) were not harvested for, so they would get the "
+                            f"template or only the sentences other words brought in; {fix}")
+    now = _harvest_settings(cfg)
+    changed = [k for k in ("corpora", "rules") if record.get(k) != now[k]]
+    if not isinstance(record.get("max_sentences"), int) or record["max_sentences"] < now["max_sentences"]:
+        changed.append("max_sentences")
+    if changed:
+        there = ", ".join(f"{k} = {record.get(k)!r}" for k in changed)
+        raise PipelineError(f"{path} was harvested with other settings ({there} there, "
+                            f"{', '.join(f'{k} = {now[k]!r}' for k in changed)} now); {fix}")
 
 
 def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> str:
@@ -182,10 +246,24 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     man = Manifest(cfg.run_dir)
     step = man.step(stage_key(model_name, strategy), fp)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
+        _remove_stale_temps(out)
         if step.done(quiet=True):
             log.info("hidden %s/%s: completed by another run meanwhile, skipping", model_name, strategy)
             return man.summary(step.key) or {}
         return _extract(cfg, step, model_name, strategy, words, pooler, sentences)
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete the temp files (`store.atomic_write`'s ``.<name>.tmp-<pid>``) that a killed
+    extraction of this cell left beside its output, its progress file and its sidecar. Called
+    under the cell's lock, so no live writer of these files exists."""
+    names = (out.name, f"{out.name}.progress.json", paths.sidecar(out).name)
+    stale = [f for n in names for f in out.parent.glob(f".{n}.tmp-*")] if out.parent.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        log.info("hidden: removed %d temp file(s) left by a killed run: %s", len(stale),
+                 ", ".join(f.name for f in stale[:3]))
 
 
 def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:

@@ -170,10 +170,16 @@ class Manifest:
         if not self.path.exists():
             return {"stages": {}}
         try:
-            return json.loads(self.path.read_text())
-        except json.JSONDecodeError as e:
-            raise PipelineError(f"{self.path}: manifest is not valid JSON ({e}); restore it from "
-                               f"a backup or delete it to rebuild stage records") from None
+            data = json.loads(self.path.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            what = "UTF-8 text" if isinstance(e, UnicodeDecodeError) else "valid JSON"
+            raise PipelineError(f"{self.path}: manifest is not {what} ({e}); restore it from "
+                                f"a backup or delete it to rebuild stage records") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            raise PipelineError(f"{self.path}: manifest is not this pipeline's (a JSON object with a 'stages' "
+                                f"object); restore it from a backup or delete it to rebuild stage records")
+        data.setdefault("stages", {})
+        return data
 
     def record_run(self, cfg: Config, prompt_hashes: dict[str, str] | None = None) -> None:
         """Store the config snapshot, versions, seeds and prompt hashes of the current run.

@@ -88,9 +88,17 @@ def import_norms(cfg: Config, norms: NormsCfg, words: list[str], force: bool = F
     if step.done():
         log.info("norms %s: complete, skipping (%s)", norms.name, out)
         return json.loads((out / "stats.json").read_text())
-    step.start()
     t0 = time.perf_counter()
     counts, cols, stats = count_norms(path, layout, words)
+    if not stats["covered"]:
+        cues = sorted(stats.get("cue_examples", []))
+        raise PipelineError(
+            f"{path}: none of the {len(words)} vocabulary words ({', '.join(words[:3])}, ...) is a cue with a counted "
+            f"response in these norms ({stats['cues_in_file']} cues, e.g. {', '.join(cues[:5]) or 'none'}), so "
+            f"human:{norms.name} would be a reference without a single row; check that norms[{idx}].path is the "
+            f"norms of this vocabulary's language and that its '{layout.cue}' column holds the cue words, or remove "
+            f"human:{norms.name} from rsa.references in {cfg.source}")
+    step.start()
     stats.update({"name": norms.name, "file": str(path), "format": layout.format,
                   "response_columns": layout.responses or [layout.response, layout.count]})
     write_outputs(out, words, counts, cols, stats)
@@ -234,7 +242,7 @@ def count_norms(path: Path, layout: Layout, words: list[str]):
     counts, cols, stats = counter.result()
     valid = np.asarray(stats["row_valid"], dtype=bool)
     stats.update(st)
-    stats.update({"cues_in_file": len(cues_seen), "covered": int(valid.sum()),
+    stats.update({"cues_in_file": len(cues_seen), "covered": int(valid.sum()), "cue_examples": sorted(cues_seen)[:5],
                   "coverage": round(float(valid.mean()), 4) if len(words) else 0.0})
     stats["trials"] = stats["rows"]
     return counts, cols, stats

@@ -84,6 +84,13 @@ def resolve_device(name: str, key: str = "hidden.device") -> str:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise PipelineError(f"{key} = {name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError(f"{key} = {name!r} but this machine has no usable MPS (Apple silicon) device (torch "
+                            f"{torch.__version__}); set {key} = 'auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise PipelineError(f"{key} = {name!r}: hidden states are computed on 'cpu', 'cuda' (or 'cuda:N') or 'mps', "
+                            f"not on a {dev.type!r} device{' (it holds no data)' if dev.type == 'meta' else ''}; "
+                            f"set {key} = 'auto' or 'cpu'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise PipelineError(f"{key} = {name!r} but this machine has no usable CUDA device (torch "
@@ -102,6 +109,7 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
             (offset-mapping) version.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
     from .resources import resolve
@@ -112,6 +120,9 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
         tok_kw = {"fix_mistral_regex": True} if mcfg.fix_mistral_regex else {}
         tok = AutoTokenizer.from_pretrained(path, **kw, **tok_kw)
         model = AutoModel.from_pretrained(path, dtype=_torch_dtype(dtype), **kw)
+    except SafetensorError as e:
+        raise PipelineError(f"model '{mcfg.name}': cannot load '{path}': a model.safetensors file there is damaged "
+                            f"or truncated ({str(e).splitlines()[0]}); download the weights again") from None
     except (OSError, ValueError) as e:
         raise PipelineError(f"model '{mcfg.name}': cannot load '{path}' ({str(e).splitlines()[0]}); download it "
                             f"into the Hugging Face cache or a local folder and set models[].path, then run "

@@ -42,7 +42,7 @@ layers affordable; `tests/test_regress.py` checks the values against
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +346,7 @@ class _Stage:
     static: np.ndarray | None = None
     encoder: np.ndarray | None = None
     static_valid: np.ndarray | None = None
+    unfit_sets: list[str] = field(default_factory=list)
 
     @property
     def consensus(self) -> bool:
@@ -430,6 +431,14 @@ def _fit_strategy(st: _Stage, strategy: str, pending: dict) -> None:
     human = {p: _load_counts_cosine(cfg, "", p, n) for p in st.paradigms if p.startswith(HUMAN)}
     behavior = {m: {p: human[p] if p in human else _load_counts_cosine(cfg, m, p, n) for p in st.paradigms}
                 for m in pending}
+    for p in [p for p in st.paradigms if not _fittable(st, [behavior[m][p][1] for m in pending])]:
+        gone = [k for k, v in st.sets.items() if p in v]
+        st.paradigms.remove(p)
+        st.sets = {k: v for k, v in st.sets.items() if p not in v}
+        st.unfit_sets += gone
+        log.warning("regress: feature %s cannot be fitted: too few words have a row in it for %d-fold "
+                    "cross-validation and a test set (regress.cv = %d, regress.test_size = %g); skipped the "
+                    "set(s) %s", p, cfg.regress.cv, cfg.regress.cv, cfg.regress.test_size, ", ".join(gone))
     groups: dict[bytes, list[str]] = {}
     for model in pending:
         ok = np.ones(n, dtype=bool)
@@ -460,9 +469,26 @@ def _fit_strategy(st: _Stage, strategy: str, pending: dict) -> None:
         write_parquet(pd.DataFrame(rows[model], columns=_COLUMNS), part)
         note = {} if st.consensus else {"consensus": "single model: sets needing consensus replaced by "
                                                      + ", ".join(s for s in st.sets if s != "base")}
-        if st.dropped_sets:
-            note["skipped_sets"] = f"{', '.join(st.dropped_sets)}: paradigm not in behave.paradigms"
+        skipped = [f"{', '.join(st.dropped_sets)}: paradigm not in behave.paradigms"] if st.dropped_sets else []
+        if st.unfit_sets:
+            skipped.append(f"{', '.join(st.unfit_sets)}: too few words with a row to fit")
+        if skipped:
+            note["skipped_sets"] = "; ".join(skipped)
         step.complete([part], {"rows": len(rows[model]), "feature_sets": list(st.sets), **note})
+
+
+def _fittable(st: _Stage, masks: list[np.ndarray]) -> bool:
+    """Whether a feature whose rows are valid where `masks` say leaves, under every seed's
+    split, at least `regress.cv` train pairs and two test pairs (what the alpha search and
+    a test R² need)."""
+    g = st.cfg.regress
+    for mask in masks:
+        valid = st.static_valid & mask
+        for seed in g.seeds:
+            split = make_split(st.words, seed, g.test_size, g.train_pairs, valid)
+            if split.keep_train.sum() < g.cv or split.keep_test.sum() < 2:
+                return False
+    return True
 
 
 def _fit_layers(st: _Stage, model: str, strategy: str, seed: int, split: Split, feats: dict, layers: list) -> list:

@@ -79,12 +79,34 @@ _VERSION = 2
 # ---------------------------------------------------------------- inputs
 
 def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
-    """The result tables that exist (missing or empty ones are left out)."""
+    """The result tables that exist (missing or empty ones are left out).
+
+    Raises:
+        PipelineError: a table was changed since its stage wrote it, cannot be read, or lacks
+            its columns (truncated, or another table copied over it); the message names the
+            stage that writes it again.
+    """
+    from .regress import _COLUMNS as regression
+    from .rsa import _BEH_COLUMNS, _BN_COLUMNS, _NN_COLUMNS, _REL_COLUMNS, _RSA_COLUMNS
+
+    columns = {"rsa": _RSA_COLUMNS, "nn": _NN_COLUMNS, "reliability": _REL_COLUMNS, "regression": regression,
+               "behavior_rsa": _BEH_COLUMNS, "behavior_norms": _BN_COLUMNS}
+    man = Manifest(cfg.run_dir)
     out = {}
     for name in _TABLES:
         path = paths.result_table(cfg, name)
         if path.exists():
-            df = pd.read_parquet(path)
+            rebuild = f"python -m pipeline {'regress' if name == 'regression' else 'rsa'} --config {cfg.source}"
+            man.require(path, f"the {name} results table", rebuild)
+            try:
+                df = pd.read_parquet(path)
+            except (OSError, ValueError) as e:
+                raise PipelineError(f"{path}: unreadable {name} results table ({str(e).splitlines()[0][:200]}); "
+                                    f"rebuild it with `{rebuild}`") from None
+            missing = [c for c in columns[name] if c not in df.columns]
+            if missing:
+                raise PipelineError(f"{path}: not a {name} results table (no column {', '.join(missing[:4])}); "
+                                    f"rebuild it with `{rebuild}`")
             if not df.empty:
                 out[name] = df
     return out

@@ -184,7 +184,7 @@ def check_words(cfg: Config, source: Path, words: list[str]) -> None:
     Raises:
         PipelineError: naming the words, the rule and the fix.
     """
-    from .rules import PANDAS_NA_STRINGS, Rules
+    from .rules import DROPPED_AFTER_LOWER, PANDAS_NA_STRINGS, Rules
 
     rules = Rules.of(cfg)
     bad = rules.unmatchable(words)
@@ -193,11 +193,12 @@ def check_words(cfg: Config, source: Path, words: list[str]) -> None:
                             f"from an answer: {', '.join(repr(w) for w in bad[:_MAX_LISTED])}"
                             f"{' ...' if len(bad) > _MAX_LISTED else ''}; {rules.word_hint()}")
     if rules.paper:
-        na = [w for w in words if w in PANDAS_NA_STRINGS]
+        na = [w for w in words if w in PANDAS_NA_STRINGS or w.strip().lower() in DROPPED_AFTER_LOWER]
         if na:
             raise PipelineError(f"{source}: {', '.join(repr(w) for w in na)}: paper mode drops responses that "
-                                f"pandas reads as missing (its default NA strings), so these words could never be "
-                                f"counted; remove them or set experiment.paper_mode = false")
+                                f"pandas reads as missing (its default NA strings) and 'na'/'nan' in any case, so "
+                                f"these words could never be counted; remove them or set experiment.paper_mode = "
+                                f"false (by default a vocabulary word is always counted)")
 
 
 # ---------------------------------------------------------------------------------------

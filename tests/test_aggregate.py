@@ -274,3 +274,20 @@ def test_split_half_reliability_by_group_and_run_parity(make_config):
             assert row.ceiling_high.item() == pytest.approx(np.sqrt(2 * r / (1 + r)), abs=1e-12)
         assert rows.query("paradigm == @paradigm").n_trials_a.iloc[0] == (half_of(d) == 0).sum()
     assert rows.query("paradigm == 'fc'").n_trials_a.iloc[0] == rows.query("paradigm == 'fc'").n_trials_b.iloc[0]
+
+
+def test_vocabulary_word_nan_is_counted_not_dropped(make_config):
+    cfg = make_config()
+    words = ["dog", "cat", "nan", "milk"]
+    paths.vocab_file(cfg).parent.mkdir(parents=True, exist_ok=True)
+    paths.vocab_file(cfg).write_text("\n".join(words) + "\n")
+    rows = [{"trial_id": 0, "cue_idx": 0, "cue": "dog", "picks": ["nan", "cat"]},
+            {"trial_id": 1, "cue_idx": 2, "cue": "nan", "picks": ["milk", "NaN"]},
+            {"trial_id": 2, "cue_idx": 1, "cue": "cat", "picks": ["Nan", "na"]}]
+    write_part(paths.behavior_dir(cfg, "m", "fc"), _rows_table(rows))
+    aggregate.aggregate_one(cfg, "m", "fc", words)
+    out = aggregate.load_matrices(cfg, "m", "fc")
+    counts = out["counts"].toarray()
+    col = out["cols"].index("nan")
+    assert counts[0, col] == 1 and counts[1, col] == 1 and "na" not in out["cols"]
+    assert counts[2].sum() == 1, "the cue's own name is a cue repeat, dropped as always"

@@ -158,3 +158,12 @@ def test_model_lookup(tmp_path):
     with pytest.raises(ConfigError, match=r"exp\.toml: no model named 'b'; models in this config: a"):
         cfg.model("b")
     assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("picks", [1, 3])
+def test_fc_picks_other_than_two_only_for_scored_fc(tmp_path, picks):
+    with pytest.raises(ConfigError, match=rf"'trials\.fc_picks' = {picks}: generated FC \('fc' in behave\.paradigms\) "
+                                          r"asks for and parses exactly 2 picks.*set trials\.fc_picks = 2.*fc_scored"):
+        load_config(_toml(tmp_path, f"[trials]\nfc_picks = {picks}\n"))
+    cfg = load_config(_toml(tmp_path, f"[trials]\nfc_picks = {picks}\n[behave]\nparadigms = ['fa', 'fc_scored']\n"))
+    assert cfg.trials.fc_picks == picks

@@ -265,3 +265,36 @@ def test_report_shows_scored_fc_and_human_norms(run_dir):
 def _best(cfg, ref):
     df = pd.read_parquet(paths.result_table(cfg, "rsa"))
     return df[(df.reference == ref) & (df.method == "spearman")].rsa.max()
+
+
+def test_norms_covering_no_word_are_refused_at_import(make_config, tmp_path):
+    path = tmp_path / "swow.csv"
+    path.write_text('"","cue","R1","R2","R3"\n"1","zebra","stripes",NA,NA\n"2","quasar","star","space",NA\n')
+    cfg = make_config(norms=[{"name": "swow", "path": str(path)}])
+    _vocab(cfg, WORDS)
+    with pytest.raises(PipelineError, match=r"swow.csv: none of the 4 vocabulary words .* is a cue .* \(2 cues, e\.g\. "
+                                            r"quasar, zebra"):
+        import_norms(cfg, cfg.norms[0], WORDS)
+    assert not paths.norms_dir(cfg, "swow").exists()
+    assert Manifest(cfg.run_dir).stage("norms/swow") is None
+
+
+@pytest.mark.parametrize("n_covered", [1, 3])
+def test_regression_skips_a_norms_set_it_cannot_fit(tmp_path, caplog, n_covered):
+    cfg = syn.config(syn.make_config_at(tmp_path), behave={"backend": "fake", "paradigms": ["fc", "fa"]},
+                     norms=[{"name": "swow", "path": str(tmp_path / "swow.csv")}], n_words=20,
+                     rsa={"references": ["fc", "fa", "static", "encoder", "human:swow"], "bootstrap": 0},
+                     regress={"seeds": [0], "cv": 5})
+    built = syn.build(cfg, n_layers=2)
+    words = built["words"]
+    syn.write_swow(tmp_path / "swow.csv", words, built["z"], missing=range(n_covered, len(words)))
+    syn.record_behave(cfg)
+    aggregate.run(cfg, Options())
+    rsa.run(cfg, Options())
+    regress.run(cfg, Options())
+    reg = pd.read_parquet(paths.result_table(cfg, "regression"))
+    assert "base+cross+human:swow" not in set(reg.feature_set) and "base+cross+fc+fa" in set(reg.feature_set)
+    assert reg.r2_test.notna().all()
+    assert any("human:swow" in r.message and "cannot be fitted" in r.message for r in caplog.records)
+    note = Manifest(cfg.run_dir).summary("regress/m1/meaning")["skipped_sets"]
+    assert "base+cross+human:swow" in note

@@ -502,3 +502,29 @@ def test_readme_retry_window_is_the_defaults():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     lo, hi = re.search(r"with the\s+defaults a request persists for ([\d.]+) to ([\d.]+) minutes", text).groups()
     assert (float(lo), float(hi)) == (round(window[0] / 60, 1), round(window[1] / 60, 1))
+
+
+@pytest.mark.parametrize("model, pattern", [
+    ({"base_url": "http://127.0.0.1:99999/v1"}, r"'models\[0\]\.base_url' = 'http://127\.0\.0\.1:99999/v1' has an "
+                                                r"invalid port"),
+    ({"base_url": "http://127.0.0.1:abc/v1"}, r"'models\[0\]\.base_url' = 'http://127\.0\.0\.1:abc/v1' has an invalid "
+                                              r"port"),
+    ({"base_url": "http://x/v1", "api_timeout_s": float("inf")}, r"'models\[0\]\.api_timeout_s' = inf must be a "
+                                                                 r"finite number > 0"),
+    ({"base_url": "http://x/v1", "api_backoff_s": float("inf")}, r"'models\[0\]\.api_backoff_s' = inf must be a "
+                                                                 r"finite number >= 0"),
+])
+def test_impossible_url_and_times_are_refused_at_load(make_config, model, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_config(behave={"backend": "vllm"}, models=[{"name": "m", "backend": "openai", **model}])
+
+
+@pytest.mark.parametrize("usage", [[1, 2], "12 tokens", {"prompt_tokens": "many", "completion_tokens": 3},
+                                   {"prompt_tokens": float("nan"), "completion_tokens": None}, 7])
+
+
+def test_odd_usage_counts_as_missing(make_config, usage):
+    backend = backend_for(api_config(make_config, "http://127.0.0.1:9/v1"))
+    res = backend._parse({"choices": [{"message": {"content": "output: a, b"}}], "usage": usage})
+    assert res.text == "output: a, b" and res.n_prompt_tokens >= 0 and res.n_output_tokens >= 0
+    assert backend.stats()["missing_usage"] == 1

@@ -230,3 +230,29 @@ def test_norms_coverage_prints_counts_as_integers(make_config):
     table = "\n".join(report._norms_section(cfg, {}))
     assert "| human:swow | strength | 3 | 4 | 0.750 | 320 | tree |" in table
     assert "| human:mine | counts | 4 | 4 | 1.000 | 12.500 | – |" in table
+
+
+@pytest.mark.parametrize("table, damage", [("rsa", "truncate"), ("regression", "truncate"), ("nn", "foreign"),
+                                           ("regression", "foreign_unregistered")])
+
+
+def test_truncated_or_foreign_result_table_is_named_with_the_stage_that_rebuilds_it(tmp_path, table, damage):
+    import shutil
+
+    src = syn.config(syn.make_config_at(tmp_path), regress={"seeds": [0], "cv": 2}, rsa={"bootstrap": 0})
+    syn.build(src, n_layers=2)
+    syn.record_behave(src)
+    for stage in (rsa, regress):
+        stage.run(src, Options())
+    path = paths.result_table(src, table)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        shutil.copy(paths.result_table(src, "reliability"), path)
+        if damage == "foreign_unregistered":
+            data = Manifest(src.run_dir).read()
+            data["artifacts"].pop(Manifest(src.run_dir).rel(path))
+            (src.run_dir / "manifest.json").write_text(__import__("json").dumps(data))
+    stage = "regress" if table == "regression" else "rsa"
+    with pytest.raises(PipelineError, match=rf"{table}\.parquet: .*rebuild it with `python -m pipeline {stage} "):
+        report.run(src, Options())

@@ -138,7 +138,8 @@ def test_requests_are_the_fc_prompt_plus_the_answer(make_config):
     assert rows.column("prompt_sha")[0].as_py() == prompt_sha(req.text)
     assert attempts.run_chunk(be, cfg, cfg.models[0], "fc_scored", chunk.slice(0, 0)).schema.equals(logs.SCORED_SCHEMA)
 
-    single = prepare(make_config(experiment={"name": "one"}, trials={"fa_runs": 3, "fc_picks": 1}))
+    single = prepare(make_config(experiment={"name": "one"}, trials={"fa_runs": 3, "fc_picks": 1},
+                                 behave={"paradigms": ["fa", "fc_scored"]}))
     be = FakeBackend()
     attempts.run_chunk(be, single, single.models[0], "fc_scored", trials.load_trials(single, "fc").slice(0, 1))
     assert be.score_requests[0].end_of_turn

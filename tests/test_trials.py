@@ -218,7 +218,7 @@ def test_corrupt_plan_is_reported(make_config):
 
 
 def test_too_few_candidates_for_picks(make_config):
-    cfg = make_config(vocab={"size": 18}, trials={"fc_picks": 15, "fa_runs": 1})
+    cfg = make_config(vocab={"size": 18}, trials={"fc_picks": 15, "fa_runs": 1}, behave={"paradigms": ["fa", "fc_scored"]})
     vocab.run(cfg, _opts())
     with pytest.raises(PipelineError, match="fewer than trials.fc_picks"):
         trials.run(cfg, _opts())

@@ -259,3 +259,13 @@ def test_paper_mode_refuses_na_like_words(make_config, tmp_path):
                       vocab={"source": str(src), "size": None})
     with pytest.raises(PipelineError, match="'null': paper mode drops responses that pandas reads as missing"):
         vocab.run(cfg, _opts())
+
+
+@pytest.mark.parametrize("word", ["nan", "Nan", "NA", "na"])
+def test_paper_mode_refuses_words_dropped_after_lowercasing(make_config, tmp_path, word):
+    src = tmp_path / "w.txt"
+    src.write_text("\n".join(["dog", word] + [f"pad{c}" for c in "abcdefghijklmnopqrst"]) + "\n")
+    cfg = make_config(experiment={"name": "u", "data_dir": str(tmp_path / "d"), "paper_mode": True},
+                      vocab={"source": str(src), "size": None})
+    with pytest.raises(PipelineError, match=rf"'{word}': paper mode drops responses"):
+        vocab.run(cfg, _opts())

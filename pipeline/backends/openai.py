@@ -37,6 +37,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -89,13 +90,25 @@ def public_url(url: str) -> str:
     """`url` without user info, as it may appear in logs and the manifest."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    netloc = host + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _looks_like_secret(value: str) -> bool:
     return (not _ENV_RE.match(value) or len(value) >= 24 and sum(c.isdigit() for c in value) >= 4
             and any(c.islower() for c in value))
+
+
+def _token_count(value) -> int | None:
+    """A usage token count as an int, or None when the server sent none or no count (a
+    string, NaN, a negative number): such an answer counts as one without usage."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
 
 
 class _Stop(PipelineError):
@@ -124,6 +137,13 @@ class OpenAIBackend(Backend):
         parts = urlsplit(m.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             fail("base_url", f"= {public_url(m.base_url)!r} must be an http:// or https:// URL, e.g. {example}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            fail("base_url", f"= {public_url(m.base_url)!r} has an invalid port (a number from 1 to 65535), e.g. "
+                             f"{example}")
         if parts.username or parts.password:
             fail("base_url", "must not hold credentials; put the key in an environment variable and name that "
                              "variable in api_key_env")
@@ -135,12 +155,13 @@ class OpenAIBackend(Backend):
             fail("api_model", "must not be empty; it is the server's id of the model (default: the model's name)")
         if not 1 <= m.api_concurrency <= 1024:
             fail("api_concurrency", f"= {m.api_concurrency} must be between 1 and 1024 (requests in flight)")
-        if not m.api_timeout_s > 0:
-            fail("api_timeout_s", f"= {m.api_timeout_s} must be > 0 (seconds one request may take)")
+        if not (m.api_timeout_s > 0 and math.isfinite(m.api_timeout_s)):
+            fail("api_timeout_s", f"= {m.api_timeout_s} must be a finite number > 0 (seconds one request may take)")
         if not 0 <= m.api_retries <= 100:
             fail("api_retries", f"= {m.api_retries} must be between 0 and 100")
-        if m.api_backoff_s < 0:
-            fail("api_backoff_s", f"= {m.api_backoff_s} must be >= 0 (seconds before the first retry)")
+        if not (m.api_backoff_s >= 0 and math.isfinite(m.api_backoff_s)):
+            fail("api_backoff_s", f"= {m.api_backoff_s} must be a finite number >= 0 (seconds before the first "
+                                  f"retry)")
         clash = sorted(_RESERVED & set(m.api_extra))
         if clash:
             fail("api_extra", f"sets {', '.join(clash)}, which the pipeline sets itself from behave.* and the trial "
@@ -325,8 +346,9 @@ class OpenAIBackend(Backend):
             raise _Stop(f"{self.label}: {public_url(self.url)} answered without a chat completion ({e}: "
                         f"{self._redact(json.dumps(data)[:_ERROR_CHARS])}); is base_url an OpenAI-compatible API "
                         f"root (ending in /v1)?") from None
-        usage = data.get("usage") or {}
-        n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        n_in, n_out = _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens"))
         with self._lock:
             self._stats["requests"] += 1
             if n_in is None or n_out is None:
