@@ -41,6 +41,9 @@ def test_paper_config_loads_with_paper_constants():
     assert rnj.system_prompt == "You are a helpful assistant."
     assert (rnj.retry_temperature, rnj.retry_top_p) == (0.2, 0.95)
     assert cfg.vocab.size == 5000 and cfg.rsa.paper_pairs == 500_000 and cfg.rsa.seed == 0
+    # METHOD.md §7: the published regression ran seed 0 only (its *_sd columns are empty)
+    assert cfg.regress.seeds == [0]
+    assert (cfg.regress.test_size, cfg.regress.train_pairs, cfg.regress.cv) == (0.2, 100_000, 5)
 
 
 def test_defaults_and_to_dict(tmp_path):
