@@ -161,7 +161,9 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     strings, "na", "nan" and strings without a letter or digit; drop responses equal to
     the cue (FA cue repeats; an FC pick never equals its cue). Duplicates within a trial
     are kept and positions are not weighted. In paper mode a response that pandas' CSV
-    reader would read as missing (`rules.PANDAS_NA_STRINGS`, as stored) is dropped first.
+    reader would read as missing (`rules.PANDAS_NA_STRINGS`, as stored) is dropped first,
+    and so is every associate of an FA answer that is such a string as a whole
+    (`Rules.missing_answers`: the raw answer ``None`` gives no ``none``).
 
     Which rows are usable (``row_valid`` in the stats, `rules.Rules`): by default a cue
     with at least one counted response; in paper mode, as the authors' matrices have rows,
@@ -193,8 +195,11 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
 
     if paradigm == "fc_scored":
         return _count_scored(src, words, rules or Rules(), select, *scored)
-    counter = Counter(words, paradigm, rules or Rules(), src)
+    rules = rules or Rules()
+    counter = Counter(words, paradigm, rules, src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
+    if rules.paper and paradigm == "fa":
+        columns.append("raw_output")
     for batch in iter_final(src, columns):
         if select is not None and batch.num_rows:
             batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
