@@ -33,7 +33,9 @@ Word sets. By default each reference masks its own missing words (a NaN row: no 
 vector, a cue without any valid response) and every pair touching one is dropped for that
 reference only. In paper mode (`experiment.paper_mode`) the analysis runs, as the authors'
 does, on the words common to the hidden states, the FC rows and the FA rows (hidden
-centering included); static and encoder vectors then mask their missing words within them.
+centering included, and the consensus's too: each other model's hidden states are then
+centered over the target's common words); static and encoder vectors then mask their
+missing words within them.
 
 Beyond the paper:
 
@@ -258,6 +260,8 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
     rows_sel, cell_words = None, words
     if Rules.of(cfg).common_words:
         rows_sel, cell_words, refs = _common(words, refs)
+        if rows_sel is not None and "consensus" in refs:
+            refs["consensus"] = _consensus_on(cfg, strategy, model, rows_sel)
     log.info("rsa %s/%s: %d layers x %d references, methods %s", model, strategy, hidden.shape[0] - 1,
              len(refs), ", ".join(cfg.rsa.methods))
     rows, nn_rows = analyse_cell(hidden, refs, cfg.rsa.methods, paper_pairs=cfg.rsa.paper_pairs,
@@ -285,6 +289,18 @@ def _common(words: list[str], refs: dict[str, Reference]) -> tuple[np.ndarray | 
     log.warning("rsa (paper mode): %d word(s) without an FC or FA row leave every comparison: %s", len(dropped),
                 ", ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""))
     return rows, [words[i] for i in rows], {k: r.restrict(rows) for k, r in refs.items()}
+
+
+def _consensus_on(cfg: Config, strategy: str, model: str, rows: np.ndarray) -> Reference:
+    """Paper mode, common words fewer than N: the consensus of `model` recomputed with every
+    other model's hidden states centered over those words only (the authors' per-target
+    common words), not over all words as the baselines stage centers them."""
+    from .baselines import consensus
+
+    log.info("rsa %s/%s (paper mode): consensus recomputed, centered over the %d common words", model, strategy,
+             len(rows))
+    sim = consensus(cfg, strategy, model, center_rows=rows)[np.ix_(rows, rows)]
+    return Reference("consensus", sim, np.ones(len(rows), dtype=bool))
 
 
 def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: str, force: bool) -> None:
