@@ -5,7 +5,9 @@ the behave summaries in the manifest, and writes under `report/`:
 
 - `rsa_by_layer.png`: RSA by layer, one panel per model x strategy, one line per reference,
   bootstrap CI bands, and the split-half noise ceiling of FC, FA and scored FC as horizontal bands
-  (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry);
+  (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry); for a paper
+  model the published curves dashed, and then the run's `paper` method when it has it
+  (`overlay_method`; otherwise `report.md` says the comparison is not like-for-like);
 - `rsa_by_depth.png`: the same against relative depth layer/L, averaged over models (each
   model's curve interpolated onto a common grid; band = ±1 SD over models);
 - `regression_by_layer.png`: held-out test R² by layer for the nested feature sets;
@@ -73,7 +75,7 @@ METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pe
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
 _TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms")
-_VERSION = 2
+_VERSION = 3
 
 
 # ---------------------------------------------------------------- inputs
@@ -97,6 +99,15 @@ def primary_method(cfg: Config, rsa: pd.DataFrame) -> str:
         if m in present:
             return m
     raise ValueError("no RSA rows")
+
+
+def overlay_method(cfg: Config, rsa: pd.DataFrame) -> str:
+    """The method of the RSA-by-layer figure: `paper` when a model of the run is one of the
+    paper's and the run has that method, so the solid curves are the statistic of the dashed
+    published ones (Pearson on 500,000 sampled pairs); else `primary_method`."""
+    if published.match(cfg.models) and published.METHOD in set(rsa.method):
+        return published.METHOD
+    return primary_method(cfg, rsa)
 
 
 def compliance(cfg: Config) -> pd.DataFrame:
@@ -673,6 +684,13 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                          "published": g.rsa.mean(), "difference": r.mean - g.rsa.mean(),
                          "peak (this run)": f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}",
                          "peak (published)": f"{peak.rsa:.3f} @ {int(peak.layer)}/{int(g.layer.max())}"})
+        if method == published.METHOD:
+            lines += ["", "The RSA-by-layer figure draws this run's `paper` RSA (solid) beside the published curves "
+                          "(dashed): the same statistic, Pearson on 500,000 sampled pairs."]
+        else:
+            lines += ["", f"The RSA-by-layer figure draws this run's {METHOD_LABELS.get(method, method)} (solid) "
+                          f"beside the published Pearson on 500,000 sampled pairs (dashed): not like-for-like; add "
+                          f"\"paper\" to rsa.methods to compare the same statistic."]
         lines += ["", f"### RSA, mean over layers ({METHOD_LABELS.get(method, method)} here; published: Pearson on "
                       f"500,000 pairs){note}", ""]
         lines.append(_md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy x reference cells.")
@@ -705,6 +723,11 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                                  "difference": r[s] - g.mean_r2.iloc[0]})
         if rows:
             lines += ["", "### Regression, mean test R² over layers", "", _md_table(pd.DataFrame(rows), ".4f")]
+        elif not summary.empty:
+            lines += ["", f"Regression: not comparable: the published feature sets "
+                          f"({', '.join(sorted(set(pub.feature_set)))}) all include the cross-model consensus, "
+                          f"and this run's ({', '.join(names['sets'])}) do not (it needs two or more models "
+                          f"with weights)."]
     return lines
 
 
@@ -735,8 +758,9 @@ def run(cfg: Config, opts) -> None:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         method = primary_method(cfg, rsa)
-        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), method, models, strategies, out / FIGURES[0],
-                                    published.match(cfg.models))
+        layer_method = overlay_method(cfg, rsa)
+        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
+                                    out / FIGURES[0], published.match(cfg.models))
         _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
         figures += FIGURES[:2]
     if "regression" in res:
@@ -750,5 +774,6 @@ def run(cfg: Config, opts) -> None:
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],
                   {"figures": list(figures), "headline": headline(cfg),
-                   "published_curves": overlay if "rsa" in res else 0})
+                   "published_curves": overlay if "rsa" in res else 0,
+                   "rsa_by_layer_method": layer_method if "rsa" in res else None})
     log.info("report: %s", out / "report.md")

@@ -190,3 +190,30 @@ def test_paper_model_gets_published_overlay_and_table(make_config):
         assert float(row.published) == pytest.approx(theirs, abs=6e-4)
         assert float(row.difference) == pytest.approx(ours - theirs, abs=1e-3)
     assert "### Regression, mean test R² over layers" in md and "### NN@k overlap" in md
+
+
+def test_overlay_compares_like_with_like(make_config):
+    """The published curves are Pearson on 500,000 sampled pairs (the `paper` method): the
+    figure that draws them draws the run's `paper` RSA, even when Spearman is the run's main
+    method; a run without it, or a regression without consensus, says it is not comparable."""
+    cfg = syn.config(make_config, models=("Llama-3.1-8B-Instruct", "other"), hidden={"strategies": ["meaning"]},
+                     rsa={"methods": ["spearman", "paper"], "bootstrap": 0, "nn_k": [5]},
+                     regress={"seeds": [0], "cv": 2})
+    syn.build(cfg, n_layers=2)
+    for stage in (rsa, regress, report):
+        stage.run(cfg, Options())
+    summary = Manifest(cfg.run_dir).summary("report")
+    assert summary["rsa_by_layer_method"] == "paper" and summary["published_curves"] == 5
+    md = (paths.report_dir(cfg) / "report.md").read_text()
+    assert "not like-for-like" not in md and "not comparable" not in md
+
+    solo = syn.config(make_config, models=("Llama-3.1-8B-Instruct",), hidden={"strategies": ["meaning"]},
+                      experiment={"name": "solo", "data_dir": str(make_config().experiment.data_dir)},
+                      rsa={"methods": ["spearman"], "bootstrap": 0, "nn_k": [5]}, regress={"seeds": [0], "cv": 2})
+    syn.build(solo, n_layers=2)
+    for stage in (rsa, regress, report):
+        stage.run(solo, Options())
+    assert Manifest(solo.run_dir).summary("report")["rsa_by_layer_method"] == "spearman"
+    section = (paths.report_dir(solo) / "report.md").read_text().split("## This run vs published", 1)[1]
+    assert "not like-for-like" in section
+    assert "Regression: not comparable" in section and "consensus" in section
