@@ -128,6 +128,9 @@ class RsaCfg:
     nn_k: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])
     bootstrap: int = 0
     split_half: bool = True
+    svd_variants: bool = False  # the paper's SVD / weighting ablation (`svd`): results/svd_variants.parquet
+    svd_dims: list[int] = field(default_factory=lambda: [100, 300, 600])
+    svd_seed: int = 42  # TruncatedSVD random_state
 
 
 @dataclass
@@ -457,6 +460,8 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "rsa.nn_k", "values must be at least 1")
     if r.bootstrap < 0 or r.paper_pairs < 1:
         _fail(cfg, "rsa.bootstrap", "must be >= 0 and rsa.paper_pairs >= 1")
+    if any(d < 1 for d in r.svd_dims) or len(set(r.svd_dims)) != len(r.svd_dims):
+        _fail(cfg, "rsa.svd_dims", f"= {r.svd_dims} must list distinct dimensions of at least 1, e.g. [100, 300, 600]")
     g = cfg.regress
     if not 0 < g.test_size < 1:
         _fail(cfg, "regress.test_size", f"= {g.test_size} must be in (0, 1)")

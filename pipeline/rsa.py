@@ -64,6 +64,8 @@ Outputs under `results/`:
 - `behavior_rsa.parquet` (behavioral geometry compared across models, every pair of models
   with an aggregated matrix, each method): paradigm, model_a, model_b, method, n_words,
   n_pairs, rsa. Pairs touching a word either model has no row for are dropped.
+- `svd_variants.parquet` (`rsa.svd_variants = true`): the paper's SVD / weighting ablation,
+  every layer 0..L against 8 variants of the FC and FA geometry (`svd`);
 - `behavior_norms.parquet` (with human norms among the references): each model's behavioral
   geometry (FC, FA, scored FC) against each human reference, on the pairs of words valid in
   both: model, paradigm, reference, method, n_words, n_pairs, rsa.
@@ -206,7 +208,8 @@ def run(cfg: Config, opts) -> None:
     force = Options.of(opts).force
     man = Manifest(cfg.run_dir)
     sel = select(cfg, opts)
-    settings = {"settings": {**asdict(cfg.rsa), "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS,
+    cell_settings = {k: v for k, v in asdict(cfg.rsa).items() if not k.startswith("svd_")}
+    settings = {"settings": {**cell_settings, "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS,
                              "rules": rules.name}, "vocab": vfp}
     shared: dict[str, Reference] = {}
     for model in sel.models:
@@ -222,6 +225,10 @@ def run(cfg: Config, opts) -> None:
         _behavior_vs_norms(cfg, man, model, words, vfp, force)
     _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
+    if cfg.rsa.svd_variants:
+        from . import svd
+
+        svd.run(cfg, man, sel.models, sel.strategies, words, vfp, force)
 
 
 def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str], settings: dict, force: bool,

@@ -217,3 +217,31 @@ def test_overlay_compares_like_with_like(make_config):
     section = (paths.report_dir(solo) / "report.md").read_text().split("## This run vs published", 1)[1]
     assert "not like-for-like" in section
     assert "Regression: not comparable" in section and "consensus" in section
+
+
+def test_svd_ablation_section_figure_and_published_overlay(make_config):
+    from pipeline import published
+
+    cfg = syn.config(make_config, models=("Llama-3.1-8B-Instruct", "other"),
+                     hidden={"strategies": ["meaning", "task_fa"]},
+                     rsa={"methods": ["paper"], "bootstrap": 0, "nn_k": [5], "split_half": False,
+                          "svd_variants": True})
+    syn.build(cfg, n_layers=2)
+    rsa.run(cfg, Options())
+    report.run(cfg, Options())
+    out = paths.report_dir(cfg)
+    assert (out / report.SVD_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 paradigms x 2 strategies x 8 variants of the one paper model, dashed
+    assert Manifest(cfg.run_dir).summary("report")["published_svd_curves"] == 32
+    md = (out / "report.md").read_text()
+    svd = pd.read_parquet(paths.result_table(cfg, "svd_variants"))
+    table = _table(md, "SVD / weighting ablation")
+    assert len(table) == 2 * 2 * 2
+    for row in table.itertuples():
+        d = svd[(svd.model == row.model) & (svd.strategy == row.strategy) & (svd.paradigm == row.paradigm)]
+        assert float(row.svd100_ppmi) == pytest.approx(d[d.variant == "svd100_ppmi"].rsa.mean(), abs=6e-4)
+    assert "100 → 29, 300 → 29, 600 → 29" in md  # 30 words: every SVD clipped, and said so
+    section = md.split("## SVD / weighting ablation", 1)[1].split("## ", 1)[0]
+    pub = published.svd_variants().query("paper_model == 'Llama-3.1-8B-Instruct' and strategy == 'task_fa' "
+                                         "and paradigm == 'fa' and variant == 'ppmi'").rsa.mean()
+    assert f"{pub:.3f}" in section
