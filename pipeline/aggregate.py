@@ -77,7 +77,10 @@ def run(cfg: Config, opts) -> None:
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
     """What an aggregation depends on besides the trial logs themselves."""
-    out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
+    rules = Rules.of(cfg)
+    out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": rules.name}
+    if rules.paper and paradigm == "fa":
+        out["na_answers"] = True  # whole answers read as missing (Rules.missing_answers): older paper FA is stale
     if paradigm == "fc_scored":
         out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
     return out

@@ -210,7 +210,8 @@ def run(cfg: Config, opts) -> None:
     sel = select(cfg, opts)
     cell_settings = {k: v for k, v in asdict(cfg.rsa).items() if not k.startswith("svd_")}
     settings = {"settings": {**cell_settings, "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS,
-                             "rules": rules.name}, "vocab": vfp}
+                             "rules": rules.name, **({"consensus_centering": "common"} if rules.paper else {})},
+                "vocab": vfp}
     shared: dict[str, Reference] = {}
     for model in sel.models:
         per_model: dict[str, Reference] = {}
@@ -317,7 +318,8 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     key = f"rsa/reliability/{model}"
     paradigms = [p for p in _BEHAVIORAL if p in cfg.behave.paradigms]
     settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
-                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms}
+                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms,
+                **({"na_answers": True} if Rules.of(cfg).paper else {})}
     if "fc_scored" in paradigms:
         settings["scored_counts"] = cfg.behave.scored_counts
     step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},

@@ -240,11 +240,13 @@ def test_whole_fa_answers_read_as_missing_yield_nothing_in_paper_mode(cfg, make_
                            ("dog", "walk"): 1, ("dog", "none"): 1, ("dog", "cat"): 1, ("tree", "leaf"): 1,
                            ("tree", "none"): 3, ("milk", "white"): 1, ("milk", "cow"): 1, ("milk", "cat"): 1}
             assert stats["masked_row_words"] == ["cat"] and stats["dropped_na_answers"] == 8
+            assert aggregate.settings(c, WORDS, "fa")["na_answers"]  # paper FA counted before this rule is stale
             assert np.isnan(out["sim_ppmi"][WORDS.index("cat")]).all()
         else:
             assert got[("dog", "none")] == 2 and got[("dog", "n/a n/a")] == 1 and got[("dog", "1.#ind")] == 1
             assert got[("cat", "none")] == got[("cat", "1.#qnan")] == got[("cat", "1.#ind")] == 1 and "n/a n/a" in col
             assert stats["masked_row_words"] == [] and stats["dropped_na_answers"] == 0
+            assert "na_answers" not in aggregate.settings(c, WORDS, "fa")
 
 
 def test_cue_without_responses_default_masks_paper_follows_the_authors(cfg, make_config):
