@@ -77,7 +77,10 @@ def run(cfg: Config, opts) -> None:
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
     """What an aggregation depends on besides the trial logs themselves."""
-    out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
+    rules = Rules.of(cfg)
+    out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": rules.name}
+    if rules.paper and paradigm == "fa":
+        out["na_answers"] = True  # whole answers read as missing (Rules.missing_answers): older paper FA is stale
     if paradigm == "fc_scored":
         out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
     return out
@@ -161,7 +164,9 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     strings, "na", "nan" and strings without a letter or digit; drop responses equal to
     the cue (FA cue repeats; an FC pick never equals its cue). Duplicates within a trial
     are kept and positions are not weighted. In paper mode a response that pandas' CSV
-    reader would read as missing (`rules.PANDAS_NA_STRINGS`, as stored) is dropped first.
+    reader would read as missing (`rules.PANDAS_NA_STRINGS`, as stored) is dropped first,
+    and so is every associate of an FA answer that is such a string as a whole
+    (`Rules.missing_answers`: the raw answer ``None`` gives no ``none``).
 
     Which rows are usable (``row_valid`` in the stats, `rules.Rules`): by default a cue
     with at least one counted response; in paper mode, as the authors' matrices have rows,
@@ -193,8 +198,11 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
 
     if paradigm == "fc_scored":
         return _count_scored(src, words, rules or Rules(), select, *scored)
-    counter = Counter(words, paradigm, rules or Rules(), src)
+    rules = rules or Rules()
+    counter = Counter(words, paradigm, rules, src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
+    if rules.paper and paradigm == "fa":
+        columns.append("raw_output")
     for batch in iter_final(src, columns):
         if select is not None and batch.num_rows:
             batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))

@@ -204,7 +204,7 @@ class Protocol:
             seed = derive_seed(trial["seed"], trial["cue_idx"])
             b = self.cfg.behave
             return (GenRequest(text=text, max_tokens=self.max_tokens, temperature=b.fa_temperature, top_p=b.fa_top_p,
-                               seed=seed, allowed_regex=self.fa_regex), prompt_sha(text), seed)
+                               seed=seed, allowed_regex=self.fa_regex, stage="fa"), prompt_sha(text), seed)
         cue, cands = trial["cue"], trial["candidates"]
         if attempt == 0:
             user = fc_prompt(cue, cands, self.n_picks)
@@ -216,7 +216,7 @@ class Protocol:
         text = self.render(user)
         req = GenRequest(text=text, max_tokens=self.max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                          allowed_regex=fc_regex(cands) if self.structured else None,
-                         allowed_choices=fc_choices(cands) if self.structured and self.choices else None)
+                         allowed_choices=fc_choices(cands) if self.structured and self.choices else None, stage="fc")
         return req, prompt_sha(text), seed
 
     def parse(self, trial: dict, text: str):

@@ -51,8 +51,10 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     hashes = prompt_hashes()
     backend = cfg.backend_of(model_cfg)
     d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": backend,
-         "model": {k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt",
-                                                      "dtype", "extra_eos")}}
+         "model": {**{k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt", "dtype")},
+                   "extra_eos": model_cfg.eos_for(paradigm)}}
+    if model_cfg.fixes_mistral_regex(paradigm):
+        d["fix_mistral_regex"] = True
     d.update(backend_class(backend, cfg).log_settings(cfg, model_cfg))
     if paradigm == "fc_scored":
         from .scored import ANSWER_PREFIX, SCORE_VERSION

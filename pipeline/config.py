@@ -78,10 +78,10 @@ class ModelCfg:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
-    extra_eos: list[str] = field(default_factory=list)
+    extra_eos: list[str] | dict[str, list[str]] = field(default_factory=list)  # a list, or per paradigm
     retry_temperature: float | None = None
     retry_top_p: float | None = None
-    fix_mistral_regex: bool = False
+    fix_mistral_regex: bool | list[str] = False  # true/false, or the stages (FIX_STAGES) that load it fixed
     backend: str | None = None  # this model's behave backend; default behave.backend
     base_url: str | None = None  # backend "openai": the server's API root, e.g. http://127.0.0.1:8000/v1
     api_model: str | None = None  # backend "openai": the server's model id (default: name)
@@ -96,6 +96,34 @@ class ModelCfg:
     def behavior_only(self) -> bool:
         """No weights (`path` unset): behavior through an API, no hidden states."""
         return self.path is None
+
+    def eos_for(self, paradigm: str) -> list[str]:
+        """The extra EOS strings of one paradigm (`eos_for`)."""
+        return eos_for(self.extra_eos, paradigm)
+
+    def fixes_mistral_regex(self, stage: str) -> bool:
+        """Whether `stage` loads the tokenizer fixed (`fixes_mistral_regex`)."""
+        return fixes_mistral_regex(self.fix_mistral_regex, stage)
+
+
+def eos_for(extra_eos, stage: str | None) -> list[str]:
+    """The extra EOS strings of a stage: `extra_eos` itself when it is a list, else its entry
+    for `stage` (none when absent; every entry's, once each, when `stage` is None). The
+    authors' sets differ by paradigm for Qwen (METHOD.md §2; `configs/paper.toml`)."""
+    if isinstance(extra_eos, dict):
+        if stage is None:
+            return list(dict.fromkeys(t for v in extra_eos.values() for t in v))
+        return list(extra_eos.get(stage, []))
+    return list(extra_eos or [])
+
+
+def fixes_mistral_regex(fix, stage: str | None) -> bool:
+    """Whether `stage` (a paradigm, or ``hidden``) loads the tokenizer with transformers'
+    `fix_mistral_regex=True`: `true` means every stage, a list names them (the authors:
+    Mistral-7B in FC only, Mistral-Nemo everywhere); None (no stage) only under `true`."""
+    if isinstance(fix, bool):
+        return fix
+    return stage in (fix or ())
 
 
 @dataclass
@@ -128,6 +156,9 @@ class RsaCfg:
     nn_k: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])
     bootstrap: int = 0
     split_half: bool = True
+    svd_variants: bool = False  # the paper's SVD / weighting ablation (`svd`): results/svd_variants.parquet
+    svd_dims: list[int] = field(default_factory=lambda: [100, 300, 600])
+    svd_seed: int = 42  # TruncatedSVD random_state
 
 
 @dataclass
@@ -199,6 +230,8 @@ class Config:
 
 
 PARADIGMS = ("fc", "fa", "fc_scored")
+FIX_STAGES = (*PARADIGMS, "hidden")
+"""Stages `models[].fix_mistral_regex` can name: the behavioral paradigms and the hidden states."""
 STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
 RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
@@ -357,7 +390,14 @@ def _coerce(tp, value: Any, source: str, key: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(args) > 1:
+            return _coerce_either(args, value, source, key)
         return _coerce(args[0], value, source, key)
+    if origin is dict:
+        _, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a table, got {value!r}")
+        return {str(k): _coerce(item_tp, v, source, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, source, key + ".")
     if origin is list:
@@ -370,6 +410,22 @@ def _coerce(tp, value: Any, source: str, key: str):
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
     return value
+
+
+_EITHER = {("bool", "list"): "true, false or a list of stages, e.g. [\"fc\"]",
+           ("list", "dict"): "a list of str or a table of paradigm -> list of str, e.g. {fc = [\"<|im_end|>\"]}"}
+
+
+def _coerce_either(args, value, source: str, key: str):
+    """A key of two shapes (`bool | list[str]`, `list[str] | dict[...]`): the shape the value
+    has, with the item errors of that shape; one message naming both shapes otherwise."""
+    for a in args:
+        base = typing.get_origin(a) or a
+        if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return _coerce(a, value, source, key)
+    shapes = tuple((typing.get_origin(a) or a).__name__ for a in args)
+    want = _EITHER.get(shapes, " or ".join(_type_name(a) for a in args))
+    raise ConfigError(f"{source}: '{key}' must be {want}, got {value!r}")
 
 
 def _fail(cfg: Config, key: str, msg: str):
@@ -449,6 +505,10 @@ def _validate(cfg: Config) -> None:
         if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:
             _fail(cfg, f"models[{i}]", "tensor_parallel_size, max_num_seqs must be >= 1 and max_model_len >= 16")
         _validate_backend(cfg, i, m)
+        if isinstance(m.fix_mistral_regex, list):
+            _choices(cfg, f"models[{i}].fix_mistral_regex", m.fix_mistral_regex, FIX_STAGES)
+        if isinstance(m.extra_eos, dict):
+            _choices(cfg, f"models[{i}].extra_eos", list(m.extra_eos), PARADIGMS)
     _validate_scored(cfg)
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
@@ -467,6 +527,8 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "rsa.nn_k", "values must be at least 1")
     if r.bootstrap < 0 or r.paper_pairs < 1:
         _fail(cfg, "rsa.bootstrap", "must be >= 0 and rsa.paper_pairs >= 1")
+    if any(d < 1 for d in r.svd_dims) or len(set(r.svd_dims)) != len(r.svd_dims):
+        _fail(cfg, "rsa.svd_dims", f"= {r.svd_dims} must list distinct dimensions of at least 1, e.g. [100, 300, 600]")
     g = cfg.regress
     if not 0 < g.test_size < 1:
         _fail(cfg, "regress.test_size", f"= {g.test_size} must be in (0, 1)")

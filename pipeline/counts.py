@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from .errors import PipelineError
-from .rules import PANDAS_NA_STRINGS, Rules
+from .rules import Rules
 from .similarity import cosine, ppmi
 from .store import atomic_write, atomic_write_bytes, save_npy
 
@@ -40,7 +40,7 @@ class Counter:
         self.n = len(words)
         self.vocab = pa.array(words, pa.string())
         self.vocab_clean = pc.utf8_trim_whitespace(pc.utf8_lower(self.vocab))
-        self.na = pa.array(sorted(PANDAS_NA_STRINGS), pa.string()) if rules.paper else None
+        self.na = pa.array(rules.na_strings, pa.string()) if rules.na_strings else None
         self.col_words = pa.array([], pa.string())
         self.pending_r: list[np.ndarray] = []
         self.pending_c: list[np.ndarray] = []
@@ -49,7 +49,7 @@ class Counter:
         self.seen = np.zeros(self.n, dtype=bool)
         self.responded = np.zeros(self.n, dtype=bool)
         self.st = {"trials": 0, "raw_responses": 0, "dropped_invalid": 0, "dropped_na_strings": 0,
-                   "dropped_cue_repeats": 0}
+                   "dropped_na_answers": 0, "dropped_cue_repeats": 0}
 
     def add(self, batch: pa.RecordBatch, picks: pa.Array | None = None, weights: pa.Array | None = None) -> None:
         """Count one batch: its `picks` column (or `picks`, one list per row), each response
@@ -58,6 +58,8 @@ class Counter:
         self.seen[cue_idx] = True
         self.st["trials"] += batch.num_rows
         picks = batch.column("picks") if picks is None else picks
+        if "raw_output" in batch.schema.names:
+            picks = self._drop_missing_answers(batch.column("raw_output"), picks)
         flat = pc.list_flatten(picks)
         self.st["raw_responses"] += len(flat)
         if len(flat) == 0:
@@ -70,6 +72,16 @@ class Counter:
             if self.weighted:
                 w = np.asarray(weights.to_numpy(zero_copy_only=False), dtype=np.float64)[keep]
             self._append(rows[keep], text.filter(pa.array(keep)), w)
+
+    def _drop_missing_answers(self, outputs: pa.Array, picks: pa.Array) -> pa.Array:
+        """`picks` with the lists of answers the rules read as missing emptied (their responses
+        are not counted; the trial still is)."""
+        missing = self.rules.missing_answers(self.paradigm, outputs)
+        if not pc.any(missing).as_py():
+            return picks
+        self.st["dropped_na_answers"] += int(pc.sum(missing).as_py())
+        empty = pa.scalar([], picks.type)
+        return pc.if_else(missing, empty, pc.fill_null(picks, empty))
 
     def _clean(self, flat: pa.Array, rows: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """Lowercased, stripped responses and which of them count (METHOD.md §2 "Clean")."""

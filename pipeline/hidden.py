@@ -205,6 +205,8 @@ def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> s
               "template": sha256_file(PROMPTS_DIR / f"{HIDDEN_TEMPLATES.get(strategy, 'hidden_meaning')}.txt")}
     if strategy == "averaged":
         inputs.update({"sentences": sha256_file(h.sentences), "max_sentences": h.max_sentences})
+    if mcfg.fixes_mistral_regex("hidden"):
+        inputs["fix_mistral_regex"] = True
     return fingerprint(inputs)
 
 

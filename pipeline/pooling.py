@@ -117,7 +117,7 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
     path = resolve(mcfg.path)
     kw = {"revision": mcfg.revision} if mcfg.revision else {}
     try:
-        tok_kw = {"fix_mistral_regex": True} if mcfg.fix_mistral_regex else {}
+        tok_kw = {"fix_mistral_regex": True} if mcfg.fixes_mistral_regex("hidden") else {}
         tok = AutoTokenizer.from_pretrained(path, **kw, **tok_kw)
         model = AutoModel.from_pretrained(path, dtype=_torch_dtype(dtype), **kw)
     except SafetensorError as e:

@@ -1,6 +1,7 @@
 """The paper's published results, for laying a run's own numbers beside them.
 
-`pipeline/published/` ships the authors' per-layer RSA, NN@k and regression summaries (see
+`pipeline/published/` ships the authors' per-layer RSA, NN@k, regression summaries and SVD /
+weighting ablation (see
 its README for the source and the CC BY 4.0 attribution). A model of a run matches a
 paper model when its name or its `path` (a Hugging Face id or a folder named like one) is
 one of that model's names; `match` says which. All published RSA values are Pearson
@@ -99,3 +100,17 @@ def regression() -> pd.DataFrame:
                          "mean_r2": getattr(r, f"mean_r2_{col}"), "peak_r2": getattr(r, f"peak_r2_{col}"),
                          "best_layer": int(r.best_layer)})
     return pd.DataFrame(rows)
+
+
+_SVD_TASKS = {"ForcedChoice": "fc", "FreeAssociation": "fa"}
+
+
+@functools.cache
+def svd_variants() -> pd.DataFrame:
+    """Published SVD / weighting ablation (layer 0 included): paper_model, strategy, paradigm,
+    variant, layer, rsa, n_words, n_pairs. Its Task (FC) strategy was never run (METHOD.md §6)."""
+    frames = [pd.read_csv(p) for p in sorted((DATA / "svd_variants").glob("*.csv"))]
+    d = pd.concat(frames, ignore_index=True)
+    return pd.DataFrame({"paper_model": d.model, "strategy": d.prompt.map(STRATEGIES),
+                         "paradigm": d.task.map(_SVD_TASKS), "variant": d.variant, "layer": d.layer.astype(int),
+                         "rsa": d.pearson, "n_words": d.n_common_words, "n_pairs": d.n_pairs})

@@ -5,12 +5,16 @@ the behave summaries in the manifest, and writes under `report/`:
 
 - `rsa_by_layer.png`: RSA by layer, one panel per model x strategy, one line per reference,
   bootstrap CI bands, and the split-half noise ceiling of FC, FA and scored FC as horizontal bands
-  (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry);
+  (from r_SB, an independent replication, to sqrt(r_SB), a noise-free geometry); for a paper
+  model the published curves dashed, and then the run's `paper` method when it has it
+  (`overlay_method`; otherwise `report.md` says the comparison is not like-for-like);
 - `rsa_by_depth.png`: the same against relative depth layer/L, averaged over models (each
   model's curve interpolated onto a common grid; band = ±1 SD over models);
 - `regression_by_layer.png`: held-out test R² by layer for the nested feature sets;
 - `nn_overlap.png`: NN@k overlap against k (log scale), mean over models and layers, with
   the chance level k/(N-1);
+- `svd_variants.png` (with `rsa.svd_variants`): the paper's SVD / weighting ablation by layer
+  0..L, one line per variant, the published values dashed beside a paper model's;
 - `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
   noise ceilings, NN@k, regression summary with FC/FA gains), the behavioral geometry of
   every model compared with every other (`behavior_rsa.parquet`; the only comparison a
@@ -72,8 +76,9 @@ _AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_p
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
 R2_FLOOR = -0.25
-_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms")
-_VERSION = 2
+SVD_FIGURE = "svd_variants.png"
+_TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms", "svd_variants")
+_VERSION = 3
 
 
 # ---------------------------------------------------------------- inputs
@@ -119,6 +124,15 @@ def primary_method(cfg: Config, rsa: pd.DataFrame) -> str:
         if m in present:
             return m
     raise ValueError("no RSA rows")
+
+
+def overlay_method(cfg: Config, rsa: pd.DataFrame) -> str:
+    """The method of the RSA-by-layer figure: `paper` when a model of the run is one of the
+    paper's and the run has that method, so the solid curves are the statistic of the dashed
+    published ones (Pearson on 500,000 sampled pairs); else `primary_method`."""
+    if published.match(cfg.models) and published.METHOD in set(rsa.method):
+        return published.METHOD
+    return primary_method(cfg, rsa)
 
 
 def compliance(cfg: Config) -> pd.DataFrame:
@@ -557,6 +571,8 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         lines += ["", "## Held-out-words regression (test R²)", "",
                   f"Mean over layers (seeds {', '.join(map(str, seeds))} averaged first) per feature set; peak layer "
                   f"by `{names['full']}`; gains at that layer over `{ref}`.{note}", "", _md_table(table, ".4f")]
+    if "svd_variants" in res:
+        lines += svd_section(cfg, res["svd_variants"])
     lines += ["", "## This run vs published", ""] + vs_published(cfg, res)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
@@ -670,6 +686,93 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
+def _svd_variant_order(names) -> list[str]:
+    from .svd import variant_names
+
+    dims = sorted({int(v[3:].split("_")[0]) for v in names if v.startswith("svd")})
+    return [v for v in variant_names(dims) if v in set(names)]
+
+
+def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
+    """The SVD / weighting ablation (`svd`): mean over layers 0..L per variant, the clipped
+    dimensions, and the published values beside a paper model's."""
+    variants = _svd_variant_order(svd.variant)
+    wide = (svd.groupby(["model", "strategy", "paradigm", "variant"], sort=False).rsa.mean()
+            .unstack("variant")[variants].reset_index())
+    lines = ["", "## SVD / weighting ablation (Pearson r, sampled pairs, mean over layers 0..L)", "",
+             "Hidden centered cosine of every layer, the embeddings included, against the FC and FA geometry "
+             "as count or PPMI rows, raw or through TruncatedSVD, each then cosine (METHOD.md §6 \"Ablation\"). "
+             f"Words: {int(svd.n_words.iloc[0])} common to hidden, FC and FA; {int(svd.n_pairs.iloc[0]):,} pairs.",
+             "", _md_table(wide)]
+    clipped = svd[svd.dims.notna() & (svd.dims != svd.dims_used)]
+    if not clipped.empty:
+        pairs = sorted({(int(d), int(u)) for d, u in zip(clipped.dims, clipped.dims_used)})
+        lines += ["", "SVD dimensions beyond the matrix size are clipped to min(rows, columns) − 1: "
+                      + ", ".join(f"{d} → {u}" for d, u in pairs)
+                      + "; variants clipped to the same size are the same computation."]
+    matched = published.match(cfg.models)
+    if matched:
+        pub = published.svd_variants()
+        rows = []
+        for (model, strategy, paradigm, variant), g in svd.groupby(["model", "strategy", "paradigm", "variant"],
+                                                                  sort=False):
+            theirs = pub[(pub.paper_model == matched.get(model)) & (pub.strategy == strategy)
+                         & (pub.paradigm == paradigm) & (pub.variant == variant)]
+            if not theirs.empty:
+                rows.append({"model": model, "strategy": strategy, "paradigm": paradigm, "variant": variant,
+                             "this run": g.rsa.mean(), "published": theirs.rsa.mean(),
+                             "difference": g.rsa.mean() - theirs.rsa.mean()})
+        lines += ["", "Beside the published ablation (the paper never ran it for the Task (FC) strategy; "
+                      "`pipeline/published/svd_variants/`, CC BY 4.0):", "",
+                  _md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy cells."]
+    return lines
+
+
+def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str, str]) -> int:
+    """Ablation by layer (0..L): one panel per model x paradigm x strategy, one line per
+    variant, the published values dashed beside a paper model's. Returns the dashed curves drawn."""
+    variants = _svd_variant_order(svd.variant)
+    colors = dict(zip(variants, _plt_colors(len(variants))))
+    rows = [(m, p) for m in models for p in ("fc", "fa") if ((svd.model == m) & (svd.paradigm == p)).any()]
+    fig, axes = _grid(plt, len(rows), len(strategies))
+    pub = published.svd_variants() if matched else None
+    handles, drawn = {}, 0
+    for i, (model, paradigm) in enumerate(rows):
+        for j, strategy in enumerate(strategies):
+            ax = axes[i, j]
+            cell = svd[(svd.model == model) & (svd.paradigm == paradigm) & (svd.strategy == strategy)]
+            for v in variants:
+                g = cell[cell.variant == v].sort_values("layer")
+                if not g.empty:
+                    (line,) = ax.plot(g.layer, g.rsa, color=colors[v], lw=1.5)
+                    handles.setdefault(v, line)
+                if model in matched:
+                    t = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)
+                            & (pub.paradigm == paradigm) & (pub.variant == v)].sort_values("layer")
+                    if not t.empty:
+                        (line,) = ax.plot(t.layer, t.rsa, color=colors[v], lw=1.0, ls="--")
+                        handles.setdefault("published (paper), dashed", line)
+                        drawn += 1
+            ax.set_title(f"{model} · {paradigm.upper()} · {strategy}")
+            ax.axhline(0, color="black", lw=0.5)
+            _integer_x(ax)
+            if i == len(rows) - 1:
+                ax.set_xlabel("layer (0 = embeddings)")
+            if j == 0:
+                ax.set_ylabel("RSA (Pearson r, sampled pairs)")
+    _legend(fig, handles, ncol=5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
+    _save(fig, path)
+    return drawn
+
+
+def _plt_colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
 def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     """Markdown lines comparing the run's models that are paper models with the published
     numbers (`pipeline.published`), or one line saying no model matches."""
@@ -700,6 +803,13 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                          "published": g.rsa.mean(), "difference": r.mean - g.rsa.mean(),
                          "peak (this run)": f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}",
                          "peak (published)": f"{peak.rsa:.3f} @ {int(peak.layer)}/{int(g.layer.max())}"})
+        if method == published.METHOD:
+            lines += ["", "The RSA-by-layer figure draws this run's `paper` RSA (solid) beside the published curves "
+                          "(dashed): the same statistic, Pearson on 500,000 sampled pairs."]
+        else:
+            lines += ["", f"The RSA-by-layer figure draws this run's {METHOD_LABELS.get(method, method)} (solid) "
+                          f"beside the published Pearson on 500,000 sampled pairs (dashed): not like-for-like; add "
+                          f"\"paper\" to rsa.methods to compare the same statistic."]
         lines += ["", f"### RSA, mean over layers ({METHOD_LABELS.get(method, method)} here; published: Pearson on "
                       f"500,000 pairs){note}", ""]
         lines.append(_md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy x reference cells.")
@@ -732,6 +842,11 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                                  "difference": r[s] - g.mean_r2.iloc[0]})
         if rows:
             lines += ["", "### Regression, mean test R² over layers", "", _md_table(pd.DataFrame(rows), ".4f")]
+        elif not summary.empty:
+            lines += ["", f"Regression: not comparable: the published feature sets "
+                          f"({', '.join(sorted(set(pub.feature_set)))}) all include the cross-model consensus, "
+                          f"and this run's ({', '.join(names['sets'])}) do not (it needs two or more models "
+                          f"with weights)."]
     return lines
 
 
@@ -783,8 +898,9 @@ def run(cfg: Config, opts) -> None:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         method = primary_method(cfg, rsa)
-        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), method, models, strategies, out / FIGURES[0],
-                                    published.match(cfg.models))
+        layer_method = overlay_method(cfg, rsa)
+        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
+                                    out / FIGURES[0], published.match(cfg.models))
         _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
         figures += FIGURES[:2]
     if "regression" in res:
@@ -795,8 +911,16 @@ def run(cfg: Config, opts) -> None:
         _, strategies = _order(cfg, res["nn"])
         _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
+    svd_curves = 0
+    if "svd_variants" in res:
+        models, strategies = _order(cfg, res["svd_variants"])
+        svd_curves = _fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
+                              published.match(cfg.models))
+        figures.append(SVD_FIGURE)
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],
                   {"figures": list(figures), "headline": headline(cfg),
-                   "published_curves": overlay if "rsa" in res else 0})
+                   "published_curves": overlay if "rsa" in res else 0,
+                   "rsa_by_layer_method": layer_method if "rsa" in res else None,
+                   "published_svd_curves": svd_curves})
     log.info("report: %s", out / "report.md")

@@ -33,7 +33,9 @@ Word sets. By default each reference masks its own missing words (a NaN row: no 
 vector, a cue without any valid response) and every pair touching one is dropped for that
 reference only. In paper mode (`experiment.paper_mode`) the analysis runs, as the authors'
 does, on the words common to the hidden states, the FC rows and the FA rows (hidden
-centering included); static and encoder vectors then mask their missing words within them.
+centering included, and the consensus's too: each other model's hidden states are then
+centered over the target's common words); static and encoder vectors then mask their
+missing words within them.
 
 Beyond the paper:
 
@@ -62,6 +64,8 @@ Outputs under `results/`:
 - `behavior_rsa.parquet` (behavioral geometry compared across models, every pair of models
   with an aggregated matrix, each method): paradigm, model_a, model_b, method, n_words,
   n_pairs, rsa. Pairs touching a word either model has no row for are dropped.
+- `svd_variants.parquet` (`rsa.svd_variants = true`): the paper's SVD / weighting ablation,
+  every layer 0..L against 8 variants of the FC and FA geometry (`svd`);
 - `behavior_norms.parquet` (with human norms among the references): each model's behavioral
   geometry (FC, FA, scored FC) against each human reference, on the pairs of words valid in
   both: model, paradigm, reference, method, n_words, n_pairs, rsa.
@@ -206,8 +210,10 @@ def run(cfg: Config, opts) -> None:
     force = Options.of(opts).force
     man = Manifest(cfg.run_dir)
     sel = select(cfg, opts)
-    settings = {"settings": {**asdict(cfg.rsa), "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS,
-                             "rules": rules.name}, "vocab": vfp}
+    cell_settings = {k: v for k, v in asdict(cfg.rsa).items() if not k.startswith("svd_")}
+    settings = {"settings": {**cell_settings, "version": _VERSION, "boot_max_pairs": BOOT_MAX_PAIRS,
+                             "rules": rules.name, **({"consensus_centering": "common"} if rules.paper else {})},
+                "vocab": vfp}
     shared: dict[str, Reference] = {}
     for model in sel.models:
         per_model: dict[str, Reference] = {}
@@ -222,6 +228,10 @@ def run(cfg: Config, opts) -> None:
         _behavior_vs_norms(cfg, man, model, words, vfp, force)
     _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
+    if cfg.rsa.svd_variants:
+        from . import svd
+
+        svd.run(cfg, man, sel.models, sel.strategies, words, vfp, force)
 
 
 def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str], settings: dict, force: bool,
@@ -260,6 +270,8 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
     rows_sel, cell_words = None, words
     if Rules.of(cfg).common_words:
         rows_sel, cell_words, refs = _common(words, refs)
+        if rows_sel is not None and "consensus" in refs:
+            refs["consensus"] = _consensus_on(cfg, strategy, model, rows_sel)
     log.info("rsa %s/%s: %d layers x %d references, methods %s", model, strategy, hidden.shape[0] - 1,
              len(refs), ", ".join(cfg.rsa.methods))
     rows, nn_rows = analyse_cell(hidden, refs, cfg.rsa.methods, paper_pairs=cfg.rsa.paper_pairs,
@@ -289,6 +301,18 @@ def _common(words: list[str], refs: dict[str, Reference]) -> tuple[np.ndarray | 
     return rows, [words[i] for i in rows], {k: r.restrict(rows) for k, r in refs.items()}
 
 
+def _consensus_on(cfg: Config, strategy: str, model: str, rows: np.ndarray) -> Reference:
+    """Paper mode, common words fewer than N: the consensus of `model` recomputed with every
+    other model's hidden states centered over those words only (the authors' per-target
+    common words), not over all words as the baselines stage centers them."""
+    from .baselines import consensus
+
+    log.info("rsa %s/%s (paper mode): consensus recomputed, centered over the %d common words", model, strategy,
+             len(rows))
+    sim = consensus(cfg, strategy, model, center_rows=rows)[np.ix_(rows, rows)]
+    return Reference("consensus", sim, np.ones(len(rows), dtype=bool))
+
+
 def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: str, force: bool) -> None:
     from .aggregate import split_half
     from .logs import list_parts
@@ -296,7 +320,8 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     key = f"rsa/reliability/{model}"
     paradigms = [p for p in _BEHAVIORAL if p in cfg.paradigms_of(model)]
     settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
-                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms}
+                "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms,
+                **({"na_answers": True} if Rules.of(cfg).paper else {})}
     if "fc_scored" in paradigms:
         settings["scored_counts"] = cfg.behave.scored_counts
     step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},

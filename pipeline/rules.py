@@ -5,8 +5,9 @@ code, commit 4dccc88, METHOD.md); the default is the project's rule where it is 
 one. Each difference, with the reason the default differs, is in the README table "Paper
 mode vs default"; stages ask a `Rules` object instead of testing the switch themselves, and
 the active rule set is part of every fingerprint it affects. The rules: the FC pick pattern
-(`fc_word`, `fc_pick`, `normalize`), the NA strings dropped from responses (`drop_raw`), rows of cues
-without a valid response (aggregate), the RSA word set (`common_words`), hidden-state word
+(`fc_word`, `fc_pick`, `normalize`), the NA strings dropped from responses and whole FA answers
+(`na_strings`, `missing_answers`), rows of cues without a valid response (aggregate), the
+RSA word set (`common_words`), hidden-state word
 location (`locate`, `pool_zero_width`), the averaged fallback (`averaged_fallback`),
 sentence matching (`sentence_tokens`), static-vector lookup (baselines) and missing static
 vectors in the regression (`regress_missing_static`).
@@ -98,13 +99,36 @@ class Rules:
 
     # ------------------------------------------------------------ aggregation
 
-    def drop_raw(self, value: str | None) -> bool:
-        """Whether a response string, as stored in the log, counts as missing before cleaning."""
-        return value is None or (self.paper and value in PANDAS_NA_STRINGS)
+    def missing_answers(self, paradigm: str, outputs):
+        """Which whole answers count as no answer at all, before parsing (`counts.Counter`).
+
+        Paper mode, FA: an answer that is, after strip, exactly one of pandas' NA strings
+        (``None``, ``#N/A N/A``, ``-1.#IND``, ``1.#QNAN``, ...), since the authors' raw FA
+        answers went through a CSV read with `read_csv` defaults; its associates (``none``,
+        ``n/a n/a``, ...) are not counted. FC picks were parsed before any CSV, so FC answers
+        are never missing by this rule. A null answer is missing in both modes.
+
+        Args:
+            paradigm: the log's paradigm.
+            outputs: pyarrow string array of raw answers.
+
+        Returns:
+            pyarrow boolean array, True where the answer is missing.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        missing = pc.is_null(outputs)
+        if self.paper and paradigm == "fa":
+            stripped = pc.utf8_trim_whitespace(outputs)
+            na = pc.is_in(stripped, value_set=pa.array(self.na_strings, pa.string()))
+            missing = pc.or_(missing, pc.fill_null(na, False))
+        return missing
 
     @property
     def na_strings(self) -> list[str]:
-        """Raw strings dropped as missing (besides the lowercase ``DROPPED_AFTER_LOWER``)."""
+        """Strings dropped as missing, as stored (besides the lowercase ``DROPPED_AFTER_LOWER``):
+        each response (FC picks, FA associates) and, in FA, each whole raw answer."""
         return sorted(PANDAS_NA_STRINGS) if self.paper else []
 
     # ------------------------------------------------------------ hidden states

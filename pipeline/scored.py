@@ -55,7 +55,7 @@ def requests(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[di
     for t in trials:
         text = backend.render(chat_messages(fc_prompt(t["cue"], t["candidates"], n_picks), model_cfg.system_prompt))
         out.append(ScoreRequest(text=text + ANSWER_PREFIX, continuations=[answer(c, n_picks) for c in t["candidates"]],
-                                end_of_turn=n_picks == 1))
+                                end_of_turn=n_picks == 1, stage="fc_scored"))
     return out
 
 

@@ -29,7 +29,8 @@ def _rows_table(rows: list[dict]) -> pa.Table:
     cols = {f.name: [] for f in SCHEMA}
     for r in rows:
         full = {"trial_id": r["trial_id"], "cue_idx": r["cue_idx"], "cue": r["cue"], "candidates": [],
-                "run": 0, "attempt": r.get("attempt", 0), "attempt_kind": "main", "raw_output": "",
+                "run": 0, "attempt": r.get("attempt", 0), "attempt_kind": "main",
+                "raw_output": r.get("raw_output", "output: " + ", ".join(r["picks"]) + "."),
                 "picks": r["picks"], "extracted": r["picks"], "status": r.get("status", "ok"),
                 "final": r.get("final", True), "seed": 0, "prompt_sha": "", "n_prompt_tokens": 0,
                 "n_output_tokens": 0, "latency_s": 0.0}
@@ -212,6 +213,40 @@ def test_na_strings_default_vs_paper(cfg, make_config):
         # "na" and "nan" (after lowercasing) go in both modes, as the authors drop them explicitly
         assert "na" not in out["cols"] and "nan" not in out["cols"]
     assert stats["dropped_na_strings"] == 6  # null, None, n/a, NULL, #N/A, <NA>
+
+
+def test_whole_fa_answers_read_as_missing_yield_nothing_in_paper_mode(cfg, make_config):
+    """METHOD.md §2 "Clean": the authors' raw FA answers went through a CSV read with pandas'
+    defaults, so an answer that is exactly an NA string (after strip) gives no associate, and a
+    cue whose every answer is such has no FA row. Picks come from the project's own parser."""
+    from pipeline.parse import parse_fa
+
+    answers = {"dog": ["None", " #N/A N/A ", "output: bark, leash, bone, tail, walk.", "-1.#IND", "1.#QNAN",
+                       "output: none, bark, cat."],
+               "cat": ["None", "-1.#QNAN", "1.#IND\n", "#N/A N/A"],      # every answer missing: no row
+               "tree": ["output: leaf, none.", "none", "NONE"],           # case matters: all counted
+               "milk": ["output: white, cow, cat."]}
+    rows = [{**_trial(10 * WORDS.index(c) + i, c, parse_fa(a, c).picks), "raw_output": a}
+            for c, outs in answers.items() for i, a in enumerate(outs)]
+    for c, paper in ((cfg, False), (_paper(make_config), True)):
+        write_part(paths.behavior_dir(c, "m", "fa"), _rows_table(rows))
+        stats = aggregate.aggregate_one(c, "m", "fa", WORDS)
+        out = aggregate.load_matrices(c, "m", "fa")
+        counts = out["counts"].toarray()
+        col = {w: i for i, w in enumerate(out["cols"])}
+        got = {(WORDS[r], out["cols"][k]): int(counts[r, k]) for r, k in zip(*counts.nonzero())}
+        if paper:
+            assert got == {("dog", "bark"): 2, ("dog", "leash"): 1, ("dog", "bone"): 1, ("dog", "tail"): 1,
+                           ("dog", "walk"): 1, ("dog", "none"): 1, ("dog", "cat"): 1, ("tree", "leaf"): 1,
+                           ("tree", "none"): 3, ("milk", "white"): 1, ("milk", "cow"): 1, ("milk", "cat"): 1}
+            assert stats["masked_row_words"] == ["cat"] and stats["dropped_na_answers"] == 8
+            assert aggregate.settings(c, WORDS, "fa")["na_answers"]  # paper FA counted before this rule is stale
+            assert np.isnan(out["sim_ppmi"][WORDS.index("cat")]).all()
+        else:
+            assert got[("dog", "none")] == 2 and got[("dog", "n/a n/a")] == 1 and got[("dog", "1.#ind")] == 1
+            assert got[("cat", "none")] == got[("cat", "1.#qnan")] == got[("cat", "1.#ind")] == 1 and "n/a n/a" in col
+            assert stats["masked_row_words"] == [] and stats["dropped_na_answers"] == 0
+            assert "na_answers" not in aggregate.settings(c, WORDS, "fa")
 
 
 def test_cue_without_responses_default_masks_paper_follows_the_authors(cfg, make_config):

@@ -209,3 +209,50 @@ def test_vllm_behave_stage_end_to_end(vllm_backend, smollm2_dir, make_config, mo
                      for i in b.column("trial_id").to_pylist())
         assert ids == list(range(n))
     assert man.stage("behave/m/fc")["summary"]["compliance"] == 1.0
+
+
+# ---------- per-stage EOS sets and tokenizer (models[].extra_eos, fix_mistral_regex) ----------
+
+def test_hf_eos_set_and_tokenizer_follow_the_request_stage(tiny_llama_dir):
+    """METHOD.md §2: each script had its own terminators and tokenizer flag; the backend picks
+    them per request from its stage (`GenRequest.stage`)."""
+    from pipeline.backends.hf import HFBackend
+
+    be = HFBackend(str(tiny_llama_dir), dtype="float32", batch_size=4,
+                   extra_eos={"fc": ["<|im_start|>", "<nope>"], "fa": []}, fix_mistral_regex=["fa"])
+    start = be.tok.convert_tokens_to_ids("<|im_start|>")
+    assert be.eos_for("fc") == [be.tok.eos_token_id, start] and be.eos_for("fa") == [be.tok.eos_token_id]
+    assert be.tokenizer("fa") is be.tok_fixed and be.tokenizer("fc") is be.tok and be.tok_fixed is not be.tok
+    seen = []
+    real = be.model.generate
+    be.model.generate = lambda **kw: seen.append(kw["eos_token_id"]) or real(**kw)
+    be.generate([GenRequest(text="a", max_tokens=2, stage="fc"), GenRequest(text="b", max_tokens=2, stage="fa")])
+    assert sorted(map(len, seen)) == [1, 2]  # one batch per stage, each with its own terminators
+    plain = HFBackend(str(tiny_llama_dir), dtype="float32", batch_size=4)
+    assert plain.tok_fixed is None and plain.tokenizer("fc") is plain.tok
+
+
+def test_vllm_stops_at_exactly_the_stage_eos_set_and_tokenizes_fixed_stages_itself(smollm2_dir):
+    """No engine needed: the request parameters and prompts the vLLM backend hands the engine."""
+    pytest.importorskip("vllm")
+    from transformers import AutoTokenizer
+    from vllm.inputs import TokensPrompt
+
+    from pipeline.backends.vllm import VLLMBackend
+
+    be = VLLMBackend.__new__(VLLMBackend)
+    be.tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    be.defaults = {"top_k": 50, "repetition_penalty": 1.0}
+    be.extra_eos, be.fix, be._stops = {"fc": ["<|im_start|>"]}, ["fc"], {}
+    be.tok_fixed = AutoTokenizer.from_pretrained(smollm2_dir)
+    eos, start = be.tok.eos_token_id, be.tok.convert_tokens_to_ids("<|im_start|>")
+    fc = be._params(GenRequest(text="x", max_tokens=4, stage="fc"))
+    fa = be._params(GenRequest(text="x", max_tokens=4, temperature=0.7, top_p=0.9, seed=1, stage="fa"))
+    # ignore_eos + explicit stops: the generation config's other eos ids do not end an answer
+    assert fc.ignore_eos and fc.stop_token_ids == [eos, start]
+    assert fa.ignore_eos and fa.stop_token_ids == [eos]
+    text = "<|im_start|>user\nhello<|im_end|>\n"
+    got = be._prompt(GenRequest(text=text, stage="fc"))
+    assert isinstance(got, dict) and got["prompt_token_ids"] == be.tok_fixed(text)["input_ids"]
+    assert TokensPrompt(prompt_token_ids=[1]).keys() == got.keys()
+    assert be._prompt(GenRequest(text=text, stage="fa")) == text

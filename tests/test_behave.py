@@ -392,3 +392,26 @@ def test_kill_and_resume_real_model(tmp_path, tiny_llama_dir):
     """Same with transformers on a tiny random Llama: garbage answers run the whole repair loop."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     _kill_and_resume(tmp_path, "hf", str(tiny_llama_dir), env, env, fa_runs=2)
+
+
+def test_requests_name_their_stage_and_logs_fingerprint_their_own_eos(make_config):
+    """Each request says its paradigm, so a backend can apply that paradigm's EOS set and
+    tokenizer (METHOD.md §2: the authors' scripts differed, e.g. Qwen's FA terminators); a
+    log's fingerprint holds only its own paradigm's settings."""
+    from pipeline import scored
+
+    cfg = make_config()
+    fake = FakeBackend()
+    attempts.run_chunk(fake, cfg, cfg.models[0], "fc", fc_table(3))
+    assert {r.stage for r in fake.requests} == {"fc"}
+    fake = FakeBackend()
+    fa = trials.build_fa_plan(["dog", "cat"], 2, 12345)
+    attempts.run_chunk(fake, cfg, cfg.models[0], "fa", fa)
+    assert {r.stage for r in fake.requests} == {"fa"}
+    assert {r.stage for r in scored.requests(fake, cfg, cfg.models[0], fc_table(2).to_pylist())} == {"fc_scored"}
+    a = prepare(make_config(models=[{"name": "m", "path": "x", "extra_eos": {"fc": ["<a>"], "fa": ["<b>"]}}]))
+    b = make_config(models=[{"name": "m", "path": "x", "extra_eos": {"fc": ["<a>", "<c>"], "fa": ["<b>"]},
+                             "fix_mistral_regex": ["fc"]}])
+    fp = {(i, p): behave.behave_inputs(c, c.models[0], p) for i, c in enumerate((a, b)) for p in ("fc", "fa")}
+    assert fp[0, "fa"] == fp[1, "fa"] and fp[0, "fc"] != fp[1, "fc"]
+    assert fp[1, "fc"]["fix_mistral_regex"] is True and "fix_mistral_regex" not in fp[1, "fa"]

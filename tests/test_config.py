@@ -41,6 +41,9 @@ def test_paper_config_loads_with_paper_constants():
     assert rnj.system_prompt == "You are a helpful assistant."
     assert (rnj.retry_temperature, rnj.retry_top_p) == (0.2, 0.95)
     assert cfg.vocab.size == 5000 and cfg.rsa.paper_pairs == 500_000 and cfg.rsa.seed == 0
+    # METHOD.md §7: the published regression ran seed 0 only (its *_sd columns are empty)
+    assert cfg.regress.seeds == [0]
+    assert (cfg.regress.test_size, cfg.regress.train_pairs, cfg.regress.cv) == (0.2, 100_000, 5)
 
 
 def test_defaults_and_to_dict(tmp_path):
@@ -167,3 +170,53 @@ def test_fc_picks_other_than_two_only_for_scored_fc(tmp_path, picks):
         load_config(_toml(tmp_path, f"[trials]\nfc_picks = {picks}\n"))
     cfg = load_config(_toml(tmp_path, f"[trials]\nfc_picks = {picks}\n[behave]\nparadigms = ['fa', 'fc_scored']\n"))
     assert cfg.trials.fc_picks == picks
+
+
+def test_paper_config_has_the_authors_tokenizer_fix_and_eos_per_stage():
+    """METHOD.md §2 decoding: Mistral tokenizers with fix_mistral_regex as the authors had it
+    (Mistral-7B in its FC script only; Mistral-Nemo in FC, FA and hidden states), and the EOS
+    sets of the table (Qwen: <|im_end|> and <|endoftext|> in FC; its FA terminators were
+    <|im_end|> only; Falcon3 and Qwen FC also <|end_of_turn|> where the tokenizer has it)."""
+    cfg = load_config(ROOT / "configs" / "paper.toml")
+    m7, nemo = cfg.model("Mistral-7B-Instruct-v0.2"), cfg.model("Mistral-Nemo-Instruct-2407")
+    assert [m7.fixes_mistral_regex(s) for s in ("fc", "fa", "hidden")] == [True, False, False]
+    assert [nemo.fixes_mistral_regex(s) for s in ("fc", "fa", "fc_scored", "hidden")] == [True] * 4
+    assert not cfg.model("Llama-3.1-8B-Instruct").fixes_mistral_regex("fc")
+    qwen, falcon = cfg.model("Qwen2.5-7B-Instruct"), cfg.model("Falcon3-10B-Instruct")
+    assert set(qwen.eos_for("fc")) == {"<|im_end|>", "<|endoftext|>", "<|end_of_turn|>"}
+    assert qwen.eos_for("fa") == ["<|im_end|>"]
+    assert set(falcon.eos_for("fa")) == set(falcon.eos_for("fc")) == {"<|endoftext|>", "<|im_end|>",
+                                                                      "<|end_of_turn|>", ">>"}
+    assert cfg.model("Llama-3.1-8B-Instruct").eos_for("fa") == ["<|eot_id|>"]
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("fix_mistral_regex = true", {"fc": True, "fa": True, "fc_scored": True, "hidden": True}),
+    ("fix_mistral_regex = false", {"fc": False, "fa": False, "fc_scored": False, "hidden": False}),
+    ("fix_mistral_regex = ['fc', 'hidden']", {"fc": True, "fa": False, "fc_scored": False, "hidden": True}),
+])
+def test_fix_mistral_regex_shapes(tmp_path, text, ok):
+    cfg = load_config(_toml(tmp_path, f"[[models]]\nname = 'm'\npath = 'x'\n{text}\n"))
+    assert {s: cfg.models[0].fixes_mistral_regex(s) for s in ok} == ok
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("fix_mistral_regex = ['fc', 'fx']", r"'models\[0\]\.fix_mistral_regex' has unknown value 'fx' "
+                                         r"\(allowed: fc, fa, fc_scored, hidden\)"),
+    ("fix_mistral_regex = 'fc'", r"'models\[0\]\.fix_mistral_regex' must be true, false or a list of stages"),
+    ("extra_eos = {fc = ['a'], fx = ['b']}", r"'models\[0\]\.extra_eos' has unknown value 'fx' "
+                                             r"\(allowed: fc, fa, fc_scored\)"),
+    ("extra_eos = {fc = 'a'}", r"'models\[0\]\.extra_eos\.fc' must be a list of str"),
+    ("extra_eos = 'a'", r"'models\[0\]\.extra_eos' must be a list of str or a table of paradigm -> list"),
+])
+def test_per_stage_keys_are_validated(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_toml(tmp_path, f"[[models]]\nname = 'm'\npath = 'x'\n{text}\n"))
+
+
+def test_extra_eos_list_or_table(tmp_path):
+    cfg = load_config(_toml(tmp_path, "[[models]]\nname = 'm'\npath = 'x'\nextra_eos = ['<a>']\n"
+                                      "[[models]]\nname = 'n'\npath = 'x'\nextra_eos = {fc = ['<a>', '<b>']}\n"))
+    a, b = cfg.models
+    assert a.eos_for("fc") == a.eos_for("fa") == ["<a>"]
+    assert b.eos_for("fc") == ["<a>", "<b>"] and b.eos_for("fa") == []

@@ -256,3 +256,58 @@ def test_truncated_or_foreign_result_table_is_named_with_the_stage_that_rebuilds
     stage = "regress" if table == "regression" else "rsa"
     with pytest.raises(PipelineError, match=rf"{table}\.parquet: .*rebuild it with `python -m pipeline {stage} "):
         report.run(src, Options())
+
+
+def test_overlay_compares_like_with_like(make_config):
+    """The published curves are Pearson on 500,000 sampled pairs (the `paper` method): the
+    figure that draws them draws the run's `paper` RSA, even when Spearman is the run's main
+    method; a run without it, or a regression without consensus, says it is not comparable."""
+    cfg = syn.config(make_config, models=("Llama-3.1-8B-Instruct", "other"), hidden={"strategies": ["meaning"]},
+                     rsa={"methods": ["spearman", "paper"], "bootstrap": 0, "nn_k": [5]},
+                     regress={"seeds": [0], "cv": 2})
+    syn.build(cfg, n_layers=2)
+    for stage in (rsa, regress, report):
+        stage.run(cfg, Options())
+    summary = Manifest(cfg.run_dir).summary("report")
+    assert summary["rsa_by_layer_method"] == "paper" and summary["published_curves"] == 5
+    md = (paths.report_dir(cfg) / "report.md").read_text()
+    assert "not like-for-like" not in md and "not comparable" not in md
+
+    solo = syn.config(make_config, models=("Llama-3.1-8B-Instruct",), hidden={"strategies": ["meaning"]},
+                      experiment={"name": "solo", "data_dir": str(make_config().experiment.data_dir)},
+                      rsa={"methods": ["spearman"], "bootstrap": 0, "nn_k": [5]}, regress={"seeds": [0], "cv": 2})
+    syn.build(solo, n_layers=2)
+    for stage in (rsa, regress, report):
+        stage.run(solo, Options())
+    assert Manifest(solo.run_dir).summary("report")["rsa_by_layer_method"] == "spearman"
+    section = (paths.report_dir(solo) / "report.md").read_text().split("## This run vs published", 1)[1]
+    assert "not like-for-like" in section
+    assert "Regression: not comparable" in section and "consensus" in section
+
+
+def test_svd_ablation_section_figure_and_published_overlay(make_config):
+    from pipeline import published
+
+    cfg = syn.config(make_config, models=("Llama-3.1-8B-Instruct", "other"),
+                     hidden={"strategies": ["meaning", "task_fa"]},
+                     rsa={"methods": ["paper"], "bootstrap": 0, "nn_k": [5], "split_half": False,
+                          "svd_variants": True})
+    syn.build(cfg, n_layers=2)
+    rsa.run(cfg, Options())
+    report.run(cfg, Options())
+    out = paths.report_dir(cfg)
+    assert (out / report.SVD_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 paradigms x 2 strategies x 8 variants of the one paper model, dashed
+    assert Manifest(cfg.run_dir).summary("report")["published_svd_curves"] == 32
+    md = (out / "report.md").read_text()
+    svd = pd.read_parquet(paths.result_table(cfg, "svd_variants"))
+    table = _table(md, "SVD / weighting ablation")
+    assert len(table) == 2 * 2 * 2
+    for row in table.itertuples():
+        d = svd[(svd.model == row.model) & (svd.strategy == row.strategy) & (svd.paradigm == row.paradigm)]
+        assert float(row.svd100_ppmi) == pytest.approx(d[d.variant == "svd100_ppmi"].rsa.mean(), abs=6e-4)
+    assert "100 → 29, 300 → 29, 600 → 29" in md  # 30 words: every SVD clipped, and said so
+    section = md.split("## SVD / weighting ablation", 1)[1].split("## ", 1)[0]
+    pub = published.svd_variants().query("paper_model == 'Llama-3.1-8B-Instruct' and strategy == 'task_fa' "
+                                         "and paradigm == 'fa' and variant == 'ppmi'").rsa.mean()
+    assert f"{pub:.3f}" in section

@@ -146,3 +146,45 @@ def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_conf
     got = df.query("reference == 'static' and layer == 2").rsa.item()
     assert got == pytest.approx(_authors_rsa(h, cosine(np.where(ok[:, None], static, 0)), sub_words, 300, 0, ok),
                                 abs=1e-6)
+
+
+def test_paper_mode_consensus_is_centred_over_the_targets_common_words(make_config):
+    """METHOD.md §5-§6: in paper mode the analysis runs on the target's common words (hidden,
+    FC rows, FA rows); the consensus is each other model's centered cosine over those words,
+    so its centering mean is theirs too. Here m1 loses one FA cue, the others do not."""
+    import pyarrow as pa
+
+    from pipeline.logs import SCHEMA, write_part
+
+    cfg = syn.config(make_config, models=("m1", "m2", "m3"), hidden={"strategies": ["meaning"]},
+                     experiment={"name": "t", "data_dir": str(make_config().experiment.data_dir), "paper_mode": True},
+                     rsa={"methods": ["paper"], "paper_pairs": 300, "bootstrap": 0, "nn_k": [3], "split_half": False,
+                          "references": ["fc", "fa", "consensus"]})
+    data = syn.build(cfg, n_layers=2)
+    words = data["words"]
+    king = words.index("king")
+    d = paths.behavior_dir(cfg, "m1", "fa")
+    tab = pd.concat([pd.read_parquet(p) for p in sorted(d.glob("part-*"))])
+    for p in d.glob("part-*"):
+        p.unlink()
+    sel = tab.cue_idx == king
+    tab.loc[sel, "picks"] = pd.Series([["null", "??"]] * int(sel.sum()), index=tab.index[sel])
+    write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
+    from pipeline.aggregate import aggregate_one
+    aggregate_one(cfg, "m1", "fa", words)
+    rsa.run(cfg, Options())
+    df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").query("reference == 'consensus'")
+    keep = [i for i in range(len(words)) if i != king]
+    sub_words = [words[i] for i in keep]
+    hid = data["hidden"]
+    cons = np.mean([centered_cosine(hid[o, "meaning"][layer][keep].astype(np.float32), dtype=np.float64)
+                    for o in ("m2", "m3") for layer in (1, 2)], axis=0)
+    for layer in (1, 2):
+        got = df.query("model == 'm1' and layer == @layer")
+        assert got.n_words.item() == 29
+        assert got.rsa.item() == pytest.approx(_authors_rsa(hid["m1", "meaning"][layer][keep], cons, sub_words, 300, 0),
+                                               abs=1e-6)
+    # m2's common words are all 30: its consensus (all words, from the baselines stage) is unchanged
+    full = np.load(paths.consensus_file(cfg, "m2", "meaning"))
+    got = df.query("model == 'm2' and layer == 1").rsa.item()
+    assert got == pytest.approx(_authors_rsa(hid["m2", "meaning"][1], full, words, 300, 0), abs=1e-6)

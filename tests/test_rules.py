@@ -21,8 +21,21 @@ def test_na_strings_are_pandas_defaults():
 
     assert PANDAS_NA_STRINGS == frozenset(STR_NA_VALUES)
     assert DROPPED_AFTER_LOWER == {"", "na", "nan"}
-    assert PAPER.drop_raw("null") and PAPER.drop_raw("None") and not PAPER.drop_raw("none")
-    assert not DEFAULT.drop_raw("null") and DEFAULT.drop_raw(None)
+    assert PAPER.na_strings == sorted(PANDAS_NA_STRINGS) and DEFAULT.na_strings == []
+
+
+def test_whole_fa_answers_pandas_reads_as_missing():
+    """METHOD.md §2 "Clean": the raw FA answers went through a CSV read with pandas' defaults, so
+    an answer that is, after strip, exactly one of its NA strings is no answer at all (FA only:
+    FC picks were parsed before the CSV)."""
+    import pyarrow as pa
+
+    answers = pa.array(["None", " #N/A N/A\n", "-1.#IND", "1.#QNAN", "output: none, null.", "none", "",
+                        None, "NA", "null dog"])
+    assert PAPER.missing_answers("fa", answers).tolist() == [True, True, True, True, False, False, True,
+                                                             True, True, False]
+    assert DEFAULT.missing_answers("fa", answers).tolist() == [False] * 7 + [True, False, False]
+    assert not PAPER.missing_answers("fc", answers).to_numpy(zero_copy_only=False)[:7].any()
 
 
 @pytest.mark.parametrize("words, default_bad, paper_bad", [

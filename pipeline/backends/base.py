@@ -30,6 +30,9 @@ class GenRequest:
         allowed_regex: constrain the answer to this regular expression (structured output).
         allowed_choices: constrain the answer to exactly one of these strings; backends that
             cannot compile regexes (hf) use this instead. FC sends both.
+        stage: the paradigm the request belongs to (``fc``, ``fa``); it selects the model's
+            EOS set and tokenizer where they differ by paradigm (`models[].extra_eos`,
+            `models[].fix_mistral_regex`). None: every stage's EOS, the plain tokenizer.
     """
     text: str | None = None
     messages: list[dict] | None = None
@@ -39,6 +42,7 @@ class GenRequest:
     seed: int | None = None
     allowed_regex: str | None = None
     allowed_choices: list[str] | None = field(default=None, repr=False)
+    stage: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -69,10 +73,12 @@ class ScoreRequest:
         end_of_turn: also score the tokenizer's end-of-sequence token after each continuation
             (the answer ends there), so a continuation cannot silently be the start of a
             longer one.
+        stage: the paradigm (``fc_scored``): selects the tokenizer as `GenRequest.stage` does.
     """
     text: str
     continuations: list[str]
     end_of_turn: bool = False
+    stage: str | None = None
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Batched with left padding (pad = eos when the tokenizer has none), prompts tokenized with
 the default ``add_special_tokens=True`` as the authors did, EOS = the tokenizer's eos plus
-`models[].extra_eos`, answers decoded with special tokens skipped.
+`models[].extra_eos` of the request's stage, answers decoded with special tokens skipped. A
+stage named by `models[].fix_mistral_regex` is tokenized by the tokenizer loaded with
+`fix_mistral_regex=True` (the authors' per-script setting); the others by the plain one.
 
 Seeds: `generate` draws from the global torch generator, so a batch cannot honour one seed
 per request. Requests are grouped by identical decoding settings, cut into micro-batches
@@ -31,6 +33,7 @@ import copy
 import logging
 from typing import Sequence
 
+from ..config import eos_for, fixes_mistral_regex
 from ..errors import PipelineError
 from ..prompts import render_chat
 from . import model_path, register, runtime_dtype
@@ -72,28 +75,49 @@ class HFBackend(Backend):
         return {"batch_size": cfg.behave.batch_size}
 
     def __init__(self, path: str, dtype: str = "bfloat16", batch_size: int = 64,
-                 extra_eos: list[str] | None = None, device: str | None = None,
-                 fix_mistral_regex: bool = False):
+                 extra_eos: list[str] | dict[str, list[str]] | None = None, device: str | None = None,
+                 fix_mistral_regex: bool | list[str] = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"fix_mistral_regex": True} if fix_mistral_regex else {}
-        self.tok = AutoTokenizer.from_pretrained(path, **kw)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token_id = self.tok.eos_token_id
+        self.tok = self._load_tokenizer(AutoTokenizer, path, {})
+        self.fix = fix_mistral_regex
+        self.tok_fixed = self._load_tokenizer(AutoTokenizer, path, {"fix_mistral_regex": True}) \
+            if fix_mistral_regex else None
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
         self.model.eval()
         self.batch_size = batch_size
-        self.eos_ids = [self.tok.eos_token_id]
-        for tok in extra_eos or []:
+        self.extra_eos = extra_eos or []
+        self._eos: dict[str | None, list[int]] = {}
+        for tok in eos_for(self.extra_eos, None):
             tid = self.tok.convert_tokens_to_ids(tok)
             if tid is None or tid == self.tok.unk_token_id:
                 log.warning("extra_eos token %r is not in the vocabulary of %s; ignored", tok, path)
-            elif tid not in self.eos_ids:
-                self.eos_ids.append(tid)
+
+    @staticmethod
+    def _load_tokenizer(auto, path: str, kw: dict):
+        tok = auto.from_pretrained(path, **kw)
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token_id = tok.eos_token_id
+        return tok
+
+    def tokenizer(self, stage: str | None):
+        """The tokenizer prompts of `stage` are encoded with (the fixed one where configured)."""
+        return self.tok_fixed if self.tok_fixed is not None and fixes_mistral_regex(self.fix, stage) else self.tok
+
+    def eos_for(self, stage: str | None) -> list[int]:
+        """The terminators of `stage`: the tokenizer's eos plus the stage's extra EOS tokens."""
+        if stage not in self._eos:
+            ids = [self.tok.eos_token_id]
+            for tok in eos_for(self.extra_eos, stage):
+                tid = self.tok.convert_tokens_to_ids(tok)
+                if tid is not None and tid != self.tok.unk_token_id and tid not in ids:
+                    ids.append(tid)
+            self._eos[stage] = ids
+        return self._eos[stage]
 
     def render(self, messages: list[dict]) -> str:
         return render_chat(self.tok, messages)
@@ -107,7 +131,7 @@ class HFBackend(Backend):
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             key = (r.greedy, None if r.greedy else r.temperature, None if r.greedy else r.top_p,
-                   r.max_tokens, r.allowed_choices is not None)
+                   r.max_tokens, r.allowed_choices is not None, r.stage)
             groups.setdefault(key, []).append(i)
         out: list[GenResult | None] = [None] * len(requests)
         for idx in groups.values():
@@ -119,11 +143,12 @@ class HFBackend(Backend):
 
     def _batch(self, reqs: list[GenRequest]) -> list[GenResult]:
         torch = self.torch
-        enc = self.tok([self._text(r) for r in reqs], return_tensors="pt", padding=True).to(self.device)
-        plen = enc["input_ids"].shape[1]
         first = reqs[0]
-        kw = dict(max_new_tokens=first.max_tokens, num_beams=1, pad_token_id=self.tok.pad_token_id,
-                  eos_token_id=self.eos_ids)
+        tokenizer, eos_ids = self.tokenizer(first.stage), self.eos_for(first.stage)
+        enc = tokenizer([self._text(r) for r in reqs], return_tensors="pt", padding=True).to(self.device)
+        plen = enc["input_ids"].shape[1]
+        kw = dict(max_new_tokens=first.max_tokens, num_beams=1, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=eos_ids)
         if first.greedy:
             kw.update(do_sample=False)
         else:
@@ -131,9 +156,9 @@ class HFBackend(Backend):
             if first.seed is not None:
                 torch.manual_seed(int(first.seed) % (2 ** 63))
         if first.allowed_choices is not None:
-            tries = [_trie(self.tok(list(r.allowed_choices), add_special_tokens=False)["input_ids"])
+            tries = [_trie(tokenizer(list(r.allowed_choices), add_special_tokens=False)["input_ids"])
                      for r in reqs]
-            eos = list(self.eos_ids)
+            eos = list(eos_ids)
 
             def allowed(row: int, ids) -> list[int]:
                 node = tries[row]
@@ -151,7 +176,7 @@ class HFBackend(Backend):
         for row, ids in enumerate(gen.tolist()):
             n = len(ids)
             for j, t in enumerate(ids):
-                if t in self.eos_ids:
+                if t in eos_ids:
                     n = j + 1
                     break
             text = self.tok.decode(ids[:n], skip_special_tokens=True)
@@ -160,7 +185,7 @@ class HFBackend(Backend):
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         torch = self.torch
-        encoded = [continuation_ids(self.tok, r) for r in requests]
+        encoded = [continuation_ids(self.tokenizer(r.stage), r) for r in requests]
         if not encoded:
             return []
         prompts = [p for p, _ in encoded]

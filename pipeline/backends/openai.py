@@ -50,6 +50,7 @@ import urllib.request
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from ..config import PARADIGMS, eos_for
 from ..errors import PipelineError
 from . import register
 from .base import Backend, GenRequest, GenResult
@@ -170,8 +171,9 @@ class OpenAIBackend(Backend):
             json.dumps(m.api_extra)
         except (TypeError, ValueError):
             fail("api_extra", "must hold plain values (strings, numbers, booleans, lists, tables): it is sent as JSON")
-        if len(m.extra_eos) > 4:
-            fail("extra_eos", f"has {len(m.extra_eos)} entries; they are sent as `stop` strings, and "
+        most = max(len(m.eos_for(p)) for p in PARADIGMS)
+        if most > 4:
+            fail("extra_eos", f"has {most} entries; they are sent as `stop` strings, and "
                               f"OpenAI-compatible servers take at most 4")
 
     @classmethod
@@ -202,7 +204,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
                  timeout_s: float = 120.0, retries: int = 10, backoff_s: float = 1.0, extra: dict | None = None,
-                 stop: list[str] | None = None, label: str | None = None, key_env: str | None = None):
+                 stop: list[str] | dict[str, list[str]] | None = None, label: str | None = None,
+                 key_env: str | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._key = api_key
@@ -211,7 +214,7 @@ class OpenAIBackend(Backend):
         self.retries = retries
         self.backoff_s = backoff_s
         self.extra = dict(extra or {})
-        self.stop = list(stop or [])
+        self.stop = stop or []
         self.label = label or f"model '{model}'"
         self.key_env = key_env
         self.structured_checked = False
@@ -269,8 +272,9 @@ class OpenAIBackend(Backend):
                 "temperature": 0.0 if r.greedy else r.temperature, "top_p": 1.0 if r.greedy else r.top_p}
         if r.seed is not None and not r.greedy:
             body["seed"] = int(r.seed)
-        if self.stop:
-            body["stop"] = self.stop
+        stop = eos_for(self.stop, r.stage)
+        if stop:
+            body["stop"] = stop
         if r.allowed_regex is not None:
             body[STRUCTURED_FIELD] = {"regex": r.allowed_regex}
         elif r.allowed_choices is not None:

@@ -14,6 +14,17 @@ Differences from transformers `generate` that matter for reproduction:
 - structured outputs (`allowed_regex`, or `allowed_choices` when no regex is given) go
   through `StructuredOutputsParams` and the engine's grammar backend.
 
+What stays the same as `generate` in the authors' scripts:
+- the EOS set is exactly the tokenizer's eos plus the request's stage's `models[].extra_eos`
+  (`ignore_eos` with explicit `stop_token_ids`): vLLM by itself would also stop at every
+  `eos_token_id` of the model's generation config (e.g. Llama 3.1's `<|end_of_text|>` and
+  `<|eom_id|>`, Qwen's `<|endoftext|>` in FA), which the authors' explicit terminators did not;
+- `models[].fix_mistral_regex`: vLLM 0.32 takes no tokenizer arguments, so the prompts of a
+  fixed stage are tokenized here by transformers' tokenizer loaded with
+  `fix_mistral_regex=True` (special tokens added, as the authors' `tokenizer(...)` did) and
+  sent as token ids; the fix changes only how text is split into tokens, so vLLM's own
+  tokenizer still detokenizes the answers.
+
 Scoring (`score`, the `fc_scored` paradigm) is exact, and keeps prefix caching. The
 continuations of one prompt form a token trie; every trie node that has children is one
 request, the prompt plus the node's tokens, asking with `logprob_token_ids` for the
@@ -49,6 +60,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..config import eos_for, fixes_mistral_regex
 from ..errors import PipelineError
 from ..prompts import render_chat
 from . import model_path, register, runtime_dtype
@@ -89,6 +101,13 @@ def _generation_defaults(path: str) -> dict:
     return {"top_k": int(gen.get("top_k") or 50), "repetition_penalty": float(gen.get("repetition_penalty") or 1.0)}
 
 
+def _fixed_tokenizer(path: str):
+    """transformers' tokenizer of `path` with the Mistral pre-tokenizer fix."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, fix_mistral_regex=True)
+
+
 @register("vllm")
 class VLLMBackend(Backend):
     """Offline `vllm.LLM` with per-request sampling parameters."""
@@ -119,8 +138,8 @@ class VLLMBackend(Backend):
                  max_num_seqs: int = 256, gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, enforce_eager: bool = False,
                  enable_prefix_caching: bool = True, seed: int = 0,
-                 extra_eos: list[str] | None = None, fix_mistral_regex: bool = False,
-                 score_method: str = "tree"):
+                 extra_eos: list[str] | dict[str, list[str]] | None = None,
+                 fix_mistral_regex: bool | list[str] = False, score_method: str = "tree"):
         if score_method not in SCORE_METHODS:
             raise ValueError(f"score_method {score_method!r}: use one of {', '.join(SCORE_METHODS)}")
         self.score_method = score_method
@@ -136,8 +155,6 @@ class VLLMBackend(Backend):
             # A prompt whose prefill is split over steps makes vLLM rewind its seeded generator,
             # which CPU generators cannot do ("CPU Generator does not use offset"): prefill whole.
             extra.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 4096))
-        if fix_mistral_regex:
-            log.warning("fix_mistral_regex applies to the hf backend only; vLLM loads the tokenizer itself")
         self.llm = LLM(model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=max_model_len,
                        max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager,
@@ -145,13 +162,35 @@ class VLLMBackend(Backend):
                        disable_log_stats=True, **extra)
         self.tok = self.llm.get_tokenizer()
         self.defaults = _generation_defaults(path)
-        self.stop_ids: list[int] = []
+        self.extra_eos, self.fix = extra_eos or [], fix_mistral_regex
+        self.tok_fixed = _fixed_tokenizer(path) if fix_mistral_regex else None
+        self._stops: dict[str | None, list[int]] = {}
         vocab = self.tok.get_vocab()
-        for tok in extra_eos or []:
-            if tok in vocab:
-                self.stop_ids.append(vocab[tok])
-            else:
+        for tok in eos_for(self.extra_eos, None):
+            if tok not in vocab:
                 log.warning("extra_eos token %r is not in the vocabulary of %s; ignored", tok, path)
+
+    def stop_ids(self, stage: str | None) -> list[int]:
+        """Token ids that end an answer of `stage`: the tokenizer's eos and the stage's extra EOS."""
+        if stage not in self._stops:
+            vocab = self.tok.get_vocab()
+            eos = [] if self.tok.eos_token_id is None else [int(self.tok.eos_token_id)]
+            extra = [vocab[t] for t in eos_for(self.extra_eos, stage) if t in vocab]
+            self._stops[stage] = list(dict.fromkeys(eos + extra))
+        return self._stops[stage]
+
+    def tokenizer(self, stage: str | None):
+        """The tokenizer prompts of `stage` are encoded with (the fixed one where configured)."""
+        return self.tok_fixed if self.tok_fixed is not None and fixes_mistral_regex(self.fix, stage) else self.tok
+
+    def _prompt(self, r: GenRequest):
+        text = self._text(r)
+        tok = self.tokenizer(r.stage)
+        if tok is self.tok:
+            return text
+        from vllm.inputs import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=list(tok(text)["input_ids"]))
 
     def render(self, messages: list[dict]) -> str:
         return render_chat(self.tok, messages)
@@ -160,7 +199,8 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        kw = dict(max_tokens=r.max_tokens, stop_token_ids=self.stop_ids or None,
+        stops = self.stop_ids(r.stage)
+        kw = dict(max_tokens=r.max_tokens, stop_token_ids=stops or None, ignore_eos=bool(stops),
                   skip_special_tokens=True, repetition_penalty=self.defaults["repetition_penalty"])
         if r.greedy:
             kw.update(temperature=0.0)
@@ -175,13 +215,13 @@ class VLLMBackend(Backend):
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         if not requests:
             return []
-        outs = self.llm.generate([self._text(r) for r in requests], [self._params(r) for r in requests],
+        outs = self.llm.generate([self._prompt(r) for r in requests], [self._params(r) for r in requests],
                                  use_tqdm=False)
         return [GenResult(text=o.outputs[0].text, n_prompt_tokens=len(o.prompt_token_ids or []),
                           n_output_tokens=len(o.outputs[0].token_ids)) for o in outs]
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        encoded = [continuation_ids(self.tok, r) for r in requests]
+        encoded = [continuation_ids(self.tokenizer(r.stage), r) for r in requests]
         if not encoded:
             return []
         if self.score_method == "tree":
