@@ -62,7 +62,6 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
 from .options import Options, select
-from .rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -553,13 +552,13 @@ def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[st
     """Extract one model x strategy on a Ray worker with the hidden module's own code."""
     os.environ.update(env)
     logging.basicConfig(level=logging.WARNING)
-    from .hidden import extract
-    from .pooling import Pooler, load_model
+    from .hidden import extract, make_pooler
+    from .pooling import load_model
 
     t0 = time.perf_counter()
     tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
     _set_threads(threads)
-    pooler = Pooler(tok, lm, cfg.hidden.batch_size, Rules.of(cfg))
+    pooler = make_pooler(cfg, tok, lm)
     t1 = time.perf_counter()
     summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
     return {"model": model, "strategy": strategy, "node": socket.gethostname(), "pid": os.getpid(),
