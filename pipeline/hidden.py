@@ -68,11 +68,13 @@ def run(cfg: Config, opts) -> None:
     loaded only when some strategy still has work.
     """
     words, todo, sentences = pending(cfg, opts)
+    force = Options.of(opts).force
     for name in dict.fromkeys(n for n, _, _ in todo):
         tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
         pooler = make_pooler(cfg, tok, model)
         for _, strategy, fp in (cell for cell in todo if cell[0] == name):
-            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None,
+                    force=force)
 
 
 def make_pooler(cfg: Config, tok, model) -> Pooler:
@@ -181,13 +183,16 @@ def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None,
 
 
 def extract(cfg: Config, model_name: str, strategy: str, words: list[str], pooler: Pooler, fp: str,
-            sentences: list[list[str]] | None = None) -> dict:
+            sentences: list[list[str]] | None = None, force: bool = False) -> dict:
     """Extract one strategy for one model into `paths.hidden_file`, resumably.
 
     Takes a lock on the output, so a second run of the same cell is refused instead of
     racing on the partial file. Words with no sentence (``averaged``) use
     `Rules.averaged_fallback`; their names and number go into the manifest summary and the
     sidecar json.
+
+    Args:
+        force: replace an extraction made with other settings (`--force`).
 
     Returns:
         The summary recorded in the manifest.
@@ -197,7 +202,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     """
     out = paths.hidden_file(cfg, model_name, strategy)
     man = Manifest(cfg.run_dir)
-    step = man.step(stage_key(model_name, strategy), fp)
+    step = man.step(stage_key(model_name, strategy), fp, force=force)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
         if step.done(quiet=True):
             log.info("hidden %s/%s: completed by another run meanwhile, skipping", model_name, strategy)

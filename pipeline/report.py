@@ -79,12 +79,15 @@ _VERSION = 2
 # ---------------------------------------------------------------- inputs
 
 def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
-    """The result tables that exist (missing or empty ones are left out)."""
+    """The result tables that exist (missing or empty ones are left out); hidden-state rows
+    of the paper's centered geometry only (`rsa.hidden_geometry` variants stay in results/)."""
     out = {}
     for name in _TABLES:
         path = paths.result_table(cfg, name)
         if path.exists():
             df = pd.read_parquet(path)
+            if "geometry" in df:
+                df = df[df.geometry == "centered"]
             if not df.empty:
                 out[name] = df
     return out

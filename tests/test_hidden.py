@@ -250,3 +250,14 @@ def test_storage_keeps_values_beyond_float16(stage_cfg, tiny, monkeypatch):
     half = hidden.load_hidden(cfg16, "tiny", "meaning", n_words=len(WORDS))
     assert half.dtype == np.float16
     np.testing.assert_allclose(half[:, 0].astype(np.float32), ref / 1e5, rtol=2e-3, atol=2e-3)
+
+
+def test_force_replaces_an_extraction_made_with_other_settings(stage_cfg):
+    """`hidden --force` after a settings change re-extracts (it stopped at the stale record)."""
+    cfg = stage_cfg(strategies=["meaning"], sink_guard="none")
+    hidden.run(cfg, Options())
+    cfg2 = stage_cfg(strategies=["meaning"])
+    with pytest.raises(PipelineError, match="--force"):
+        hidden.run(cfg2, Options())
+    hidden.run(cfg2, Options(force=True))
+    assert Manifest(cfg2.run_dir).summary("hidden/tiny/meaning")["sink_guard"] == "bos '<|im_start|>'"
