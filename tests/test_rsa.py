@@ -208,3 +208,17 @@ def test_hidden_geometry_config_is_checked(make_config):
         make_config(rsa={"hidden_geometry": ["zscored"]})
     with pytest.raises(ConfigError, match="must include"):
         make_config(rsa={"hidden_geometry": ["standardized"]})
+
+
+def test_float16_and_float32_hidden_files_read_alike(make_config, tmp_path):
+    """Issue 20.7: hidden files are float32 now; float16 ones (hidden.store_dtype, older runs)
+    are still read, and give the same RSA up to float16 rounding."""
+    got = {}
+    for dtype in ("float32", "float16"):
+        cfg = syn.config(make_config, experiment={"name": dtype, "data_dir": str(tmp_path / "d")},
+                         hidden={"store_dtype": dtype})
+        data = syn.build(cfg)
+        assert data["hidden"]["m1", "meaning"].dtype == np.dtype(dtype)
+        rsa.run(cfg, Options())
+        got[dtype] = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").rsa.to_numpy()
+    np.testing.assert_allclose(got["float16"], got["float32"], atol=5e-3)
