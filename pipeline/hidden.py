@@ -18,8 +18,9 @@ is the mean over the tokens whose character span overlaps the word's last occurr
 (`rules.Rules.locate`: by default case-insensitive on word boundaries of any script; in
 paper mode the authors' case-sensitive ``str.rfind``, which can land inside a longer word,
 e.g. "art" in "start"), or over all non-special tokens (by id; default rules: never position
-0 either) when the word is not found. A word without any sentence (``averaged``) is represented by the
-meaning template by default and by the bare word in paper mode, as the authors did.
+0 either) when the word is not found. A word without any sentence (``averaged``) is
+represented by the meaning template by default and by the bare word in paper mode, as the
+authors did.
 
 The paper runs one prompt per forward pass. Here prompts run in right-padded batches
 with an attention mask: with right padding every real token keeps its position and
@@ -230,7 +231,6 @@ def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:
     if n_layers is None:
         probe = pooler.encode([words[0]], [words[0]])
         _, vec = next(pooler.pooled(probe))
-        pooler.guarded = 0
         n_layers, dim = vec.shape[0], vec.shape[2]
         out.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(partial, mode="w+", dtype=store, shape=(n_layers, len(words), dim)).flush()
