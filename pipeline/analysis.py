@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .comparison import METHODS, Ranker, overlaps, rank, standardize, standardize_rows, topk, triu_mask
-from .similarity import alphabetical_pairs, centered_cosine, sample_pairs
+from .similarity import HIDDEN_GEOMETRIES, alphabetical_pairs, sample_pairs
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _sub(sim: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def analyse_cell(hidden: np.ndarray, refs: dict[str, Reference], methods, *, paper_pairs: int, seed: int,
                  nn_k=(), bootstrap: int = 0, words: list[str] | None = None,
-                 rows: np.ndarray | None = None) -> tuple[list[dict], list[dict]]:
+                 rows: np.ndarray | None = None, geometry: str = "centered") -> tuple[list[dict], list[dict]]:
     """RSA, NN@k and bootstrap CIs of every layer 1..L of one hidden stack against references.
 
     Each reference is prepared once (ranked with `scipy.stats.rankdata` for Spearman,
@@ -89,17 +89,20 @@ def analyse_cell(hidden: np.ndarray, refs: dict[str, Reference], methods, *, pap
             them in alphabetical order (default: row order).
         rows: restrict the hidden stack to these word rows (centering included) to match
             references already restricted the same way (paper mode's common words).
+        geometry: the layer similarity, a key of `similarity.HIDDEN_GEOMETRIES` (``centered``:
+            the paper's mean-centered cosine; ``standardized``: z-scored dimensions).
 
     Returns:
         (rsa rows, nn rows) without the model/strategy columns.
     """
+    similarity = HIDDEN_GEOMETRIES[geometry]
     n_layers = hidden.shape[0] - 1
     n = hidden.shape[1] if rows is None else len(rows)
     cell = Cell(n, n_layers, refs, methods, paper_pairs=paper_pairs, seed=seed, nn_k=nn_k,
                  bootstrap=bootstrap, words=words)
     for layer in range(1, n_layers + 1):
         x = hidden[layer] if rows is None else np.asarray(hidden[layer])[rows]
-        cell.layer(layer, centered_cosine(x, compute=np.float32))
+        cell.layer(layer, similarity(x, compute=np.float32))
     return cell.rows(), cell.nn_rows
 
 

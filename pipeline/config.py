@@ -135,6 +135,9 @@ class HiddenCfg:
     batch_size: int = 16
     dtype: str = "bfloat16"
     device: str = "auto"
+    sink_guard: str = "auto"  # auto | bos | prefix | none: no word token at position 0 (paper mode: none)
+    sink_prefix: str = "\n"  # the neutral text of sink_guard "prefix" (and "auto" without a BOS token)
+    store_dtype: str = "float32"  # float32 (every value kept) | float16 (half the size; refused on overflow)
 
 
 @dataclass
@@ -159,6 +162,7 @@ class RsaCfg:
     svd_variants: bool = False  # the paper's SVD / weighting ablation (`svd`): results/svd_variants.parquet
     svd_dims: list[int] = field(default_factory=lambda: [100, 300, 600])
     svd_seed: int = 42  # TruncatedSVD random_state
+    hidden_geometry: list[str] = field(default_factory=lambda: ["centered"])  # centered | standardized
 
 
 @dataclass
@@ -233,6 +237,9 @@ PARADIGMS = ("fc", "fa", "fc_scored")
 FIX_STAGES = (*PARADIGMS, "hidden")
 """Stages `models[].fix_mistral_regex` can name: the behavioral paradigms and the hidden states."""
 STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
+SINK_GUARDS = ("auto", "bos", "prefix", "none")
+STORE_DTYPES = ("float32", "float16")
+HIDDEN_GEOMETRIES = ("centered", "standardized")
 RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
 HUMAN = "human:"
@@ -517,11 +524,22 @@ def _validate(cfg: Config) -> None:
               "hidden.strategies includes 'averaged'")
     if h.batch_size < 1 or h.max_sentences < 1:
         _fail(cfg, "hidden.batch_size", "and hidden.max_sentences must be at least 1")
+    _choices(cfg, "hidden.sink_guard", [h.sink_guard], SINK_GUARDS)
+    if cfg.experiment.paper_mode and h.sink_guard in ("bos", "prefix"):
+        _fail(cfg, "hidden.sink_guard", f"= \"{h.sink_guard}\" changes the texts, but paper mode feeds the raw text as "
+              f"the authors did; remove the key (paper mode uses \"none\") or set experiment.paper_mode = false")
+    if h.sink_guard in ("auto", "prefix") and not h.sink_prefix.strip(" "):
+        _fail(cfg, "hidden.sink_prefix", "must be a short non-empty text, e.g. \"\\n\"")
+    _choices(cfg, "hidden.store_dtype", [h.store_dtype], STORE_DTYPES)
     if "{w}" not in cfg.baselines.encoder_template:
         _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
     _validate_norms(cfg)
     r = cfg.rsa
     _choices(cfg, "rsa.methods", r.methods, RSA_METHODS)
+    _choices(cfg, "rsa.hidden_geometry", r.hidden_geometry, HIDDEN_GEOMETRIES)
+    if "centered" not in r.hidden_geometry:
+        _fail(cfg, "rsa.hidden_geometry", "must include \"centered\" (the paper's geometry, which the report and "
+              "the regression use); add \"standardized\" beside it")
     _validate_references(cfg)
     if any(k < 1 for k in r.nn_k):
         _fail(cfg, "rsa.nn_k", "values must be at least 1")

@@ -62,7 +62,6 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
 from .options import Options, model_paradigms, select
-from .rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -550,19 +549,20 @@ def _finish(cfg: Config, man: Manifest, job: _Job, engine: dict | None) -> None:
 # ---------------------------------------------------------------------------------- hidden
 
 def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[str],
-                 sentences: list[list[str]] | None, threads: int, env: dict[str, str]) -> dict:
+                 sentences: list[list[str]] | None, threads: int, env: dict[str, str], force: bool = False) -> dict:
     """Extract one model x strategy on a Ray worker with the hidden module's own code."""
     os.environ.update(env)
     logging.basicConfig(level=logging.WARNING)
-    from .hidden import extract
-    from .pooling import Pooler, load_model
+    from .hidden import extract, make_pooler
+    from .pooling import load_model
 
     t0 = time.perf_counter()
     tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
     _set_threads(threads)
-    pooler = Pooler(tok, lm, cfg.hidden.batch_size, Rules.of(cfg))
+    pooler = make_pooler(cfg, tok, lm)
     t1 = time.perf_counter()
-    summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+    summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None,
+                      force=force)
     return {"model": model, "strategy": strategy, "node": socket.gethostname(), "pid": os.getpid(),
             "load_s": round(t1 - t0, 3), "extract_s": round(time.perf_counter() - t1, 3),
             "words": summary.get("words"), "texts": summary.get("texts")}
@@ -613,7 +613,8 @@ def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> N
             while pending or inflight:
                 while pending and len(inflight) < res.n:
                     name, strategy, fp = pending.popleft()
-                    ref = task.remote(worker_cfg, name, strategy, fp, words_ref, sent_ref, int(res.num_cpus), env)
+                    ref = task.remote(worker_cfg, name, strategy, fp, words_ref, sent_ref, int(res.num_cpus), env,
+                                      bool(getattr(opts, "force", False)))
                     inflight[ref] = (name, strategy)
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
                 name, strategy = inflight.pop(ref)

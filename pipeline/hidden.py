@@ -1,20 +1,26 @@
 """`hidden` stage: layerwise hidden-state vectors of every vocabulary word (METHOD.md §4).
 
 For each model and extraction strategy, each word gets one vector per layer (layer 0 =
-embedding output, then every block), stored as float16 ``(L+1) x N x dim`` in vocabulary
-order at `hidden/<model>/<strategy>.npy`:
+embedding output, then every block), stored ``(L+1) x N x dim`` in vocabulary order at
+`hidden/<model>/<strategy>.npy`, as float32 by default (`hidden.store_dtype`: every pooled
+value as computed; ``float16`` halves the size and refuses values beyond its range instead of
+clipping them):
 
 - ``meaning``, ``task_fc``, ``task_fa``: one prompt per word (`prompts.hidden_prompt`).
 - ``averaged``: the mean over up to `hidden.max_sentences` corpus sentences per word
   (`hidden.sentences`, one sentence per line; see `sentences.load_sentences`).
 
-Texts are raw (no chat template) and tokenized with the tokenizer's default special tokens.
-A word's vector in one text is the mean over the tokens whose character span overlaps the
-word's last occurrence (`rules.Rules.locate`: by default case-insensitive on word
-boundaries of any script; in paper mode the authors' case-sensitive ``str.rfind``, which can
-land inside a longer word, e.g. "art" in "start"), or over all non-special tokens when the
-word is not found. A word without any sentence (``averaged``) is represented by the
-meaning template by default and by the bare word in paper mode, as the authors did.
+Texts are raw (no chat template) and tokenized with the tokenizer's default special tokens;
+outside paper mode a text that starts with a non-special token gets the sink guard
+(`hidden.sink_guard`, `pooling.guard_tokens`: the model's BOS, else `hidden.sink_prefix`) in
+front, so no word is pooled at position 0, the attention sink. A word's vector in one text
+is the mean over the tokens whose character span overlaps the word's last occurrence
+(`rules.Rules.locate`: by default case-insensitive on word boundaries of any script; in
+paper mode the authors' case-sensitive ``str.rfind``, which can land inside a longer word,
+e.g. "art" in "start"), or over all non-special tokens (by id; default rules: never position
+0 either) when the word is not found. A word without any sentence (``averaged``) is
+represented by the meaning template by default and by the bare word in paper mode, as the
+authors did.
 
 The paper runs one prompt per forward pass. Here prompts run in right-padded batches
 with an attention mask: with right padding every real token keeps its position and
@@ -47,9 +53,10 @@ from .sentences import harvest, load_sentences
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2
 _BLOCK_WORDS = 128
 _FP16_MAX = float(np.finfo(np.float16).max)
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 # ---------------------------------------------------------------- stage
@@ -62,11 +69,21 @@ def run(cfg: Config, opts) -> None:
     loaded only when some strategy still has work.
     """
     words, todo, sentences = pending(cfg, opts)
+    force = Options.of(opts).force
     for name in dict.fromkeys(n for n, _, _ in todo):
         tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
-        pooler = Pooler(tok, model, cfg.hidden.batch_size, Rules.of(cfg))
+        pooler = make_pooler(cfg, tok, model)
         for _, strategy, fp in (cell for cell in todo if cell[0] == name):
-            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None)
+            extract(cfg, name, strategy, words, pooler, fp, sentences if strategy == "averaged" else None,
+                    force=force)
+
+
+def make_pooler(cfg: Config, tok, model) -> Pooler:
+    """The run's pooler: its batch size, rules and sink guard (`Rules.sink_guard`)."""
+    h = cfg.hidden
+    rules = Rules.of(cfg)
+    return Pooler(tok, model, h.batch_size, rules, sink_guard=rules.sink_guard(h.sink_guard),
+                  sink_prefix=h.sink_prefix)
 
 
 def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
@@ -200,8 +217,11 @@ def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> s
     from .prompts import HIDDEN_TEMPLATES, PROMPTS_DIR
 
     h = cfg.hidden
+    rules = Rules.of(cfg)
+    guard = rules.sink_guard(h.sink_guard)
     inputs = {"version": _VERSION, "vocab": vocab_fp, "model": mcfg.path, "revision": mcfg.revision,
-              "strategy": strategy, "dtype": h.dtype, "rules": Rules.of(cfg).name,
+              "strategy": strategy, "dtype": h.dtype, "rules": rules.name, "store_dtype": h.store_dtype,
+              "sink_guard": guard, **({"sink_prefix": h.sink_prefix} if guard in ("auto", "prefix") else {}),
               "template": sha256_file(PROMPTS_DIR / f"{HIDDEN_TEMPLATES.get(strategy, 'hidden_meaning')}.txt")}
     if strategy == "averaged":
         inputs.update({"sentences": sha256_file(h.sentences), "max_sentences": h.max_sentences})
@@ -230,13 +250,16 @@ def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None,
 
 
 def extract(cfg: Config, model_name: str, strategy: str, words: list[str], pooler: Pooler, fp: str,
-            sentences: list[list[str]] | None = None) -> dict:
+            sentences: list[list[str]] | None = None, force: bool = False) -> dict:
     """Extract one strategy for one model into `paths.hidden_file`, resumably.
 
     Takes a lock on the output, so a second run of the same cell is refused instead of
     racing on the partial file. Words with no sentence (``averaged``) use
     `Rules.averaged_fallback`; their names and number go into the manifest summary and the
     sidecar json.
+
+    Args:
+        force: replace an extraction made with other settings (`--force`).
 
     Returns:
         The summary recorded in the manifest.
@@ -246,7 +269,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     """
     out = paths.hidden_file(cfg, model_name, strategy)
     man = Manifest(cfg.run_dir)
-    step = man.step(stage_key(model_name, strategy), fp)
+    step = man.step(stage_key(model_name, strategy), fp, force=force)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
         _remove_stale_temps(out)
         if step.done(quiet=True):
@@ -283,15 +306,16 @@ def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:
                     model_name, strategy, len(fallback), cfg.hidden.sentences,
                     "the bare word" if rules.averaged_fallback == "word" else "the meaning template",
                     ", ".join(fallback[:20]) + (" ..." if len(fallback) > 20 else ""))
+    store = STORE_DTYPES[cfg.hidden.store_dtype]
     done, n_layers, dim = _resume_point(partial, progress_path, fp, len(words))
     if n_layers is None:
         probe = pooler.encode([words[0]], [words[0]])
         _, vec = next(pooler.pooled(probe))
         n_layers, dim = vec.shape[0], vec.shape[2]
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n_layers, len(words), dim)).flush()
+        np.lib.format.open_memmap(partial, mode="w+", dtype=store, shape=(n_layers, len(words), dim)).flush()
         _save_progress(progress_path, {"fingerprint": fp, "done": 0, "shape": [n_layers, len(words), dim],
-                                       "not_found": 0, "texts": 0})
+                                       "not_found": 0, "texts": 0, "guarded": 0})
         done = 0
     elif done:
         log.info("hidden %s/%s: resuming at word %d of %d", model_name, strategy, done, len(words))
@@ -305,7 +329,7 @@ def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:
             owners += [j - i0] * len(texts[j])
             flat_texts += texts[j]
             flat_words += [words[j]] * len(texts[j])
-        before = pooler.not_found
+        before, guarded_before = pooler.not_found, pooler.guarded
         encoded = pooler.encode(flat_texts, flat_words)
         sums = torch.zeros((n_layers, i1 - i0, dim), dtype=torch.float32)
         owners_t = torch.tensor(owners)
@@ -318,35 +342,43 @@ def _extract(cfg, step, model_name, strategy, words, pooler, sentences) -> dict:
             raise PipelineError(f"hidden {model_name}/{strategy}: the model produced NaN or inf hidden states for "
                                 f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''} (hidden.dtype = "
                                 f"{cfg.hidden.dtype}); try hidden.dtype = \"float32\", or check the model files")
-        big = np.abs(block) > _FP16_MAX
-        if big.any():
-            state["clipped"] = state.get("clipped", 0) + int(big.sum())
-            np.clip(block, -_FP16_MAX, _FP16_MAX, out=block)
-        mm[:, i0:i1, :] = block.astype(np.float16)
+        if store is np.float16:
+            _check_fp16(block, words[i0:i1], model_name, strategy)
+        mm[:, i0:i1, :] = block.astype(store)
         mm.flush()
         state.update({"done": i1, "not_found": state["not_found"] + pooler.not_found - before,
-                      "texts": state["texts"] + len(flat_texts)})
+                      "texts": state["texts"] + len(flat_texts),
+                      "guarded": state.get("guarded", 0) + pooler.guarded - guarded_before})
         _save_progress(progress_path, state)
         log.info("hidden %s/%s: %d/%d words (%.1f s)", model_name, strategy, i1, len(words), time.perf_counter() - t0)
     del mm
     with open(partial, "rb") as f:
         os.fsync(f.fileno())
     summary = {"layers": n_layers, "dim": dim, "words": len(words), "texts": state["texts"],
-               "word_not_found": state["not_found"], "clipped_fp16": state.get("clipped", 0),
-               "fallback_words": len(fallback),
-               "fallback_word_list": fallback[:50], "rules": rules.name, "dtype": cfg.hidden.dtype}
+               "word_not_found": state["not_found"], "fallback_words": len(fallback),
+               "fallback_word_list": fallback[:50], "rules": rules.name, "dtype": cfg.hidden.dtype,
+               "store_dtype": cfg.hidden.store_dtype, "sink_guard": pooler.guard_name,
+               "guarded_texts": state.get("guarded", 0), "seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_bytes(paths.sidecar(out), json.dumps({**summary, "fallback_word_list": fallback,
                                                              "vocabulary": words}, indent=1).encode())
     os.replace(partial, out)
     progress_path.unlink(missing_ok=True)
-    if state.get("clipped"):
-        log.warning("hidden %s/%s: %d values beyond the float16 range were clipped to +-%g", model_name, strategy,
-                    state["clipped"], _FP16_MAX)
     if state["not_found"]:
         log.warning("hidden %s/%s: in %d texts the word was not found; their vectors average all tokens",
                     model_name, strategy, state["not_found"])
     step.complete([out, paths.sidecar(out)], summary)
     return summary
+
+
+def _check_fp16(block: np.ndarray, words: list[str], model: str, strategy: str) -> None:
+    """Refuse a block that float16 cannot hold (nothing is clipped silently)."""
+    big = np.abs(block) > _FP16_MAX
+    if big.any():
+        bad = sorted({words[int(j)] for j in np.flatnonzero(big.any(axis=(0, 2)))})
+        raise PipelineError(f"hidden {model}/{strategy}: {int(big.sum())} values exceed float16's range "
+                            f"(+-{_FP16_MAX:g}; largest {float(np.abs(block).max()):.4g}, words "
+                            f"{', '.join(bad[:10])}); float16 storage would change them. Set "
+                            f"hidden.store_dtype = \"float32\" (the default) and run again")
 
 
 def _save_progress(path: Path, state: dict) -> None:
@@ -371,7 +403,8 @@ def _resume_point(partial: Path, progress: Path, fp: str, n_words: int) -> tuple
 
 
 def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_words: int | None = None) -> np.ndarray:
-    """The (L+1) x N x dim float16 stack of one model and strategy, validated.
+    """The (L+1) x N x dim stack (float32, or float16 under `hidden.store_dtype`) of one model
+    and strategy, validated.
 
     Args:
         n_words: expected N (the run's vocabulary size); not checked when None.
@@ -386,7 +419,10 @@ def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_wor
     rebuild = rebuild_command(cfg, model, strategy)
     Manifest(cfg.run_dir).require(path, f"hidden states of {model}/{strategy}", rebuild)
     arr = load_npy(path, f"hidden states of {model}/{strategy}", rebuild, shape=(None, n_words, None),
-                   dtype=np.float16, mmap=mmap)
+                   mmap=mmap)
+    if arr.dtype not in (np.float32, np.float16):
+        raise PipelineError(f"{path}: hidden states of {model}/{strategy} have dtype {arr.dtype}, expected float32 or "
+                            f"float16; rebuild it with `{rebuild}`")
     if arr.shape[0] < 2:
         raise PipelineError(f"{path}: hidden states of {model}/{strategy} have {arr.shape[0]} layer(s), expected the "
                             f"embeddings plus at least one block; rebuild it with `{rebuild}`")

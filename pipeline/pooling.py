@@ -2,7 +2,14 @@
 
 A word's vector in one text is the mean, at every layer, over the tokens whose character
 span overlaps the word's occurrence chosen by `rules.Rules.locate` (or over all non-special
-tokens when the word is not found, the paper's fallback). Texts run in right-padded batches
+tokens when the word is not found, the paper's fallback). Special tokens are recognised by id
+(`tokenizer.all_special_ids`, as the authors did), so a literal ``<|endoftext|>`` inside a
+text is never pooled; the default rules also skip the special-tokens mask and position 0.
+
+Sink guard (`hidden.sink_guard`, default mode only): a text that does not start with a
+special token gets the model's BOS (or a fixed neutral prefix, `hidden.sink_prefix`) in front
+of it, so no word token sits at position 0, the attention sink whose hidden state has a norm
+tens of times the others' (SmolLM2 from layer 12 on). Texts run in right-padded batches
 with an attention mask: every real token keeps its position and attends only to real
 tokens, so pooled vectors equal one-prompt-at-a-time ones up to float rounding. The hidden
 stage and the encoder baseline both use this module.
@@ -36,14 +43,17 @@ def locate_word(text: str, word: str, rules: Rules | None = None) -> tuple[int, 
 
 
 def word_token_indices(offsets: list[tuple[int, int]], special: list[int],
-                       span: tuple[int, int] | None, zero_width: bool = False) -> tuple[list[int], bool]:
+                       span: tuple[int, int] | None, zero_width: bool = False,
+                       skip_first: bool = False) -> tuple[list[int], bool]:
     """Token positions to mean-pool for a word.
 
     Args:
         offsets: per-token (start, end) character offsets from a fast tokenizer.
-        special: per-token special-tokens mask (1 = BOS/EOS/pad/...).
+        special: per-token flags, 1 = never pooled (`special_flags`: BOS/EOS/pad/..., by id).
         span: the word's character span, or None when it was not found.
         zero_width: also count tokens with an empty span (the authors' code does).
+        skip_first: leave position 0, the attention sink, out of the whole-text fallback
+            while any other token remains (default rules; the authors pool it).
 
     Returns:
         (indices, found): the non-special tokens overlapping `span`; when `span` is None or
@@ -55,7 +65,49 @@ def word_token_indices(offsets: list[tuple[int, int]], special: list[int],
         hit = [i for i in real if offsets[i][0] < e and offsets[i][1] > s]
         if hit:
             return hit, True
+    if skip_first and len(real) > 1 and real[0] == 0:
+        real = real[1:]
     return real, False
+
+
+def special_flags(ids: list[int], mask: list[int], special_ids, rules: Rules | None = None) -> list[int]:
+    """Per-token 1 where a token is never pooled.
+
+    Paper rules: the authors' test, id in `tokenizer.all_special_ids` (a literal
+    ``<|endoftext|>`` typed inside a text is excluded, which `special_tokens_mask` misses).
+    Default rules: that, or the tokenizer's special-tokens mask.
+    """
+    ids_special = [int(t in special_ids) for t in ids]
+    if (rules or Rules()).paper:
+        return ids_special
+    return [int(a or b) for a, b in zip(ids_special, mask)]
+
+
+def guard_tokens(tok, mode: str, prefix: str = "\n") -> tuple[list[int], str]:
+    """Token ids put before a text that starts with a non-special token, and their name.
+
+    Args:
+        tok: the model's tokenizer.
+        mode: ``bos`` (the tokenizer's BOS), ``prefix`` (`prefix` tokenized without special
+            tokens), ``auto`` (BOS where the tokenizer defines one, else the prefix) or ``none``.
+        prefix: the neutral text of ``prefix`` mode.
+
+    Raises:
+        PipelineError: ``bos`` for a tokenizer without a BOS token, or a prefix with no tokens.
+    """
+    if mode == "none":
+        return [], "none"
+    bos = getattr(tok, "bos_token_id", None)
+    if mode == "bos" or (mode == "auto" and bos is not None):
+        if bos is None:
+            raise PipelineError("hidden.sink_guard = \"bos\" but this model's tokenizer defines no BOS token; use "
+                                "\"auto\" or \"prefix\" (a fixed neutral text, hidden.sink_prefix)")
+        return [int(bos)], f"bos {tok.convert_ids_to_tokens(int(bos))!r}"
+    ids = tok(prefix, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PipelineError(f"hidden.sink_prefix = {prefix!r} has no tokens; give it a short neutral text, "
+                            f"e.g. \"\\n\"")
+    return list(ids), f"prefix {prefix!r}"
 
 
 # ---------------------------------------------------------------- model
@@ -146,12 +198,16 @@ class Pooler:
     forward pass; a model whose cache does not support this falls back to full passes.
     """
 
-    def __init__(self, tok, model, batch_size: int = 16, rules: Rules | None = None, share_prefix: bool = True):
+    def __init__(self, tok, model, batch_size: int = 16, rules: Rules | None = None, share_prefix: bool = True,
+                 sink_guard: str = "none", sink_prefix: str = "\n"):
         self.tok = tok
         self.model = model
         self.batch_size = batch_size
         self.rules = rules or Rules()
         self.share_prefix = share_prefix
+        self.guard, self.guard_name = guard_tokens(tok, sink_guard, sink_prefix)
+        self.guarded = 0
+        self.special_ids = frozenset(int(t) for t in tok.all_special_ids)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self.max_len = getattr(model.config, "max_position_embeddings", None)
         self.not_found = 0
@@ -164,17 +220,23 @@ class Pooler:
         return next(self.model.parameters()).device
 
     def encode(self, texts: list[str], words: list[str]) -> list[tuple[list[int], list[int]]]:
-        """Token ids and the positions to pool, per text."""
+        """Token ids and the positions to pool, per text (the sink guard's tokens in front of
+        a text that does not start with a special token)."""
         enc = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True,
                        return_special_tokens_mask=True, truncation=False)
         out = []
         for k, (text, word) in enumerate(zip(texts, words)):
-            ids = enc["input_ids"][k]
+            ids, offsets = enc["input_ids"][k], enc["offset_mapping"][k]
+            special = special_flags(ids, enc["special_tokens_mask"][k], self.special_ids, self.rules)
+            if self.guard and ids and not special[0]:
+                n = len(self.guard)
+                ids, offsets, special = self.guard + ids, [(0, 0)] * n + list(offsets), [1] * n + special
+                self.guarded += 1
             if self.max_len and len(ids) > self.max_len:
                 raise PipelineError(f"a text for word '{word}' has {len(ids)} tokens, more than the model's "
                                     f"{self.max_len}; shorten the sentences in hidden.sentences")
-            sel, found = word_token_indices(enc["offset_mapping"][k], enc["special_tokens_mask"][k],
-                                            self.rules.locate(text, word), self.rules.pool_zero_width)
+            sel, found = word_token_indices(offsets, special, self.rules.locate(text, word),
+                                            self.rules.pool_zero_width, skip_first=not self.rules.paper)
             if not sel:
                 raise PipelineError(f"a text for word '{word}' has no non-special tokens: {text!r}")
             self.not_found += not found

@@ -84,7 +84,8 @@ _VERSION = 3
 # ---------------------------------------------------------------- inputs
 
 def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
-    """The result tables that exist (missing or empty ones are left out).
+    """The result tables that exist (missing or empty ones are left out); hidden-state rows
+    of the paper's centered geometry only (`rsa.hidden_geometry` variants stay in results/).
 
     Raises:
         PipelineError: a table was changed since its stage wrote it, cannot be read, or lacks
@@ -112,6 +113,8 @@ def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
             if missing:
                 raise PipelineError(f"{path}: not a {name} results table (no column {', '.join(missing[:4])}); "
                                     f"rebuild it with `{rebuild}`")
+            if "geometry" in df:
+                df = df[df.geometry == "centered"]
             if not df.empty:
                 out[name] = df
     return out

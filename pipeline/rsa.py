@@ -1,8 +1,10 @@
 """RSA and NN@k overlap of hidden-state geometry against behavioral and baseline references.
 
 For every model x strategy x layer (1..L; layer 0, the embeddings, is excluded) the hidden
-geometry is the mean-centered cosine of the layer's word vectors (METHOD.md §4). It is
-compared with each reference of `rsa.references`:
+geometry is the mean-centered cosine of the layer's word vectors (METHOD.md §4; column
+`geometry` = ``centered``), and with ``"standardized"`` in `rsa.hidden_geometry` also the cosine
+of z-scored dimensions (`similarity.standardized_cosine`). It is compared with each reference
+of `rsa.references`:
 
 - `fc`, `fa`, `fc_scored`: the same model's behavioral PPMI-cosine
   (`matrices/<model>/<paradigm>/sim_ppmi.npy`; `fc_scored` from expected counts, `scored`);
@@ -56,9 +58,9 @@ Beyond the paper:
 Outputs under `results/`:
 
 - `rsa.parquet`: model, strategy, layer, n_layers, reference, method, n_words, n_pairs, rsa,
-  ci_low, ci_high;
+  ci_low, ci_high, geometry;
 - `nn.parquet` (NN@k overlap in its own table, because its rows have a `k` and no pair
-  count): model, strategy, layer, n_layers, reference, k, n_words, overlap;
+  count): model, strategy, layer, n_layers, reference, k, n_words, overlap, geometry;
 - `reliability.parquet`: model, paradigm, method, n_words, n_pairs, r_half, reliability,
   ceiling_low, ceiling_high, n_trials_a, n_trials_b;
 - `behavior_rsa.parquet` (behavioral geometry compared across models, every pair of models
@@ -100,8 +102,8 @@ _VERSION = 1
 _BEHAVIORAL = PARADIGMS
 _PAPER_COMMON = ("fc", "fa")
 _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method", "n_words", "n_pairs",
-                "rsa", "ci_low", "ci_high"]
-_NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap"]
+                "rsa", "ci_low", "ci_high", "geometry"]
+_NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap", "geometry"]
 _REL_COLUMNS = ["model", "paradigm", "method", "n_words", "n_pairs", "r_half", "reliability",
                 "ceiling_low", "ceiling_high", "n_trials_a", "n_trials_b"]
 _BEH_COLUMNS = ["paradigm", "model_a", "model_b", "method", "n_words", "n_pairs", "rsa"]
@@ -274,9 +276,13 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
             refs["consensus"] = _consensus_on(cfg, strategy, model, rows_sel)
     log.info("rsa %s/%s: %d layers x %d references, methods %s", model, strategy, hidden.shape[0] - 1,
              len(refs), ", ".join(cfg.rsa.methods))
-    rows, nn_rows = analyse_cell(hidden, refs, cfg.rsa.methods, paper_pairs=cfg.rsa.paper_pairs,
-                                 seed=cfg.rsa.seed, nn_k=cfg.rsa.nn_k, bootstrap=cfg.rsa.bootstrap,
-                                 words=cell_words, rows=rows_sel)
+    rows, nn_rows = [], []
+    for geometry in cfg.rsa.hidden_geometry:
+        got, got_nn = analyse_cell(hidden, refs, cfg.rsa.methods, paper_pairs=cfg.rsa.paper_pairs,
+                                   seed=cfg.rsa.seed, nn_k=cfg.rsa.nn_k, bootstrap=cfg.rsa.bootstrap,
+                                   words=cell_words, rows=rows_sel, geometry=geometry)
+        rows += [{**r, "geometry": geometry} for r in got]
+        nn_rows += [{**r, "geometry": geometry} for r in got_nn]
     cell = {"model": model, "strategy": strategy}
     write_parquet(pd.DataFrame([{**cell, **r} for r in rows], columns=_RSA_COLUMNS), part_rsa)
     write_parquet(pd.DataFrame([{**cell, **r} for r in nn_rows], columns=_NN_COLUMNS), part_nn)

@@ -8,7 +8,7 @@ the active rule set is part of every fingerprint it affects. The rules: the FC p
 (`fc_word`, `fc_pick`, `normalize`), the NA strings dropped from responses and whole FA answers
 (`na_strings`, `missing_answers`), rows of cues without a valid response (aggregate), the
 RSA word set (`common_words`), hidden-state word
-location (`locate`, `pool_zero_width`), the averaged fallback (`averaged_fallback`),
+location (`locate`, `pool_zero_width`, `sink_guard`), the averaged fallback (`averaged_fallback`),
 sentence matching (`sentence_tokens`), static-vector lookup (baselines) and missing static
 vectors in the regression (`regress_missing_static`).
 """
@@ -165,6 +165,11 @@ class Rules:
         if self.paper:
             return set(_PAPER_TOKEN_SPLIT.split(low))
         return set(_UNICODE_TOKEN_SPLIT.split(low)) | set(_JOINED_TOKEN.findall(low))
+
+    def sink_guard(self, configured: str) -> str:
+        """The `hidden.sink_guard` in force: the configured one, ``none`` in paper mode (the
+        authors fed the raw text, so a text starting with the word pools position 0)."""
+        return "none" if self.paper else configured
 
     @property
     def averaged_fallback(self) -> str:

@@ -151,6 +151,37 @@ def centered_cosine(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=
     return (u @ u.T).astype(dtype, copy=False)
 
 
+def standardized_cosine(x: np.ndarray, center_rows: np.ndarray | None = None, dtype=np.float32,
+                        compute=np.float64) -> np.ndarray:
+    """Cosine after z-scoring every dimension over the words (`rsa.hidden_geometry` "standardized").
+
+    A few "rogue" dimensions with huge variance dominate a centered cosine (Timkey & van
+    Schijndel 2021); dividing each centered dimension by its standard deviation gives every
+    dimension the same weight. Dimensions constant over the words are dropped (set to 0).
+
+    Args:
+        x: N x D vectors (one layer).
+        center_rows: rows whose mean and standard deviation are used (default all rows).
+        dtype: output dtype.
+        compute: working precision (float32: one BLAS syrk).
+
+    Returns:
+        N x N similarities.
+    """
+    x = np.array(x, dtype=compute)
+    base = x if center_rows is None else x[center_rows]
+    mean = base.mean(axis=0, dtype=np.float64)
+    std = base.std(axis=0, dtype=np.float64)
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    x = (x - mean.astype(compute)) * scale.astype(compute)
+    u = unit_centered(x, dtype=compute, center=False)
+    return (u @ u.T).astype(dtype, copy=False)
+
+
+HIDDEN_GEOMETRIES = {"centered": centered_cosine, "standardized": standardized_cosine}
+"""The hidden-state geometries `rsa.hidden_geometry` can name (`centered` is the paper's)."""
+
+
 def upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-major indices (i < j) of the strict upper triangle of an n x n matrix."""
     return np.triu_indices(n, k=1)

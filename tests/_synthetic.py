@@ -139,7 +139,7 @@ def build(cfg, n_layers: int = 4, dim: int = 12, seed: int = 0, missing_static=(
             aggregate_one(cfg, model, p, words)
         for strategy in cfg.hidden.strategies if not cfg.model(model).behavior_only else ():
             offset = 3 * rng.standard_normal(dim)
-            stack = np.empty((n_layers + 1, n, dim), dtype=np.float16)
+            stack = np.empty((n_layers + 1, n, dim), dtype=np.dtype(cfg.hidden.store_dtype))
             for layer in range(n_layers + 1):
                 mix = rng.standard_normal((4, dim))
                 noise = (0.3 + 0.4 * layer / n_layers + 0.2 * mi) * rng.standard_normal((n, dim))

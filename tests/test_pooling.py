@@ -66,11 +66,18 @@ def test_word_token_indices_multi_token_and_fallback(tiny_llama_dir):
 
 # ------------------------------------------------------------ pooling
 
-def _reference(model, tok, text, word, paper_compat=False):
-    """One prompt per forward pass, tokens chosen from offsets, mean per layer (the paper)."""
+def _reference(model, tok, text, word, paper_compat=False, guard=False):
+    """One prompt per forward pass, tokens chosen from offsets, mean per layer (the paper);
+    `guard`: the BOS in front of a text that does not start with a special token."""
     import torch
 
     enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+    if guard and int(enc["input_ids"][0, 0]) not in tok.all_special_ids:
+        enc["input_ids"] = torch.cat([torch.tensor([[tok.bos_token_id]]), enc["input_ids"]], dim=1)
+        enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+        enc["offset_mapping"] = torch.cat([torch.zeros((1, 1, 2), dtype=torch.long), enc["offset_mapping"]], dim=1)
+        enc["special_tokens_mask"] = torch.cat([torch.ones((1, 1), dtype=torch.long),
+                                                enc["special_tokens_mask"]], dim=1)
     with torch.no_grad():
         hs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                    output_hidden_states=True).hidden_states
@@ -122,3 +129,89 @@ def test_shared_prefix_pass_equals_reference(tiny, strategy):
     assert pooler.forward_calls == 1 + 3 + 1
     for i, (text, word) in enumerate(zip(texts, words)):
         np.testing.assert_allclose(got[i], _reference(model, tok, text, word), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------ special tokens and the attention sink
+
+def test_fallback_excludes_special_tokens_by_id(tiny):
+    """Issue 20.2: a literal <|endoftext|> inside a text has special_tokens_mask 0 but a special id;
+    the whole-text fallback (word not found) must leave it out, in paper mode as the authors did."""
+    tok, model = tiny
+    text = "Once upon <|endoftext|> a time"
+    for rules in (PAPER, Rules()):
+        pooler = pooling.Pooler(tok, model, rules=rules)
+        (ids, sel), = pooler.encode([text], ["xylophone"])
+        eot = ids.index(tok.convert_tokens_to_ids("<|endoftext|>"))
+        assert pooler.not_found == 1 and eot not in sel
+        assert all(ids[i] not in tok.all_special_ids for i in sel) and len(sel) == len(ids) - 1 - (not rules.paper)
+
+
+def test_sink_guard_keeps_the_word_off_position_0(tiny):
+    """Issue 21: a sentence starting with the word pools position 0 (the attention sink) unless
+    the BOS (or the neutral prefix) is put in front; paper mode feeds the raw text."""
+    tok, model = tiny
+    text = "Service provided to customers is good."
+    raw = tok(text)["input_ids"]
+    (ids, sel), = pooling.Pooler(tok, model, rules=PAPER).encode([text], ["service"])
+    assert ids == raw and pooling.locate_word(text, "service", PAPER) is None
+    (ids, sel), = pooling.Pooler(tok, model, rules=PAPER).encode([text], ["Service"])
+    assert sel == [0]
+    pooler = pooling.Pooler(tok, model, sink_guard="auto")
+    (ids, sel), = pooler.encode([text], ["service"])
+    assert ids == [tok.bos_token_id] + raw and sel == [1] and pooler.guarded == 1
+    assert pooler.guard_name == "bos '<|im_start|>'"
+    pooler = pooling.Pooler(tok, model, sink_guard="prefix", sink_prefix="\n")
+    (ids, sel), = pooler.encode([text], ["service"])
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    assert ids == nl + raw and sel == [len(nl)]
+    (ids, sel), = pooling.Pooler(tok, model, sink_guard="auto").encode(["<|im_start|>dog"], ["dog"])
+    assert ids == tok("<|im_start|>dog")["input_ids"]  # already starts with a special token: nothing added
+
+
+def test_default_fallback_never_pools_position_0(tiny):
+    """Without a guard, the default whole-text fallback still leaves the sink position out."""
+    tok, model = tiny
+    text = "Nothing here mentions it."
+    (ids, sel), = pooling.Pooler(tok, model, sink_guard="none").encode([text], ["xylophone"])
+    assert sel == list(range(1, len(ids)))
+    (ids, sel), = pooling.Pooler(tok, model, rules=PAPER).encode([text], ["xylophone"])
+    assert sel == list(range(len(ids)))
+
+
+def test_guard_bos_without_bos_token_is_named(tiny):
+    from pipeline.errors import PipelineError
+
+    tok, model = tiny
+
+    class NoBos:
+        bos_token_id = None
+
+        def __call__(self, text, add_special_tokens=True):
+            return tok(text, add_special_tokens=add_special_tokens)
+
+    with pytest.raises(PipelineError, match="defines no BOS token"):
+        pooling.guard_tokens(NoBos(), "bos")
+    ids, name = pooling.guard_tokens(NoBos(), "auto", "\n")
+    assert ids == tok("\n", add_special_tokens=False)["input_ids"] and name == "prefix '\\n'"
+
+
+@pytest.mark.slow
+def test_sink_guard_removes_the_sink_norm_on_smollm2(smollm2_dir):
+    """The real artifact (issue 21): on SmolLM2 a word pooled at position 0 has a norm tens of
+    times the others' from layer 12 to the last block (the model's final norm hides it in the
+    last entry); with the guard it is an ordinary vector."""
+    from pipeline.config import ModelCfg
+
+    tok, model = pooling.load_model(ModelCfg(name="s", path=str(smollm2_dir)), dtype="float32", device="cpu")
+    texts = ["service provided to customers by the bank.", "The old service was slow.",
+             "People waited for the service to start.", "A quick service at noon."]
+    words = ["service"] * 4
+    ratios = {}
+    for guard in ("none", "auto"):
+        pooler = pooling.Pooler(tok, model, sink_guard=guard)
+        vec = next(pooler.pooled(pooler.encode(texts, words)))
+        idx, v = vec
+        norms = v.norm(dim=-1).numpy()[:, np.argsort(idx)]
+        ratios[guard] = norms[12:-1, 0] / np.median(norms[12:-1, 1:], axis=1)  # the last entry is normed
+    assert ratios["none"].min() > 10
+    assert ratios["auto"].max() < 3

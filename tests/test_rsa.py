@@ -188,3 +188,77 @@ def test_paper_mode_consensus_is_centred_over_the_targets_common_words(make_conf
     full = np.load(paths.consensus_file(cfg, "m2", "meaning"))
     got = df.query("model == 'm2' and layer == 1").rsa.item()
     assert got == pytest.approx(_authors_rsa(hid["m2", "meaning"][1], full, words, 300, 0), abs=1e-6)
+# ---------------------------------------------------------------- standardized geometry (issue 21)
+
+def test_standardized_cosine_equals_sklearn_and_undoes_a_rogue_dimension():
+    from sklearn.metrics.pairwise import cosine_similarity
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.similarity import standardized_cosine
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16))
+    x[:, 3] = 7.0  # constant: dropped
+    ref = cosine_similarity(StandardScaler().fit_transform(x))
+    np.testing.assert_allclose(standardized_cosine(x, dtype=np.float64), ref, atol=1e-12)
+    np.testing.assert_allclose(standardized_cosine(x, compute=np.float32), ref, atol=1e-5)
+    rows = np.arange(30)
+    ref_rows = cosine_similarity(StandardScaler().fit(x[rows]).transform(x))
+    np.testing.assert_allclose(standardized_cosine(x, rows, dtype=np.float64), ref_rows, atol=1e-12)
+    rogue = x.copy()
+    rogue[:, 0] = 1000 * rng.standard_normal(40)  # one dimension with a thousand times the variance
+    truth = centered_cosine(x[:, 1:], dtype=np.float64)
+    tri = np.triu_indices(40, 1)
+    assert comparison.compare(centered_cosine(rogue, dtype=np.float64)[tri], truth[tri]) < 0.3
+    assert comparison.compare(standardized_cosine(rogue, dtype=np.float64)[tri], truth[tri]) > 0.85
+
+
+def test_stage_standardized_geometry_rows_beside_centered(make_config):
+    from pipeline.similarity import standardized_cosine
+
+    cfg = syn.config(make_config)
+    data = syn.build(cfg)
+    rsa.run(cfg, Options())
+    res = paths.results_dir(cfg)
+    centered = pd.read_parquet(res / "rsa.parquet")
+    assert set(centered.geometry) == {"centered"}
+    cfg.rsa.hidden_geometry = ["centered", "standardized"]
+    rsa.run(cfg, Options(force=True))
+    both = pd.read_parquet(res / "rsa.parquet")
+    assert len(both) == 2 * len(centered) and set(both.geometry) == {"centered", "standardized"}
+    key = ["model", "strategy", "layer", "reference", "method"]
+    merged = centered.merge(both[both.geometry == "centered"], on=key)
+    np.testing.assert_allclose(merged.rsa_x, merged.rsa_y, atol=1e-7)
+    row = both.query("model == 'm2' and strategy == 'task_fc' and layer == 3 and reference == 'fa' "
+                     "and method == 'spearman' and geometry == 'standardized'")
+    fa = np.load(paths.matrices_dir(cfg, "m2", "fa") / "sim_ppmi.npy")
+    h = standardized_cosine(data["hidden"]["m2", "task_fc"][3].astype(np.float32))
+    assert row.rsa.item() == pytest.approx(comparison.compare(h, fa), abs=1e-5)
+    nn = pd.read_parquet(res / "nn.parquet")
+    assert set(nn.geometry) == {"centered", "standardized"}
+    from pipeline.report import load_results
+
+    assert set(load_results(cfg)["rsa"].geometry) == {"centered"}
+
+
+def test_hidden_geometry_config_is_checked(make_config):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rsa.hidden_geometry"):
+        make_config(rsa={"hidden_geometry": ["zscored"]})
+    with pytest.raises(ConfigError, match="must include"):
+        make_config(rsa={"hidden_geometry": ["standardized"]})
+
+
+def test_float16_and_float32_hidden_files_read_alike(make_config, tmp_path):
+    """Issue 20.7: hidden files are float32 now; float16 ones (hidden.store_dtype, older runs)
+    are still read, and give the same RSA up to float16 rounding."""
+    got = {}
+    for dtype in ("float32", "float16"):
+        cfg = syn.config(make_config, experiment={"name": dtype, "data_dir": str(tmp_path / "d")},
+                         hidden={"store_dtype": dtype})
+        data = syn.build(cfg)
+        assert data["hidden"]["m1", "meaning"].dtype == np.dtype(dtype)
+        rsa.run(cfg, Options())
+        got[dtype] = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").rsa.to_numpy()
+    np.testing.assert_allclose(got["float16"], got["float32"], atol=5e-3)
