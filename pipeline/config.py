@@ -42,6 +42,7 @@ class TrialsCfg:
     fc_candidates: int = 16
     fc_picks: int = 2
     fc_seed: int = 12345
+    fc_orders: int = 1  # counterbalanced FC: each candidate group in k rotations (trials.py); 1 = the paper's plan
     fa_runs: int = 126
     fa_seed: int = 12345
     fa_associates: int = 5
@@ -402,6 +403,9 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "trials.fc_candidates", f"= {t.fc_candidates} must be at least 2")
     if not 1 <= t.fc_picks < t.fc_candidates:
         _fail(cfg, "trials.fc_picks", f"= {t.fc_picks} must be between 1 and fc_candidates - 1 ({t.fc_candidates - 1})")
+    if not 1 <= t.fc_orders <= t.fc_candidates:
+        _fail(cfg, "trials.fc_orders", f"= {t.fc_orders} must be between 1 (the paper's plan) and fc_candidates "
+              f"({t.fc_candidates}): each order rotates every candidate group to new positions")
     if t.fa_runs < 1 or t.fa_associates < 1:
         _fail(cfg, "trials.fa_runs", "and trials.fa_associates must be at least 1")
     if cfg.vocab.size is not None:
