@@ -64,7 +64,7 @@ class BehaveCfg:
     fa_max_tokens: int = 25
     retry_temperature: float = 0.5
     retry_top_p: float = 0.9
-    scored_counts: str = "expected"  # fc_scored -> counts: first-pick probabilities, or the top fc_picks
+    scored_counts: str | None = None  # fc_scored -> counts: debiased (default) / expected probabilities / top picks
 
 
 @dataclass
@@ -194,7 +194,7 @@ RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
 HUMAN = "human:"
 """Prefix of a human-norms reference: ``human:<norms name>`` (`norms`)."""
-SCORED_COUNTS = ("expected", "top")
+SCORED_COUNTS = ("debiased", "expected", "top")
 NORMS_FORMATS = ("auto", "swow", "counts")
 SWOW_RESPONSES = ("R1", "R2", "R3")
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
@@ -429,6 +429,8 @@ def _validate(cfg: Config) -> None:
     for key in ("fa_top_p", "retry_top_p"):
         if not 0 < getattr(b, key) <= 1:
             _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be in (0, 1]")
+    if b.scored_counts is None:  # the position-prior correction by default; paper mode keeps plain probabilities
+        b.scored_counts = "expected" if cfg.experiment.paper_mode else "debiased"
     _choices(cfg, "behave.scored_counts", [b.scored_counts], SCORED_COUNTS)
     if "fc_scored" in b.paradigms:
         from .backends import backend_class
