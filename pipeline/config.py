@@ -150,6 +150,18 @@ class RegressCfg:
 
 
 @dataclass
+class ValidityCfg:
+    """Thresholds and planning rates of the `validity` stage (README "Measurement validity")."""
+    position_kl: float = 0.1  # choice KL divergence (nats) above which a list-position bias is named
+    norm_ratio: float = 5.0  # a word vector over this many times the median norm is an outlier
+    centred_share: float = 0.25  # one dimension carrying more of the centred geometry is named
+    target_reliability: float = 0.8  # the planner's split-half target r_SB
+    fc_trials_per_s: list[float] = field(default_factory=lambda: [300.0, 500.0])  # H100, 8B model (README)
+    fa_trials_per_s: list[float] = field(default_factory=lambda: [700.0, 1500.0])
+    plan_words: int = 5000  # the planner also costs this vocabulary size (the paper's)
+
+
+@dataclass
 class Config:
     experiment: ExperimentCfg
     vocab: VocabCfg = field(default_factory=VocabCfg)
@@ -161,6 +173,7 @@ class Config:
     rsa: RsaCfg = field(default_factory=RsaCfg)
     regress: RegressCfg = field(default_factory=RegressCfg)
     norms: list[NormsCfg] = field(default_factory=list)
+    validity: ValidityCfg = field(default_factory=ValidityCfg)
     source: str = "<memory>"
 
     @property
@@ -470,6 +483,25 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "regress.train_pairs", "must be >= 10 and regress.cv >= 2")
     if not g.seeds:
         _fail(cfg, "regress.seeds", "must list at least one seed")
+    _validate_validity(cfg)
+
+
+def _validate_validity(cfg: Config) -> None:
+    v = cfg.validity
+    if v.position_kl <= 0:
+        _fail(cfg, "validity.position_kl", f"= {v.position_kl} must be > 0 (nats; 0.1 is the default)")
+    if v.norm_ratio <= 1:
+        _fail(cfg, "validity.norm_ratio", f"= {v.norm_ratio} must be > 1 (times the median norm; 5 is the default)")
+    if not 0 < v.centred_share <= 1:
+        _fail(cfg, "validity.centred_share", f"= {v.centred_share} must be in (0, 1]")
+    if not 0 < v.target_reliability < 1:
+        _fail(cfg, "validity.target_reliability", f"= {v.target_reliability} must be in (0, 1), e.g. 0.8")
+    for key in ("fc_trials_per_s", "fa_trials_per_s"):
+        rate = getattr(v, key)
+        if len(rate) != 2 or not 0 < rate[0] <= rate[1]:
+            _fail(cfg, f"validity.{key}", f"= {rate} must be [low, high] trials per second, 0 < low <= high")
+    if v.plan_words < 2:
+        _fail(cfg, "validity.plan_words", f"= {v.plan_words} must be at least 2")
 
 
 def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
