@@ -211,3 +211,20 @@ def test_validity_config_is_checked(make_config):
         make_config(validity={"target_reliability": 1.0})
     with pytest.raises(ConfigError, match="validity.fc_trials_per_s"):
         make_config(validity={"fc_trials_per_s": [500.0, 300.0]})
+
+
+def test_report_has_validity_section_figure_and_headline(make_config):
+    from pipeline import report, rsa
+    from pipeline.options import Options
+
+    cfg, _ = _biased_run(make_config, orders=1)
+    cfg.rsa.bootstrap = 0
+    rsa.run(cfg, Options())
+    validity.run(cfg, Options())
+    report.run(cfg, Options())
+    text = paths.report_file(cfg).read_text()
+    assert "## Validity" in text and "![validity.png](validity.png)" in text
+    assert "FC (m) is position-biased" in text and "**Reliability planner**" in text
+    assert (paths.report_dir(cfg) / "validity.png").stat().st_size > 10_000
+    head = report.headline(cfg)["validity"]
+    assert head.startswith("FC positions 1-2 ") and "r_SB FC " in head and "largest norm/median" in head
