@@ -81,6 +81,8 @@ def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
     out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": Rules.of(cfg).name}
     if paradigm == "fc_scored":
         out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
+        if cfg.behave.scored_counts == "debiased":
+            out["scored_prior"] = cfg.behave.scored_prior
     return out
 
 
@@ -150,12 +152,12 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     return stats
 
 
-def _scored_mode(cfg: Config) -> tuple[str, int]:
-    return cfg.behave.scored_counts, cfg.trials.fc_picks
+def _scored_mode(cfg: Config) -> tuple[str, int, str]:
+    return cfg.behave.scored_counts, cfg.trials.fc_picks, cfg.behave.scored_prior
 
 
 def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules | None = None,
-                 select=None, scored: tuple[str, int] = ("expected", 2)) -> tuple[sp.csr_matrix, list[str], dict]:
+                 select=None, scored: tuple = ("expected", 2)) -> tuple[sp.csr_matrix, list[str], dict]:
     """Stream the final attempts of a log into a cue x response count matrix.
 
     Cleaning (METHOD.md §2 "Clean", §3 "Counting rules"): lowercase and strip; drop empty
@@ -176,7 +178,7 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
         rules: the run's rules (default rules when None).
         select: optional function of a record batch (columns trial_id, run, cue_idx) returning a
             boolean mask of the trials to count (split halves); default all.
-        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`): ``expected``
+        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`[, `behave.scored_prior`]): ``expected``
             adds each candidate's first-pick probability, ``debiased`` the same after the
             position prior estimated from the counted trials is divided out
             (`scored.PositionPrior`; the stats keep it as ``position_prior``), ``top`` counts the fc_picks most
@@ -206,7 +208,7 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     return counter.result()
 
 
-def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
+def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int, prior_kind: str = "mean"
                   ) -> tuple[sp.csr_matrix, list[str], dict]:
     from .logs import iter_final
     from .scored import PositionPrior, debias, top_picks
@@ -225,7 +227,7 @@ def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
 
     prior = None
     if mode == "debiased":
-        est = PositionPrior()
+        est = PositionPrior(prior_kind)
         for batch in batches():
             batch = batch.filter(pc.is_valid(batch.column("probs")))
             if batch.num_rows:
@@ -252,6 +254,7 @@ def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
     stats.update(dropped_trials=dropped, scored_counts=mode)
     if prior is not None:
         stats["position_prior"] = {str(s): [round(float(x), 6) for x in p] for s, p in sorted(prior.items())}
+        stats["scored_prior"] = prior_kind
     return counts, cols, stats
 
 

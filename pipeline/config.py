@@ -65,6 +65,7 @@ class BehaveCfg:
     retry_temperature: float = 0.5
     retry_top_p: float = 0.9
     scored_counts: str | None = None  # fc_scored -> counts: debiased (default) / expected probabilities / top picks
+    scored_prior: str = "mean"  # debiased: the position prior as the mean probability per position, or "log" (PriDe)
 
 
 @dataclass
@@ -445,6 +446,7 @@ def _validate(cfg: Config) -> None:
     if b.scored_counts is None:  # the position-prior correction by default; paper mode keeps plain probabilities
         b.scored_counts = "expected" if cfg.experiment.paper_mode else "debiased"
     _choices(cfg, "behave.scored_counts", [b.scored_counts], SCORED_COUNTS)
+    _choices(cfg, "behave.scored_prior", [b.scored_prior], ("mean", "log"))
     if "fc_scored" in b.paradigms:
         from .backends import backend_class
 

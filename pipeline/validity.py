@@ -142,12 +142,12 @@ def _fc_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     return {s: (a, b, n) for s, (a, b, n) in out.items()}
 
 
-def _scored_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
+def _scored_profile(directory, kind: str = "mean") -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     """{list length: (summed first-pick probability by position, the same debiased, trials)}."""
     from .logs import iter_final
     from .scored import PositionPrior, debias, normalized_log
 
-    est, batches = PositionPrior(), []
+    est, batches = PositionPrior(kind), []
     for batch in iter_final(directory, ["logprobs", "probs"]):
         batch = batch.filter(pc.is_valid(batch.column("probs")))
         if batch.num_rows:
@@ -177,7 +177,7 @@ def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict],
     if not directory.exists() or not list_parts(directory):
         return [], None
     scored = paradigm == "fc_scored"
-    prof = _scored_profile(directory) if scored else _fc_profile(directory)
+    prof = _scored_profile(directory, cfg.behave.scored_prior) if scored else _fc_profile(directory)
     if not prof:
         return [], None
     rows, kl, kl_deb, trials, picks = [], 0.0, 0.0, 0, 0
@@ -320,25 +320,22 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
     v = cfg.validity
     out = []
     for r in df.itertuples():
-        what = "FA runs per cue" if r.unit == "fa_runs" else "FC rotations (trials.fc_orders)"
+        key = f"trials.{r.unit}"
         name = {"fc": "FC", "fa": "FA", "fc_scored": "Scored FC"}.get(r.paradigm, r.paradigm)
+        head = f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {key} = {int(r.units_now)}"
         if not math.isfinite(r.factor):
-            out.append(f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}); no amount of repetition reaches "
-                       f"{v.target_reliability} by Spearman-Brown (the halves do not agree at all): change the design "
-                       f"(more words, counterbalancing, debiasing) before adding trials.")
-            continue
-        cost = (f"{r.trials_run:,.0f} trials for these {r.n_words} words; {r.trials_plan:,.0f} trials "
-                f"≈ {r.gpu_h_plan_low:.1f}-{r.gpu_h_plan_high:.1f} GPU-hours (H100, 8B model) for "
-                f"{v.plan_words:,} words")
-        if r.factor <= 1:
-            out.append(f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) already reaches {v.target_reliability} "
-                       f"with {int(r.units_now)} {what}.")
+            out.append(f"{head}; no amount of repetition reaches {v.target_reliability} by Spearman-Brown (the halves "
+                       f"do not agree): change the design (counterbalancing, debiasing, more words) before adding "
+                       f"trials.")
+        elif r.factor <= 1:
+            out.append(f"{head} already reaches {v.target_reliability}.")
         else:
-            tail = "" if r.feasible else (" — more rotations than a list has positions: add words or sampled "
-                                          "repetitions instead")
-            out.append(f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {int(r.units_now)} {what}; "
-                       f"{v.target_reliability} needs {r.factor:.1f}x the data, {int(r.units_needed)} {what} "
-                       f"({cost}){tail}.")
+            tail = "" if r.feasible else ("; more rotations than a list has positions, so in practice: more words "
+                                          "or sampled repetitions")
+            out.append(f"{head}; {v.target_reliability} needs {r.factor:.1f}x the data, {key} = {int(r.units_needed)}: "
+                       f"{r.trials_run:,.0f} trials for these {r.n_words} words, and {r.trials_plan:,.0f} trials ≈ "
+                       f"{r.gpu_h_plan_low:,.1f}-{r.gpu_h_plan_high:,.1f} GPU-hours (H100, 8B model) for "
+                       f"{v.plan_words:,} words if the factor carries over{tail}.")
     return out
 
 
@@ -425,7 +422,8 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
                        f" Counterbalancing (trials.fc_orders = {cfg.trials.fc_orders}) "
                        f"{'spreads each candidate over positions' if cfg.trials.fc_orders > 1 else 'is off'}.")
                 out.append(f"{name} ({r.model}) is position-biased: {r.top2_share:.1%} of its {what} fall on list "
-                           f"positions 1-2 (12.5% if uniform; position {r.top_position} has {r.top_share:.1%}), "
+                           f"positions 1-2 ({2 / cfg.trials.fc_candidates:.1%} if uniform; position {r.top_position} "
+                           f"has {r.top_share:.1%}), "
                            f"CKLD {r.ckld:.3f} > {v.position_kl}: its geometry partly measures the trial plan's "
                            f"order, not meaning.{fix}")
     hid = tables.get("validity_hidden")

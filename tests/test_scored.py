@@ -249,6 +249,7 @@ def test_scored_counts_default_debiased_outside_paper_mode(make_config):
 
 def test_debiased_counts_divide_out_the_position_prior(scored_run):
     cfg = scored_run
+    cfg.behave.scored_prior = "log"
     stats = aggregate.aggregate_one(cfg, "m", "fc_scored", WORDS)
     m = aggregate.load_matrices(cfg, "m", "fc_scored")
     # length-3 prior: softmax of the mean log-probability per position over trials 0 and 2
@@ -261,6 +262,10 @@ def test_debiased_counts_divide_out_the_position_prior(scored_run):
     q /= q.sum(axis=1, keepdims=True)
     expected = np.array([[q[0, 0], 0, q[0, 2], q[0, 1] + 1.0], [0, q[1, 0], q[1, 2], q[1, 1]], [0] * 4, [0] * 4])
     assert np.allclose(m["counts"].toarray(), expected, atol=1e-6)
+    cfg.behave.scored_prior = "mean"  # the default: mean probability per position, (0.3, 0.45, 0.25)
+    stats = aggregate.aggregate_one(cfg, "m", "fc_scored", WORDS, force=True)
+    assert stats["position_prior"]["3"] == pytest.approx([0.3, 0.45, 0.25], abs=1e-6)
+    assert stats["scored_prior"] == "mean"
 
 
 def test_split_halves_of_fc_scored(make_config):
