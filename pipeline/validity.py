@@ -357,15 +357,20 @@ def _inputs(cfg: Config, man: Manifest) -> dict:
 
 
 def run(cfg: Config, opts) -> None:
-    """`validity` stage: write the five validity tables (skipped when nothing they read changed)."""
+    """`validity` stage: write the five validity tables.
+
+    A view of what it reads, like the report: recomputed whenever its settings or inputs
+    changed (never refused), skipped when neither did.
+    """
     from .vocab import load_run_vocab
 
     words = load_run_vocab(cfg)
     man = Manifest(cfg.run_dir)
     step = man.step("validity", {"version": _VERSION, "settings": asdict(cfg.validity), "trials": asdict(cfg.trials),
+                                 "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
                                  "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
-                                 "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), force=Options.of(opts).force)
-    if step.done():
+                                 "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), force=True)
+    if not Options.of(opts).force and step.done():
         log.info("validity: inputs unchanged, skipped")
         return
     step.start()
