@@ -374,7 +374,7 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
     return drawn
 
 
-def _fig_validity(plt, v: dict[str, pd.DataFrame], path) -> bool:
+def _fig_validity(plt, v: dict[str, pd.DataFrame], path, threshold: float) -> bool:
     """Position profiles (one panel per model x paradigm) and norm ratio by layer (one per model)."""
     prof, hid = v.get("validity_position"), v.get("validity_hidden")
     panels = [] if prof is None else list(prof.groupby(["model", "paradigm"], sort=False))
@@ -400,6 +400,7 @@ def _fig_validity(plt, v: dict[str, pd.DataFrame], path) -> bool:
         for strategy, h in g.groupby("strategy", sort=False):
             h = h.sort_values("layer")
             ax.plot(h.layer, h.norm_ratio, marker="o", ms=3, lw=1.4, label=strategy)
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"{threshold:g}x (outlier)")
         ax.set_yscale("log")
         ax.set_title(f"{model} · largest / median word-vector norm")
         ax.set_xlabel("layer")
@@ -871,7 +872,7 @@ def run(cfg: Config, opts) -> None:
         figures.append(FIGURES[3])
     from . import validity
 
-    if _fig_validity(plt, validity.load(cfg), out / FIGURES[4]):
+    if _fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
         figures.append(FIGURES[4])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],
