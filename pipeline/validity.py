@@ -295,7 +295,7 @@ def plan(cfg: Config, rel: pd.DataFrame, n_words: int) -> pd.DataFrame:
                "target": v.target_reliability, "unit": "fc_orders" if fc_like else "fa_runs",
                "units_now": t.fc_orders if fc_like else t.fa_runs, "factor": f}
         if math.isfinite(f):
-            need = max(1, math.ceil((t.fc_orders if fc_like else t.fa_runs) * f))
+            need = max(1, math.ceil((t.fc_orders if fc_like else t.fa_runs) * f - 1e-9))
             per_cue_run = need * (m_run if fc_like else 1)
             per_cue_big = need * (m_big if fc_like else 1)
             max_orders = int(fc_group_sizes(n_words, t.fc_candidates).min())
@@ -313,6 +313,10 @@ def plan(cfg: Config, rel: pd.DataFrame, n_words: int) -> pd.DataFrame:
         row.update(per_cue_now=now, n_words=n_words)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.1f}" if h >= 0.1 else f"{h:.2g}"
 
 
 def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
@@ -334,7 +338,7 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
                                           "or sampled repetitions")
             out.append(f"{head}; {v.target_reliability} needs {r.factor:.1f}x the data, {key} = {int(r.units_needed)}: "
                        f"{r.trials_run:,.0f} trials for these {r.n_words} words, and {r.trials_plan:,.0f} trials ≈ "
-                       f"{r.gpu_h_plan_low:,.1f}-{r.gpu_h_plan_high:,.1f} GPU-hours (H100, 8B model) for "
+                       f"{_hours(r.gpu_h_plan_low)}-{_hours(r.gpu_h_plan_high)} GPU-hours (H100, 8B model) for "
                        f"{v.plan_words:,} words if the factor carries over{tail}.")
     return out
 
