@@ -428,8 +428,10 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
                 fix = (f" Debiasing by the run's position prior brings it to {r.ckld_debiased:.3f}"
                        f"{' (the counts use it)' if cfg.behave.scored_counts == 'debiased' else ''}."
                        if r.paradigm == "fc_scored" else
-                       f" Counterbalancing (trials.fc_orders = {cfg.trials.fc_orders}) "
-                       f"{'spreads each candidate over positions' if cfg.trials.fc_orders > 1 else 'is off'}.")
+                       (f" Counterbalancing (trials.fc_orders = {cfg.trials.fc_orders}) gives every candidate the "
+                        f"same exposure to each position, so the bias favours no word, but position-driven picks "
+                        f"still add noise, not meaning." if cfg.trials.fc_orders > 1 else
+                        " Counterbalancing (trials.fc_orders) is off: the words the shuffle put first are favoured."))
                 out.append(f"{name} ({r.model}) is position-biased: {r.top2_share:.1%} of its {what} fall on list "
                            f"positions 1-2 ({2 / cfg.trials.fc_candidates:.1%} if uniform; position {r.top_position} "
                            f"has {r.top_share:.1%}), "
