@@ -239,3 +239,19 @@ def test_report_has_validity_section_figure_and_headline(make_config):
     assert (paths.report_dir(cfg) / "validity.png").stat().st_size > 10_000
     head = report.headline(cfg)["validity"]
     assert head.startswith("FC positions 1-2 ") and "r_SB FC " in head and "largest norm/median" in head
+
+
+def test_paper_mode_only_reports(make_config):
+    from pipeline import rsa
+    from pipeline.options import Options
+
+    cfg = syn.config(make_config, models=("m",), experiment={"name": "paper", "paper_mode": True},
+                     behave={"paradigms": ["fc", "fa", "fc_scored"]}, rsa={"bootstrap": 0})
+    syn.build(cfg, n_layers=2)
+    assert cfg.behave.scored_counts == "expected"
+    rsa.run(cfg, Options())
+    before = {p: p.read_bytes() for p in sorted(cfg.run_dir.rglob("*")) if p.is_file() and "manifest" not in p.name}
+    validity.run(cfg, Options())
+    after = {p: p.read_bytes() for p in before}
+    assert after == before
+    assert set(validity.load(cfg)) == set(validity.TABLES)
