@@ -3,7 +3,8 @@
 For each model and paradigm, the final attempt of every trial contributes its responses
 (FC: the valid picks; FA: the parsed associates) to a sparse cue x response count matrix
 (METHOD.md §2-§3). Scored FC (`fc_scored`) contributes expected counts: each candidate its
-probability as the first pick (`behave.scored_counts = "expected"`), or its `fc_picks` most
+probability as the first pick after the list-position prior is divided out (`behave.scored_counts =
+"debiased"`, the default outside paper mode), as it is (``"expected"``), or its `fc_picks` most
 probable candidates once each (``"top"``); see `scored`. Human association norms
 (`norms`) enter the same matrices through `norms.import_norms`.
 
@@ -83,6 +84,8 @@ def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
         out["na_answers"] = True  # whole answers read as missing (Rules.missing_answers): older paper FA is stale
     if paradigm == "fc_scored":
         out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
+        if cfg.behave.scored_counts == "debiased":
+            out["scored_prior"] = cfg.behave.scored_prior
     return out
 
 
@@ -152,12 +155,12 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     return stats
 
 
-def _scored_mode(cfg: Config) -> tuple[str, int]:
-    return cfg.behave.scored_counts, cfg.trials.fc_picks
+def _scored_mode(cfg: Config) -> tuple[str, int, str]:
+    return cfg.behave.scored_counts, cfg.trials.fc_picks, cfg.behave.scored_prior
 
 
 def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules | None = None,
-                 select=None, scored: tuple[str, int] = ("expected", 2)) -> tuple[sp.csr_matrix, list[str], dict]:
+                 select=None, scored: tuple = ("expected", 2)) -> tuple[sp.csr_matrix, list[str], dict]:
     """Stream the final attempts of a log into a cue x response count matrix.
 
     Cleaning (METHOD.md §2 "Clean", §3 "Counting rules"): lowercase and strip; drop empty
@@ -180,8 +183,10 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
         rules: the run's rules (default rules when None).
         select: optional function of a record batch (columns trial_id, run, cue_idx) returning a
             boolean mask of the trials to count (split halves); default all.
-        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`): ``expected``
-            adds each candidate's first-pick probability, ``top`` counts the fc_picks most
+        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`[, `behave.scored_prior`]): ``expected``
+            adds each candidate's first-pick probability, ``debiased`` the same after the
+            position prior estimated from the counted trials is divided out
+            (`scored.PositionPrior`; the stats keep it as ``position_prior``), ``top`` counts the fc_picks most
             probable candidates as picks. Trials without a distribution (not finite) count
             nothing (`dropped_trials`).
 
@@ -211,17 +216,34 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     return counter.result()
 
 
-def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
+def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int, prior_kind: str = "mean"
                   ) -> tuple[sp.csr_matrix, list[str], dict]:
     from .logs import iter_final
-    from .scored import top_picks
+    from .scored import PositionPrior, debias, top_picks
 
-    counter = Counter(words, "fc_scored", rules, src, weighted=mode == "expected")
+    columns = ["cue_idx", "cue", "candidates", "probs", "logprobs"] + (["trial_id"] if select is not None else [])
+
+    def batches():
+        for batch in iter_final(src, columns):
+            if select is not None and batch.num_rows:
+                batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
+            yield batch
+
+    def flat(batch, name):
+        return (np.asarray(pc.list_value_length(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.int64),
+                np.asarray(pc.list_flatten(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.float64))
+
+    prior = None
+    if mode == "debiased":
+        est = PositionPrior(prior_kind)
+        for batch in batches():
+            batch = batch.filter(pc.is_valid(batch.column("probs")))
+            if batch.num_rows:
+                est.add(*flat(batch, "logprobs"))
+        prior = est.result()
+    counter = Counter(words, "fc_scored", rules, src, weighted=mode in ("expected", "debiased"))
     dropped = 0
-    columns = ["cue_idx", "cue", "candidates", "probs"] + (["trial_id"] if select is not None else [])
-    for batch in iter_final(src, columns):
-        if select is not None and batch.num_rows:
-            batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
+    for batch in batches():
         has = pc.is_valid(batch.column("probs"))
         dropped += batch.num_rows - int(pc.sum(has).as_py() or 0)
         batch = batch.filter(has)
@@ -229,12 +251,18 @@ def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int
             continue
         if mode == "expected":
             counter.add(batch, picks=batch.column("candidates"), weights=pc.list_flatten(batch.column("probs")))
+        elif mode == "debiased":
+            counter.add(batch, picks=batch.column("candidates"), weights=pa.array(debias(*flat(batch, "logprobs"),
+                                                                                          prior)))
         else:
             tops = [top_picks(c, p, k) for c, p in zip(batch.column("candidates").to_pylist(),
                                                         batch.column("probs").to_pylist())]
             counter.add(batch, picks=pa.array(tops, pa.list_(pa.string())))
     counts, cols, stats = counter.result()
     stats.update(dropped_trials=dropped, scored_counts=mode)
+    if prior is not None:
+        stats["position_prior"] = {str(s): [round(float(x), 6) for x in p] for s, p in sorted(prior.items())}
+        stats["scored_prior"] = prior_kind
     return counts, cols, stats
 
 

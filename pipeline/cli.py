@@ -27,11 +27,14 @@ STAGES: dict[str, str] = {
     "hidden": "Layerwise hidden-state vectors per model and extraction strategy.",
     "baselines": "Static word vectors, encoder (BERT-family) vectors, cross-model consensus.",
     "rsa": "RSA and NN@k overlap of hidden layers against every reference.",
+    "validity": "Position bias, hidden-norm and rogue-dimension diagnostics, reliability ceiling and planner.",
     "regress": "Held-out-words ridge regression of hidden similarity on references.",
     "report": "Figures (PNG) and report.md.",
     "export": "Analysis-ready exports of the similarity matrices.",
+    "plan-trials": "Print the reliability planner: trials per cue (and GPU-hours) that reach the target r_SB.",
 }
-DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "regress", "report"]
+DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "validity", "regress", "report"]
+COMMANDS = {"plan-trials": "pipeline.validity:plan_trials"}
 ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
 
 log = logging.getLogger("pipeline")
@@ -118,7 +121,7 @@ def run_stage(name: str, cfg, opts) -> None:
     """Run stage `name`: `pipeline.<name>.run(cfg, opts)`, or its driver for ``--engine``."""
     from .options import Options
 
-    target = ENGINES.get(Options.of(opts).engine, {}).get(name, f"pipeline.{name}:run")
+    target = ENGINES.get(Options.of(opts).engine, {}).get(name, COMMANDS.get(name, f"pipeline.{name}:run"))
     module, func = target.split(":")
     check_upstream(cfg, name, opts)
     t0 = time.perf_counter()

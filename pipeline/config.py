@@ -42,6 +42,7 @@ class TrialsCfg:
     fc_candidates: int = 16
     fc_picks: int = 2
     fc_seed: int = 12345
+    fc_orders: int = 1  # counterbalanced FC: each candidate group in k rotations (trials.py); 1 = the paper's plan
     fa_runs: int = 126
     fa_seed: int = 12345
     fa_associates: int = 5
@@ -63,7 +64,8 @@ class BehaveCfg:
     fa_max_tokens: int = 25
     retry_temperature: float = 0.5
     retry_top_p: float = 0.9
-    scored_counts: str = "expected"  # fc_scored -> counts: first-pick probabilities, or the top fc_picks
+    scored_counts: str | None = None  # fc_scored -> counts: debiased (default) / expected probabilities / top picks
+    scored_prior: str = "mean"  # debiased: the position prior as the mean probability per position, or "log" (PriDe)
 
 
 @dataclass
@@ -184,6 +186,18 @@ class RegressCfg:
 
 
 @dataclass
+class ValidityCfg:
+    """Thresholds and planning rates of the `validity` stage (README "Measurement validity")."""
+    position_kl: float = 0.1  # choice KL divergence (nats) above which a list-position bias is named
+    norm_ratio: float = 5.0  # a word vector over this many times the median norm is an outlier
+    centred_share: float = 0.25  # one dimension carrying more of the centred geometry is named
+    target_reliability: float = 0.8  # the planner's split-half target r_SB
+    fc_trials_per_s: list[float] = field(default_factory=lambda: [300.0, 500.0])  # H100, 8B model (README)
+    fa_trials_per_s: list[float] = field(default_factory=lambda: [700.0, 1500.0])
+    plan_words: int = 5000  # the planner also costs this vocabulary size (the paper's)
+
+
+@dataclass
 class Config:
     experiment: ExperimentCfg
     vocab: VocabCfg = field(default_factory=VocabCfg)
@@ -195,6 +209,7 @@ class Config:
     rsa: RsaCfg = field(default_factory=RsaCfg)
     regress: RegressCfg = field(default_factory=RegressCfg)
     norms: list[NormsCfg] = field(default_factory=list)
+    validity: ValidityCfg = field(default_factory=ValidityCfg)
     source: str = "<memory>"
 
     @property
@@ -244,7 +259,7 @@ RSA_METHODS = ("spearman", "pearson", "paper")
 REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
 HUMAN = "human:"
 """Prefix of a human-norms reference: ``human:<norms name>`` (`norms`)."""
-SCORED_COUNTS = ("expected", "top")
+SCORED_COUNTS = ("debiased", "expected", "top")
 NORMS_FORMATS = ("auto", "swow", "counts", "strength")
 SWOW_RESPONSES = ("R1", "R2", "R3")
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
@@ -481,6 +496,9 @@ def _validate(cfg: Config) -> None:
                           f"asks for and parses exactly 2 picks, as the paper's prompt and extraction rules do; set "
                           f"trials.fc_picks = 2, or drop 'fc' from behave.paradigms and keep fc_scored, which "
                           f"scores any number of picks (e.g. paradigms = [\"fa\", \"fc_scored\"])")
+    if not 1 <= t.fc_orders <= t.fc_candidates:
+        _fail(cfg, "trials.fc_orders", f"= {t.fc_orders} must be between 1 (the paper's plan) and fc_candidates "
+              f"({t.fc_candidates}): each order rotates every candidate group to new positions")
     if t.fa_runs < 1 or t.fa_associates < 1:
         _fail(cfg, "trials.fa_runs", "and trials.fa_associates must be at least 1")
     if cfg.vocab.size is not None:
@@ -504,7 +522,10 @@ def _validate(cfg: Config) -> None:
     for key in ("fa_top_p", "retry_top_p"):
         if not 0 < getattr(b, key) <= 1:
             _fail(cfg, f"behave.{key}", f"= {getattr(b, key)} must be in (0, 1]")
+    if b.scored_counts is None:  # the position-prior correction by default; paper mode keeps plain probabilities
+        b.scored_counts = "expected" if cfg.experiment.paper_mode else "debiased"
     _choices(cfg, "behave.scored_counts", [b.scored_counts], SCORED_COUNTS)
+    _choices(cfg, "behave.scored_prior", [b.scored_prior], ("mean", "log"))
     _check_names(cfg, "models", [m.name for m in cfg.models])
     for i, m in enumerate(cfg.models):
         if not 0 < m.gpu_memory_utilization <= 1:
@@ -554,6 +575,25 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "regress.train_pairs", "must be >= 10 and regress.cv >= 2")
     if not g.seeds:
         _fail(cfg, "regress.seeds", "must list at least one seed")
+    _validate_validity(cfg)
+
+
+def _validate_validity(cfg: Config) -> None:
+    v = cfg.validity
+    if v.position_kl <= 0:
+        _fail(cfg, "validity.position_kl", f"= {v.position_kl} must be > 0 (nats; 0.1 is the default)")
+    if v.norm_ratio <= 1:
+        _fail(cfg, "validity.norm_ratio", f"= {v.norm_ratio} must be > 1 (times the median norm; 5 is the default)")
+    if not 0 < v.centred_share <= 1:
+        _fail(cfg, "validity.centred_share", f"= {v.centred_share} must be in (0, 1]")
+    if not 0 < v.target_reliability < 1:
+        _fail(cfg, "validity.target_reliability", f"= {v.target_reliability} must be in (0, 1), e.g. 0.8")
+    for key in ("fc_trials_per_s", "fa_trials_per_s"):
+        rate = getattr(v, key)
+        if len(rate) != 2 or not 0 < rate[0] <= rate[1]:
+            _fail(cfg, f"validity.{key}", f"= {rate} must be [low, high] trials per second, 0 < low <= high")
+    if v.plan_words < 2:
+        _fail(cfg, "validity.plan_words", f"= {v.plan_words} must be at least 2")
 
 
 def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:

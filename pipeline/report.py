@@ -15,6 +15,11 @@ the behave summaries in the manifest, and writes under `report/`:
   the chance level k/(N-1);
 - `svd_variants.png` (with `rsa.svd_variants`): the paper's SVD / weighting ablation by layer
   0..L, one line per variant, the published values dashed beside a paper model's;
+- `validity.png` (with the `validity` tables): the list-position profile of FC and scored
+  FC (scored FC also after position-prior debiasing) against uniform, and the largest
+  word-vector norm over the median per hidden layer and strategy; the "Validity" section
+  names each large artifact in a sentence, puts the split-half reliability beside each
+  behavioral RSA and prints the reliability planner (`validity`);
 - `report.md`: paper-style tables (METHOD.md §8: mean and peak RSA, FC vs FA, compliance,
   noise ceilings, NN@k, regression summary with FC/FA gains), the behavioral geometry of
   every model compared with every other (`behavior_rsa.parquet`; the only comparison a
@@ -74,7 +79,7 @@ REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", 
                      lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
 _AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
-FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png")
+FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png", "validity.png")
 R2_FLOOR = -0.25
 SVD_FIGURE = "svd_variants.png"
 _TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms", "svd_variants")
@@ -295,7 +300,34 @@ def headline(cfg: Config) -> dict:
                                            f"({ref}: {summary[ref].mean():.3f})")
     else:
         out["regression R²"] = "n/a (run the regress stage)"
+    out.update(_validity_headline(cfg))
     return out
+
+
+def _validity_headline(cfg: Config) -> dict:
+    """One headline line: position bias, reliability and hidden-norm outliers in a few figures."""
+    from . import validity
+
+    v = validity.load(cfg)
+    if not v:
+        return {}
+    parts = []
+    bias = v.get("validity_bias")
+    if bias is not None:
+        for r in bias.itertuples():
+            name = "FC scored" if r.paradigm == "fc_scored" else "FC"
+            deb = f" ({r.ckld_debiased:.2f} debiased)" if r.paradigm == "fc_scored" else ""
+            parts.append(f"{name} positions 1-2 {r.top2_share:.0%}, CKLD {r.ckld:.2f}{deb}")
+    ceil = v.get("validity_ceiling")
+    if ceil is not None:
+        c = ceil[ceil.method == ("spearman" if "spearman" in set(ceil.method) else ceil.method.iloc[0])]
+        parts.append("r_SB " + ", ".join(f"{'FC scored' if r.paradigm == 'fc_scored' else r.paradigm.upper()} "
+                                         f"{r.r_sb:.2f}" for r in c.drop_duplicates("paradigm").itertuples()))
+    hid = v.get("validity_hidden")
+    if hid is not None:
+        worst = hid.loc[hid.norm_ratio.idxmax()]
+        parts.append(f"largest norm/median {worst.norm_ratio:.1f}x ({worst.strategy}, layer {int(worst.layer)})")
+    return {"validity": "; ".join(parts) + " (section Validity)"}
 
 
 # ---------------------------------------------------------------- figures
@@ -384,6 +416,93 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     _save(fig, path)
     return drawn
+
+
+def _fig_validity(plt, v: dict[str, pd.DataFrame], path, threshold: float) -> bool:
+    """Position profiles (one panel per model x paradigm) and norm ratio by layer (one per model)."""
+    prof, hid = v.get("validity_position"), v.get("validity_hidden")
+    panels = [] if prof is None else list(prof.groupby(["model", "paradigm"], sort=False))
+    models = [] if hid is None else list(hid.groupby("model", sort=False))
+    if not panels and not models:
+        return False
+    n = len(panels) + len(models)
+    fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 3.2), squeeze=False)
+    for ax, ((model, paradigm), g) in zip(axes[0], panels):
+        s = int(g.groupby("n_candidates").n.sum().idxmax()) if paradigm == "fc" else int(g.n_candidates.max())
+        g = g[g.n_candidates == s].sort_values("position")
+        label = "mean first-pick probability" if paradigm == "fc_scored" else "share of picks"
+        ax.bar(g.position, g.share, color=REF_COLORS[paradigm], alpha=0.8, label=label)
+        if g.share_debiased.notna().any():
+            ax.plot(g.position, g.share_debiased, color="black", marker="o", ms=3, lw=1.2, label="after debiasing")
+        ax.axhline(1 / s, color="grey", ls="--", lw=1, label="uniform")
+        ax.set_title(f"{model} · {REF_LABELS[paradigm].partition(' (')[0]} ({s} candidates)")
+        ax.set_xlabel("list position")
+        ax.set_ylabel("share")
+        _integer_x(ax)
+        ax.legend(frameon=False, fontsize=8)
+    for ax, (model, g) in zip(axes[0][len(panels):], models):
+        for strategy, h in g.groupby("strategy", sort=False):
+            h = h.sort_values("layer")
+            ax.plot(h.layer, h.norm_ratio, marker="o", ms=3, lw=1.4, label=strategy)
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"{threshold:g}x (outlier)")
+        ax.set_yscale("log")
+        ax.set_title(f"{model} · largest / median word-vector norm")
+        ax.set_xlabel("layer")
+        _integer_x(ax)
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _validity_section(cfg: Config) -> list[str]:
+    """Markdown: the artifacts named in sentences, position bias, reliability ceiling, hidden norms, planner."""
+    from . import validity
+
+    v = validity.load(cfg)
+    if not v:
+        return []
+    vc = cfg.validity
+    lines = ["", "## Validity", "",
+             "Does a geometry measure meaning or the instrument? List-position bias of forced choice (choice KL "
+             f"divergence from uniform, CKLD, named when > {vc.position_kl} nats), word vectors far beyond the median "
+             f"norm (> {vc.norm_ratio:g}x: an attention-sink position pooled, a rogue direction) and the split-half "
+             "reliability beside each behavioral RSA (README \"Measurement validity\"). Design: "
+             f"`trials.fc_orders = {cfg.trials.fc_orders}`, `trials.fa_runs = {cfg.trials.fa_runs}`, scored FC counts "
+             f"`{cfg.behave.scored_counts}`.", ""]
+    named = validity.sentences(cfg, v)
+    lines += [f"- {t}" for t in named] or ["- No artifact beyond the thresholds."]
+    if "validity_bias" in v:
+        b = v["validity_bias"][["model", "paradigm", "n_trials", "top_position", "top_share", "top2_share", "ckld",
+                                "ckld_debiased"]]
+        lines += ["", "**Position bias** (share of picks, or of first-pick probability, by list position: "
+                      "`results/validity_position.parquet`)", "", _md_table(b)]
+    if "validity_ceiling" in v:
+        c = v["validity_ceiling"].rename(columns={"r_sb": "r_SB", "sqrt_r_sb": "sqrt(r_SB)",
+                                                   "rsa_mean": "RSA hidden mean", "rsa_peak": "RSA hidden peak",
+                                                   "peak_at": "peak at",
+                                                   "rsa_encoder": f"RSA {cfg.baselines.encoder_name}",
+                                                   "rsa_static": f"RSA {cfg.baselines.static_name}"})
+        lines += ["", "**Reliability beside RSA**: a behavioral geometry cannot correlate with anything beyond "
+                      "sqrt(r_SB); RSA hidden = against the hidden layers (all strategies), the baselines directly "
+                      "against the behavioral matrix.", "", _md_table(c)]
+    if "validity_hidden" in v:
+        h = v["validity_hidden"]
+        rows = []
+        for (model, strategy), g in h.groupby(["model", "strategy"], sort=False):
+            w, r = g.loc[g.norm_ratio.idxmax()], g.loc[g.centred_share.idxmax()]
+            rows.append({"model": model, "strategy": strategy, "max norm/median": w.norm_ratio,
+                         "at layer": int(w.layer), "outlier words": w.outlier_words,
+                         "layers with outliers": f"{int((g.n_outliers > 0).sum())}/{len(g)}",
+                         "top-dim share (centred)": r.centred_share, "top-dim layer": int(r.layer),
+                         "rogue CC share (raw)": g.rogue_share.max()})
+        lines += ["", "**Hidden-state norms and rogue dimensions** (per layer: "
+                      "`results/validity_hidden.parquet`)", "", _md_table(pd.DataFrame(rows))]
+    if "validity_plan" in v:
+        lines += ["", f"**Reliability planner** (Spearman-Brown to r_SB = {vc.target_reliability}; "
+                      "`python -m pipeline plan-trials --config ...`)", ""]
+        lines += [f"- {t}" for t in validity.plan_lines(cfg, v["validity_plan"])]
+    return lines
 
 
 def _fig_rsa_by_depth(plt, rsa: pd.DataFrame, method: str, strategies, path):
@@ -546,6 +665,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
                       f"FC > FA (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.", "",
                       _md_table(fcfa.reset_index())]
     lines += _scored_section(cfg, res)
+    lines += _validity_section(cfg)
     lines += _norms_section(cfg, res)
     if "reliability" in res:
         rel = res["reliability"][["model", "paradigm", "method", "n_trials_a", "n_trials_b", "r_half",
@@ -629,8 +749,9 @@ def _scored_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
         return []
     lines = ["", "## Scored forced choice vs generated FC", "",
              "Scored FC runs the FC trials and prompts but reads each candidate's probability as the first pick "
-             "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the expected "
-             f"counts (`behave.scored_counts = \"{cfg.behave.scored_counts}\"`)."]
+             "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the "
+             f"counts `behave.scored_counts = \"{cfg.behave.scored_counts}\"` (expected: the first-pick "
+             "probabilities; debiased: the same with the run's list-position prior divided out)."]
     if not agree.empty:
         lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
                       "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
@@ -884,9 +1005,11 @@ def run(cfg: Config, opts) -> None:
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
     _check_up_to_date(cfg, man)
+    from .validity import TABLES as VALIDITY
+
     step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
-                    {"results": man.ids(paths.result_table(cfg, t) for t in _TABLES),
+                    {"results": man.ids(paths.result_table(cfg, t) for t in (*_TABLES, *VALIDITY)),
                      "compliance": compliance(cfg).to_dict("records"),
                      **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
                         else {}),
@@ -920,6 +1043,10 @@ def run(cfg: Config, opts) -> None:
         svd_curves = _fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
                               published.match(cfg.models))
         figures.append(SVD_FIGURE)
+    from . import validity
+
+    if _fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
+        figures.append(FIGURES[4])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],
                   {"figures": list(figures), "headline": headline(cfg),

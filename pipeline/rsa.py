@@ -330,6 +330,8 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
                 **({"na_answers": True} if Rules.of(cfg).paper else {})}
     if "fc_scored" in paradigms:
         settings["scored_counts"] = cfg.behave.scored_counts
+        if cfg.behave.scored_counts == "debiased":
+            settings["scored_prior"] = cfg.behave.scored_prior
     step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},
                     force)
     part = paths.result_part(cfg, "reliability", model)

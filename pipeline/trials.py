@@ -11,6 +11,15 @@ cut into m = ceil((N-1)/fc_candidates) groups whose sizes differ by at most one,
 groups first. Every other word is a candidate exactly once per cue.
 ``trial_id = cue_idx * m + group``.
 
+Counterbalanced FC (`trials.fc_orders = k`, beyond the paper): each candidate group is
+presented k times, in order j = 0..k-1 as its candidate list rotated left by
+``(j * s) // k`` places (s = the group's size), so each candidate appears at k positions
+spread evenly over the list (k <= s). Order 0 is the paper's plan, row for row and byte
+for byte (k = 1 is that plan alone); the rotations follow as whole blocks with
+``trial_id = order * (N * m) + cue_idx * m + group`` (`fc_order`), so order-0 ids are
+unchanged and ``trial_id mod m`` is still the group. The plan's columns are the same for
+every k.
+
 FA (METHOD.md §3): each cue once per run r = 0..fa_runs-1 with seed ``fa_seed + r``.
 ``trial_id = cue_idx * fa_runs + run``.
 
@@ -123,8 +132,27 @@ def fc_permutations(n_words: int, seed: int, workers: int | None = None) -> np.n
         return np.concatenate(list(parts))
 
 
-def build_fc_plan(words: list[str], k: int, seed: int, workers: int | None = None) -> pa.Table:
-    """The FC plan table (`FC_SCHEMA`), one row per trial in `trial_id` order."""
+def fc_order(trial_ids, n_words: int, m: int) -> np.ndarray:
+    """The presentation order (rotation) of FC trials: ``trial_id // (N * m)``; 0 for the paper's plan."""
+    return np.asarray(trial_ids, dtype=np.int64) // (n_words * m)
+
+
+def fc_shifts(sizes: np.ndarray, orders: int) -> np.ndarray:
+    """Left rotation of each group in each order, (orders, m): ``(j * s) // orders``."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return (np.arange(orders, dtype=np.int64)[:, None] * sizes[None, :]) // orders
+
+
+def build_fc_plan(words: list[str], k: int, seed: int, workers: int | None = None, orders: int = 1) -> pa.Table:
+    """The FC plan table (`FC_SCHEMA`), one row per trial in `trial_id` order.
+
+    Args:
+        words: the run vocabulary.
+        k: `trials.fc_candidates`.
+        seed: `trials.fc_seed`.
+        workers: processes for the shuffles (`fc_permutations`).
+        orders: `trials.fc_orders`; order j rotates every group by ``(j * s) // orders``.
+    """
     n = len(words)
     sizes = fc_group_sizes(n, k)
     m = len(sizes)
@@ -138,15 +166,23 @@ def build_fc_plan(words: list[str], k: int, seed: int, workers: int | None = Non
     word_arr = pa.array(words, pa.string())
     offsets = np.zeros(n * m + 1, dtype=np.int32)
     np.cumsum(np.tile(sizes, n), out=offsets[1:])
-    candidates = pa.ListArray.from_arrays(pa.array(offsets), word_arr.take(pa.array(perm.reshape(-1))))
+    flat = perm.reshape(-1)
     cue_idx = np.repeat(np.arange(n, dtype=np.int32), m)
-    return pa.Table.from_arrays([
-        pa.array(np.arange(n * m, dtype=np.int64)),
-        pa.array(cue_idx),
-        word_arr.take(pa.array(cue_idx)),
-        pa.array(np.tile(np.arange(m, dtype=np.int16), n)),
-        candidates,
-    ], schema=FC_SCHEMA)
+    size_of_slot = np.repeat(np.tile(sizes, n), np.tile(sizes, n))
+    start_of_slot = np.repeat(offsets[:-1].astype(np.int64), np.tile(sizes, n))
+    pos = np.arange(flat.size, dtype=np.int64) - start_of_slot
+    tables = []
+    for j, shift in enumerate(fc_shifts(sizes, orders)):
+        shift_of_slot = np.repeat(np.tile(shift, n), np.tile(sizes, n))
+        taken = flat if j == 0 else flat[start_of_slot + (pos + shift_of_slot) % size_of_slot]
+        tables.append(pa.Table.from_arrays([
+            pa.array(np.arange(j * n * m, (j + 1) * n * m, dtype=np.int64)),
+            pa.array(cue_idx),
+            word_arr.take(pa.array(cue_idx)),
+            pa.array(np.tile(np.arange(m, dtype=np.int16), n)),
+            pa.ListArray.from_arrays(pa.array(offsets), word_arr.take(pa.array(taken))),
+        ], schema=FC_SCHEMA))
+    return tables[0] if orders == 1 else pa.concat_tables(tables).combine_chunks()
 
 
 def build_fa_plan(words: list[str], runs: int, seed: int) -> pa.Table:
@@ -172,7 +208,8 @@ def plan_inputs(cfg: Config, paradigm: str, words: list[str]) -> dict:
     t = cfg.trials
     base = {"paradigm": paradigm, "words": fingerprint(words), "n_words": len(words), "format": 1}
     if paradigm == "fc":
-        return {**base, "fc_candidates": t.fc_candidates, "fc_seed": t.fc_seed}
+        orders = {"fc_orders": t.fc_orders} if t.fc_orders != 1 else {}
+        return {**base, "fc_candidates": t.fc_candidates, "fc_seed": t.fc_seed, **orders}
     return {**base, "fa_runs": t.fa_runs, "fa_seed": t.fa_seed}
 
 
@@ -193,6 +230,9 @@ def _check_fc_sizes(cfg: Config, n_words: int) -> None:
                             f"{cfg.trials.fc_candidates}, some FC trials get only {smallest} candidates, "
                             f"fewer than trials.fc_picks = {cfg.trials.fc_picks}; use more words or "
                             f"fewer picks")
+    if cfg.trials.fc_orders > smallest:
+        raise PipelineError(f"{cfg.source}: trials.fc_orders = {cfg.trials.fc_orders} rotations of a group of "
+                            f"{smallest} candidates would repeat orders; use at most {smallest}")
 
 
 def run(cfg: Config, opts) -> None:
@@ -217,8 +257,9 @@ def run(cfg: Config, opts) -> None:
         t0 = time.perf_counter()
         if paradigm == "fc":
             _check_fc_sizes(cfg, len(words))
-            table = build_fc_plan(words, cfg.trials.fc_candidates, cfg.trials.fc_seed)
-            extra = {"groups_per_cue": int(table.num_rows // len(words)),
+            table = build_fc_plan(words, cfg.trials.fc_candidates, cfg.trials.fc_seed, orders=cfg.trials.fc_orders)
+            extra = {"groups_per_cue": int(table.num_rows // len(words) // cfg.trials.fc_orders),
+                     **({"orders": cfg.trials.fc_orders} if cfg.trials.fc_orders != 1 else {}),
                      "group_sizes": sorted({int(s) for s in fc_group_sizes(len(words), cfg.trials.fc_candidates)})}
         else:
             table = build_fa_plan(words, cfg.trials.fa_runs, cfg.trials.fa_seed)

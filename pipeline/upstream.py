@@ -27,6 +27,7 @@ _UPSTREAM = {
     "hidden": ("vocab",),
     "baselines": ("vocab",),
     "rsa": ("vocab", "trials", "behave", "hidden"),
+    "validity": ("vocab", "trials", "behave", "hidden"),
     "regress": ("vocab", "trials", "behave", "hidden"),
     "report": ("vocab", "trials", "behave", "hidden"),
     "export": ("vocab", "trials", "behave", "hidden"),

@@ -326,3 +326,22 @@ def test_vocabulary_word_nan_is_counted_not_dropped(make_config):
     col = out["cols"].index("nan")
     assert counts[0, col] == 1 and counts[1, col] == 1 and "na" not in out["cols"]
     assert counts[2].sum() == 1, "the cue's own name is a cue repeat, dropped as always"
+
+
+def test_split_half_keeps_every_rotation_of_a_group_in_one_half(make_config):
+    from pipeline import behave, trials
+
+    cfg = syn.prepare(make_config(trials={"fa_runs": 1, "fc_orders": 2}, behave={"backend": "fake", "chunk_size": 64,
+                                                                             "paradigms": ["fc"]}))
+    behave.run(cfg, Options(paradigm="fc"))
+    words = [w.strip() for w in paths.vocab_file(cfg).read_text().splitlines()]
+    plan = trials.load_trials(cfg, "fc").to_pandas()
+    n, m = len(words), 2
+    assert len(plan) == 2 * n * m
+    rows = aggregate.split_half(cfg, "m", "fc", words)
+    per_half = plan.assign(half=(plan.trial_id % m) % 2).groupby("half").size()
+    assert (rows[0]["n_trials_a"], rows[0]["n_trials_b"]) == (per_half[0], per_half[1])
+    order = trials.fc_order(plan.trial_id, n, m)
+    same_group = plan.assign(order=order).groupby(["cue_idx", "group"]).trial_id.apply(lambda t: len({x % m % 2
+                                                                                                     for x in t}))
+    assert (same_group == 1).all() and set(order) == {0, 1}

@@ -147,3 +147,22 @@ def test_set_reaches_model_fields(tmp_path, capsys):
         capsys, ["vocab", "--config", str(cfg), "--set", "models.q.path=/x"])
     assert "unknown key 'models[0].pth'; did you mean 'models[0].path'" in _one_line_error(
         capsys, ["vocab", "--config", str(cfg), "--set", "models[0].pth=/x"])
+
+
+def test_plan_trials_command(tmp_path, capsys):
+    import pandas as pd
+
+    cfg = _config(tmp_path, tmp_path / "d")
+    line = _one_line_error(capsys, ["plan-trials", "--config", str(cfg)])
+    assert "no split-half reliability yet" in line and "python -m pipeline rsa" in line
+    assert cli.main(["vocab", "--config", str(cfg)]) == 0
+    results = tmp_path / "d" / "x" / "results"
+    results.mkdir(parents=True)
+    pd.DataFrame([{"model": "m", "paradigm": "fa", "method": "spearman", "reliability": 0.5}]).to_parquet(
+        results / "reliability.parquet")
+    capsys.readouterr()
+    assert cli.main(["plan-trials", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    # Spearman-Brown: 0.8 * 0.5 / (0.5 * 0.2) = 4x the data, 2 runs -> 8 runs per cue
+    assert "FA (m): r_SB = 0.500 (spearman) with trials.fa_runs = 2; 0.8 needs 4.0x the data, trials.fa_runs = 8:" in out
+    assert "160 trials for these 20 words, and 40,000 trials" in out

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import export, paths, regress, report, rsa
+from pipeline import export, paths, regress, report, rsa, validity
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
 from pipeline.options import Options
@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory):
                      rsa={"bootstrap": 10})
     syn.build(cfg, n_layers=3)
     syn.record_behave(cfg, compliance=(0.93, 0.71))
-    for stage in (rsa, regress, report, export):
+    for stage in (rsa, validity, regress, report, export):
         stage.run(cfg, Options())
     return cfg
 

@@ -215,6 +215,7 @@ def scored_run(make_config):
 
 def test_expected_counts_are_the_first_pick_probabilities(scored_run):
     cfg = scored_run
+    cfg.behave.scored_counts = "expected"
     stats = aggregate.aggregate_one(cfg, "m", "fc_scored", WORDS)
     m = aggregate.load_matrices(cfg, "m", "fc_scored")
     assert m["cols"] == ["cat", "dog", "milk", "tree"]
@@ -239,6 +240,33 @@ def test_top_counts_count_the_most_probable_candidates_as_picks(scored_run):
     assert {c: v for c, v in zip(m["cols"], counts[0]) if v} == {"cat": 1, "tree": 2}
     assert {c: v for c, v in zip(m["cols"], counts[1]) if v} == {"milk": 1, "tree": 1}
     assert m["counts"].dtype.kind in "iu"
+
+
+def test_scored_counts_default_debiased_outside_paper_mode(make_config):
+    assert make_config().behave.scored_counts == "debiased"
+    assert make_config(experiment={"name": "p", "paper_mode": True}).behave.scored_counts == "expected"
+    assert make_config(behave={"scored_counts": "expected"}).behave.scored_counts == "expected"
+
+
+def test_debiased_counts_divide_out_the_position_prior(scored_run):
+    cfg = scored_run
+    cfg.behave.scored_prior = "log"
+    stats = aggregate.aggregate_one(cfg, "m", "fc_scored", WORDS)
+    m = aggregate.load_matrices(cfg, "m", "fc_scored")
+    # length-3 prior: softmax of the mean log-probability per position over trials 0 and 2
+    logp = np.log(np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]))
+    prior = np.exp(logp.mean(axis=0))
+    prior /= prior.sum()
+    assert stats["position_prior"]["3"] == pytest.approx(prior.tolist(), abs=1e-6)
+    assert stats["position_prior"]["1"] == [1.0] and stats["scored_counts"] == "debiased"
+    q = np.exp(logp) / prior
+    q /= q.sum(axis=1, keepdims=True)
+    expected = np.array([[q[0, 0], 0, q[0, 2], q[0, 1] + 1.0], [0, q[1, 0], q[1, 2], q[1, 1]], [0] * 4, [0] * 4])
+    assert np.allclose(m["counts"].toarray(), expected, atol=1e-6)
+    cfg.behave.scored_prior = "mean"  # the default: mean probability per position, (0.3, 0.45, 0.25)
+    stats = aggregate.aggregate_one(cfg, "m", "fc_scored", WORDS, force=True)
+    assert stats["position_prior"]["3"] == pytest.approx([0.3, 0.45, 0.25], abs=1e-6)
+    assert stats["scored_prior"] == "mean"
 
 
 def test_split_halves_of_fc_scored(make_config):

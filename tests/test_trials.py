@@ -222,3 +222,58 @@ def test_too_few_candidates_for_picks(make_config):
     vocab.run(cfg, _opts())
     with pytest.raises(PipelineError, match="fewer than trials.fc_picks"):
         trials.run(cfg, _opts())
+
+
+def test_fc_orders_one_is_the_paper_plan_byte_for_byte(make_config, tmp_path):
+    cfg = make_config()
+    vocab.run(cfg, _opts())
+    trials.run(cfg, _opts())
+    words = vocab.load_run_vocab(cfg)
+    assert trials.build_fc_plan(words, 16, SEED, orders=1).equals(trials.build_fc_plan(words, 16, SEED))
+    assert "fc_orders" not in trials.plan_inputs(cfg, "fc", words)
+    trials.write_table(trials.build_fc_plan(words, 16, SEED, orders=1), tmp_path / "one.parquet")
+    assert (tmp_path / "one.parquet").read_bytes() == paths.trials_file(cfg, "fc").read_bytes()
+
+
+@pytest.mark.parametrize("orders", [2, 3, 4])
+def test_fc_orders_rotate_every_group(orders):
+    words = [f"w{i:02d}" for i in range(40)]  # 39 candidates per cue: groups of 13
+    base = trials.build_fc_plan(words, 16, SEED)
+    plan = trials.build_fc_plan(words, 16, SEED, orders=orders)
+    n, m = len(words), 3
+    assert plan.num_rows == orders * base.num_rows
+    assert plan.slice(0, base.num_rows).equals(base)
+    ids = plan.column("trial_id").to_numpy()
+    assert (ids == np.arange(plan.num_rows)).all()
+    assert (trials.fc_order(ids, n, m) == np.repeat(np.arange(orders), n * m)).all()
+    assert plan.column("group").to_pylist() == base.column("group").to_pylist() * orders
+    cands = plan.column("candidates").to_pylist()
+    for t in range(base.num_rows):
+        first = cands[t]
+        s = len(first)
+        positions = {w: set() for w in first}
+        for j in range(orders):
+            row = cands[j * n * m + t]
+            shift = (j * s) // orders
+            assert row == first[shift:] + first[:shift]
+            for p, w in enumerate(row):
+                positions[w].add(p)
+        assert all(len(p) == orders for p in positions.values())
+
+
+def test_fc_orders_in_fingerprint_and_refused_when_too_many(make_config):
+    from pipeline.config import ConfigError
+
+    cfg = make_config(trials={"fc_orders": 2})
+    vocab.run(cfg, _opts())
+    trials.run(cfg, _opts())
+    words = vocab.load_run_vocab(cfg)
+    assert trials.plan_inputs(cfg, "fc", words)["fc_orders"] == 2
+    assert trials.load_trials(cfg, "fc").num_rows == 2 * 40
+    assert Manifest(cfg.run_dir).stage("trials.fc")["summary"]["groups_per_cue"] == 2
+    with pytest.raises(ConfigError, match="fc_orders"):
+        make_config(trials={"fc_orders": 17})
+    cfg = make_config(experiment={"name": "t2"}, vocab={"size": 18}, trials={"fc_orders": 9, "fa_runs": 1})
+    vocab.run(cfg, _opts())
+    with pytest.raises(PipelineError, match="would repeat orders"):
+        trials.run(cfg, _opts())
