@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "trials": "Build the FC and FA trial plans (pure function of vocabulary and seeds).",
     "behave": "Run trials through the LLM backend into resumable Parquet trial logs.",
     "aggregate": "Count matrices, PPMI and cosine similarity from the trial logs.",
+    "sentences": "Corpus sentences per word for the averaged strategy (hidden.harvest -> hidden.sentences).",
     "hidden": "Layerwise hidden-state vectors per model and extraction strategy.",
     "baselines": "Static word vectors, encoder (BERT-family) vectors, cross-model consensus.",
     "rsa": "RSA and NN@k overlap of hidden layers against every reference.",
@@ -30,8 +31,9 @@ STAGES: dict[str, str] = {
     "report": "Figures (PNG) and report.md.",
     "export": "Analysis-ready exports of the similarity matrices.",
 }
-DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "regress", "report"]
-ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
+DAG = ["vocab", "trials", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "regress", "report"]
+ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden",
+                   "sentences": "pipeline.distributed:run_sentences"}}
 
 log = logging.getLogger("pipeline")
 
@@ -93,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="behave: run only shard I of N (deterministic split of trial_ids)")
     p.add_argument("--engine", choices=["local", *ENGINES], default="local",
-                   help="behave/hidden: run in this process or on a Ray cluster")
+                   help="behave/hidden/sentences: run on this machine or on a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="--engine ray: actors (engines) per model (default: as many as the cluster's "
-                        "GPUs fit, or one per CPU)")
+                        "GPUs fit, or one per CPU); sentences: corpus files scanned at once (default: one per CPU)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N",
                    help="behave: run at most N trials per model and paradigm (smoke tests)")
     p.add_argument("--force", action="store_true",

@@ -43,7 +43,7 @@ from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha2
 from .options import Options, select
 from .pooling import Pooler, load_model, resolve_device
 from .rules import Rules
-from .sentences import harvest, load_sentences
+from .sentences import load_sentences
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def run(cfg: Config, opts) -> None:
 
 def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
     """The run's words, the (model, strategy, fingerprint) cells still to extract, and the
-    sentences per word when the averaged strategy is selected (harvested first if missing,
+    sentences per word when the averaged strategy is selected (the `sentences` stage runs first
+    if the file is missing,
     since its fingerprint covers the sentence file).
 
     Shared by the local stage and the Ray fan-out, so both skip exactly the same work;
@@ -115,20 +116,16 @@ def rebuild_command(cfg: Config, model: str, strategy: str) -> str:
 
 
 def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
+    """Sentences per word from `hidden.sentences`, built first by the `sentences` stage when
+    the file is missing and `hidden.harvest` names its sources."""
+    from . import sentences
+
     h = cfg.hidden
     path = Path(h.sentences)
     if not path.exists():
         if not h.harvest:
-            raise PipelineError(
-                f"hidden.sentences = {h.sentences}: file not found; the 'averaged' strategy needs up to "
-                f"{h.max_sentences} sentences per word, one per line. Supply it (the paper uses 50 C4 sentences "
-                f"per word), build it with `python -m pipeline.sentences harvest --vocab {paths.vocab_file(cfg)} "
-                f"--corpus FILE... --out {h.sentences} --max {h.max_sentences}`, or set hidden.harvest = "
-                f"[\"wordnet\"] to harvest WordNet glosses automatically")
-        t0 = time.perf_counter()
-        summary = harvest(words, h.harvest, path, h.max_sentences, rules=Rules.of(cfg))
-        log.info("hidden: harvested %d sentences from %s into %s (%.1f s); %d words have none", summary["sentences"],
-                 ", ".join(h.harvest), path, time.perf_counter() - t0, len(summary["words_without_sentences"]))
+            raise sentences.missing_file_error(cfg)
+        sentences.build(cfg)
     return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
 
 
