@@ -707,50 +707,38 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     man = Manifest(cfg.run_dir)
     spec = scan_spec(cfg, words)
     vfp = vocab_fingerprint(cfg)
-    if not h.harvest:
+    side = provenance_file(path)
+    if not h.harvest or (path.exists() and not o.force and _read_json(side) is None):
         if not path.exists():
             if "averaged" not in h.strategies:
                 return None
             raise missing_file_error(cfg)
-        step = man.step(STAGE_KEY, {"version": _VERSION, "supplied": sha256_file(path), "vocab": vfp,
-                                    "cap": h.max_sentences, "rules": spec.rules.name}, force=True)
-        if step.done(quiet=True):
-            return man.summary(STAGE_KEY)
-        step.start()
-        summary = {"source": "supplied", "file": str(path), **coverage(load_sentences(path, words, h.max_sentences,
-                                                                                       spec.rules), words, spec.cap)}
-        step.complete([], summary)
-        _log_coverage(summary, path)
-        return summary
+        if h.harvest:
+            log.warning("sentences: %s exists without a provenance file (%s): it is used as supplied; delete it or "
+                        "run with --force to harvest it from hidden.harvest", path, side.name)
+        return _supplied(man, path, words, spec, vfp)
     units = resolve_sources(h.harvest)
     settings = {"version": _VERSION, "vocab": vfp, "file": str(path), **spec.settings(),
                 "sources": [{k: v for k, v in u.identity.items() if k != "mtime_ns"} for u in units]}
-    step = man.step(STAGE_KEY, settings, force=o.force)
+    was_supplied = (man.summary(STAGE_KEY) or {}).get("source") == "supplied"
+    step = man.step(STAGE_KEY, settings, force=o.force or was_supplied)
     if step.done():
         log.info("sentences: complete, skipping (%s)", path)
         return man.summary(STAGE_KEY)
-    side = provenance_file(path)
     with StageLock(cfg.run_dir / "sentences" / ".lock", f"the sentence harvest into {path}"):
-        if path.exists() and not o.force:
-            prov = _read_json(side)
-            if prov is not None and prov.get("settings") == step.fp:
-                log.info("sentences: %s was harvested with the same settings (%s); using it", path, side)
-                step.start()
-                step.complete([path, side], prov.get("summary"))
-                return prov.get("summary")
-            if prov is not None:
-                raise PipelineError(
-                    f"hidden.sentences = {path} exists and was harvested for other settings (another vocabulary, "
-                    f"corpus or rules; see {side}); it is not overwritten: set hidden.sentences to a new file, or "
-                    f"run `{rebuild_command(cfg)} --force` to harvest again over it")
-            log.warning("sentences: %s exists without a provenance file (%s): it is used as supplied; delete it or "
-                        "run with --force to harvest it from hidden.harvest", path, side.name)
+        prov = _read_json(side) if path.exists() and not o.force else None
+        if prov is not None and prov.get("settings") != step.fp:
+            raise PipelineError(
+                f"hidden.sentences = {path} exists and was harvested for other settings (another vocabulary, corpus "
+                f"or rules; see {side}); it is not overwritten: set hidden.sentences to a new file, or run "
+                f"`{rebuild_command(cfg)} --force` to harvest again over it")
+        if prov is not None and prov.get("sha256") == sha256_file(path):
+            log.info("sentences: %s was harvested with the same settings (%s); using it", path, side)
             step.start()
-            summary = {"source": "supplied", "file": str(path),
-                       **coverage(load_sentences(path, words, h.max_sentences, spec.rules), words, spec.cap)}
-            step.complete([], summary)
-            _log_coverage(summary, path)
-            return summary
+            step.complete([path, side], prov.get("summary"))
+            return prov.get("summary")
+        if prov is not None:
+            log.warning("sentences: %s changed since it was harvested; harvesting it again", path)
         step.start()
         t0 = time.perf_counter()
         if spec.rules.sentence_splitter == "punkt" and any(u.kind != "wordnet" for u in units):
@@ -758,7 +746,8 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
         comb, records = _scan_with(spec, units, cfg.run_dir / "sentences" / "parts", o.workers, submit_factory)
         wall = time.perf_counter() - t0
         lines = [f"{w}\t{s}\n" for w, sents in zip(words, comb.lists) for s in sents]
-        atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+        blob = "".join(lines).encode("utf-8")
+        atomic_write_bytes(path, blob)
         m = spec.max_documents
         ended = ("all words at cap" if comb.full == len(words)
                  else f"harvest_max_documents ({m}) reached" if m is not None and comb.docs >= m
@@ -770,10 +759,25 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
                    "sources": [{**u.identity, **r} for u, r in zip(units, records)],
                    "hash": "quick_sha256 = SHA-256 of the size and the first and last MiB of each file",
                    **coverage(comb.lists, words, spec.cap)}
-        atomic_write_bytes(side, json.dumps({"settings": step.fp, "vocab_fingerprint": vfp, "vocabulary": words,
-                                             "summary": summary}, indent=1, ensure_ascii=False).encode("utf-8"))
+        prov = {"settings": step.fp, "sha256": hashlib.sha256(blob).hexdigest(), "vocab_fingerprint": vfp,
+                "vocabulary": words, "summary": summary}
+        atomic_write_bytes(side, json.dumps(prov, indent=1, ensure_ascii=False).encode("utf-8"))
         step.complete([path, side], summary)
         shutil.rmtree(cfg.run_dir / "sentences" / "parts", ignore_errors=True)
+    _log_coverage(summary, path)
+    return summary
+
+
+def _supplied(man, path: Path, words: list[str], spec: ScanSpec, vfp: str) -> dict:
+    """Record a sentence file the user supplied: its hash and each word's coverage."""
+    step = man.step(STAGE_KEY, {"version": _VERSION, "supplied": sha256_file(path), "vocab": vfp, "cap": spec.cap,
+                                "rules": spec.rules.name}, force=True)
+    if step.done(quiet=True):
+        return man.summary(STAGE_KEY)
+    step.start()
+    summary = {"source": "supplied", "file": str(path),
+               **coverage(load_sentences(path, words, spec.cap, spec.rules), words, spec.cap)}
+    step.complete([], summary)
     _log_coverage(summary, path)
     return summary
 

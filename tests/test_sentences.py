@@ -377,3 +377,78 @@ def test_kill_mid_scan_resumes_to_the_uninterrupted_file(tmp_path, workers):
     assert (tmp_path / "killed.txt").read_bytes() == (tmp_path / "whole.txt").read_bytes()
     # dog: 1285 sentences per shard, capped at 2000; cat: shard 1 repeats shard 0's 1285 (counted once)
     assert (tmp_path / "killed.txt").read_text().count("\n") == 2000 + 1285
+
+
+def test_nltk_data_writes_punkt_tab_that_nltk_loads(tmp_path, monkeypatch):
+    import importlib.machinery
+    import types
+
+    from nltk.tokenize.punkt import load_punkt_params
+
+    from pipeline import resources
+
+    pkg, data, english = (types.ModuleType(n) for n in ("punkt", "punkt.data", "punkt.data.english"))
+    pkg.__spec__ = importlib.machinery.ModuleSpec("punkt", None, is_package=True)
+    english.ABBREV_TYPES = frozenset({"dr", "e.g"})
+    english.SENT_STARTERS = frozenset({"however"})
+    english.COLLOCATIONS = frozenset({("##number##", "may")})
+    english.ORTHO_CONTEXT = {"the": 46, "smith": 4}
+    for name, mod in (("punkt", pkg), ("punkt.data", data), ("punkt.data.english", english)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    out = resources.install_punkt_tab(tmp_path / "nltk_data")
+    assert out == tmp_path / "nltk_data" / "tokenizers" / "punkt_tab" / "english"
+
+    class _Dir:
+        def join(self, name):
+            return out / name
+
+    params = load_punkt_params(_Dir())
+    assert params.abbrev_types == {"dr", "e.g"} and params.sent_starters == {"however"}
+    assert params.collocations == {("##number##", "may")} and dict(params.ortho_context) == {"the": 46, "smith": 4}
+    monkeypatch.setitem(sys.modules, "punkt", None)
+    assert resources.install_punkt_tab(tmp_path / "other") is None
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("harvest_min_tokens", 0, "at least 1"), ("harvest_max_tokens", 3, "at most"),
+    ("harvest_max_documents", 0, "at least 1"), ("harvest_field", "", "text field")])
+def test_harvest_keys_are_validated(tmp_path, key, value, match):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _config(tmp_path, ["dog"], ["wordnet"], **{key: value})
+
+
+def test_shared_file_adopted_damaged_rebuilt_supplied_then_harvested(tmp_path, caplog):
+    caplog.set_level("INFO")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The dog walked home at noon today.\n")
+    shared = str(tmp_path / "shared.txt")
+    first = _config(tmp_path, ["dog"], [corpus], name="one", sentences=shared)
+    sentences.run(first)
+    second = _config(tmp_path, ["dog"], [corpus], name="two", sentences=shared)
+    before = Path(shared).stat().st_mtime_ns
+    assert sentences.run(second)["sentences"] == 1 and Path(shared).stat().st_mtime_ns == before
+    assert "same settings" in caplog.text
+    Path(shared).write_text("dog\tA damaged line about a dog here.\n")
+    third = _config(tmp_path, ["dog"], [corpus], name="three", sentences=shared)
+    sentences.run(third)
+    assert "changed since it was harvested" in caplog.text
+    assert Path(shared).read_text() == "dog\tThe dog walked home at noon today.\n"
+    own = _config(tmp_path, ["dog"], [corpus], name="own")
+    Path(own.hidden.sentences).write_text("My own dog sentence goes right here.\n")
+    assert sentences.run(own)["source"] == "supplied"
+    Path(own.hidden.sentences).unlink()
+    assert sentences.run(own)["source"] == "harvest"
+
+
+def test_report_section_lists_words_below_cap(tmp_path):
+    from pipeline.report import sentences_section
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The dog walked home at noon today.\nThe cat and the dog slept all day.\n")
+    cfg = _config(tmp_path, ["dog", "cat", "ship"], [corpus], max_sentences=2)
+    sentences.run(cfg)
+    text = "\n".join(sentences_section(cfg))
+    assert "## Sentences (averaged strategy)" in text and "1 of 3 words have 2 sentences, 2 fewer (1 none" in text
+    assert "| ship | 0 |" in text and "| cat | 1 |" in text
