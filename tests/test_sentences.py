@@ -452,3 +452,24 @@ def test_report_section_lists_words_below_cap(tmp_path):
     text = "\n".join(sentences_section(cfg))
     assert "## Sentences (averaged strategy)" in text and "1 of 3 words have 2 sentences, 2 fewer (1 none" in text
     assert "| ship | 0 |" in text and "| cat | 1 |" in text
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_file(tmp_path):
+    ray = pytest.importorskip("ray")
+    from pipeline import distributed
+
+    for k in range(3):
+        _c4_shard(tmp_path / f"c4-train.{k:05d}-of-01024.json.gz",
+                  [f"Shard {k}: the dog {i} ran. The cat {i} of shard {k} slept." for i in range(200)])
+    glob_ = tmp_path / "c4-train.*.json.gz"
+    local = _config(tmp_path, ["dog", "cat", "absent"], [glob_], name="local", max_sentences=450)
+    remote = _config(tmp_path, ["dog", "cat", "absent"], [glob_], name="remote", max_sentences=450)
+    _harvested(local)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        distributed.run_sentences(remote, Options(engine="ray", workers=2))
+    finally:
+        ray.shutdown()
+    assert Path(remote.hidden.sentences).read_bytes() == Path(local.hidden.sentences).read_bytes()
+    assert Manifest(remote.run_dir).summary("sentences")["units_scanned"] == 3
