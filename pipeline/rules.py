@@ -124,7 +124,10 @@ class Rules:
         low = sentence.lower()
         if self.paper:
             return set(_PAPER_TOKEN_SPLIT.split(low))
-        return set(_UNICODE_TOKEN_SPLIT.split(low)) | set(_JOINED_TOKEN.findall(low))
+        tokens = set(_UNICODE_TOKEN_SPLIT.split(low))
+        if "-" in low or "'" in low or "’" in low:
+            tokens.update(_JOINED_TOKEN.findall(low))
+        return tokens
 
     @property
     def sentence_splitter(self) -> str:

@@ -381,6 +381,7 @@ class _Scanner:
         self.index = {}
         for i, w in enumerate(spec.words):
             self.index.setdefault(self.norm(w).lower(), i)
+        self.keys = self.index.keys()
         self.seen: dict[int, set[str]] = {i: {s for _, s in v} for i, v in lists.items()} if self.dedupe else {}
         self.open = sum(1 for i in set(self.index.values())
                         if i not in closed and len(lists.get(i, ())) < spec.cap)
@@ -392,9 +393,9 @@ class _Scanner:
             if not lo <= len(toks) <= hi:
                 continue
             sent = " ".join(toks)
-            for t in self.tokens(self.norm(sent)):
-                i = self.index.get(t)
-                if i is None or i in self.closed:
+            for t in self.tokens(self.norm(sent)) & self.keys:
+                i = self.index[t]
+                if i in self.closed:
                     continue
                 lst = self.lists.setdefault(i, [])
                 if len(lst) >= cap:
