@@ -6,7 +6,7 @@ order at `hidden/<model>/<strategy>.npy`:
 
 - ``meaning``, ``task_fc``, ``task_fa``: one prompt per word (`prompts.hidden_prompt`).
 - ``averaged``: the mean over up to `hidden.max_sentences` corpus sentences per word
-  (`hidden.sentences`, one sentence per line; see `sentences.load_sentences`).
+  (`hidden.sentences`, built by the `sentences` stage or supplied; see `sentences.load_sentences`).
 
 Texts are raw (no chat template) and tokenized with the tokenizer's default special tokens.
 A word's vector in one text is the mean over the tokens whose character span overlaps the
