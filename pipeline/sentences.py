@@ -442,7 +442,8 @@ def scan_unit(spec: ScanSpec, unit: Unit, part: str | Path, budget: int | None =
         budget: read at most this many documents (`harvest_max_documents` left for it).
         closed: word indices already at their cap from earlier units: not collected.
         progress: called with the number of documents read since its last call.
-        stop: returns True when the scan should checkpoint and return early.
+        stop: returns True when the scan should checkpoint and return early (asked every
+            256 documents).
 
     Returns:
         ``{"docs", "read", "complete", "ended"}`` (read: documents read by this call), ended
@@ -475,7 +476,8 @@ def scan_unit(spec: ScanSpec, unit: Unit, part: str | Path, budget: int | None =
         if budget is not None and docs >= budget:
             ended = "budget"
             break
-        if docs - last_docs >= every or (docs % 256 == 0 and time.monotonic() - last_t >= _CHECKPOINT_S):
+        halt = docs % 256 == 0 and stop is not None and stop()
+        if halt or docs - last_docs >= every or (docs % 256 == 0 and time.monotonic() - last_t >= _CHECKPOINT_S):
             save(False)
             last_docs, last_t = docs, time.monotonic()
             if progress:
@@ -483,7 +485,7 @@ def scan_unit(spec: ScanSpec, unit: Unit, part: str | Path, budget: int | None =
                 reported = docs
             if fault and docs >= fault:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if stop is not None and stop():
+            if halt:
                 return {"docs": docs, "read": docs - start, "complete": False, "ended": "stopped"}
     else:
         if not sc.open:
@@ -649,8 +651,21 @@ def _drain_progress(bar) -> None:
 
 
 def _init_worker(progress, stop) -> None:
+    """Pool process set-up: the progress queue, the stop flag, and a watchdog that ends the
+    process when the stage's process died (killed), so a rerun never races a leftover scanner
+    (checkpoints are written atomically, so exiting at any moment leaves a usable one)."""
+    import threading
+
     global _PROGRESS, _STOP_FLAG
     _PROGRESS, _STOP_FLAG = progress, stop
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
 def _pool_task(spec: ScanSpec, unit: Unit, part: str, budget, closed) -> dict:

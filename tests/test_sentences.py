@@ -473,3 +473,68 @@ def test_ray_engine_gives_the_same_file(tmp_path):
         ray.shutdown()
     assert Path(remote.hidden.sentences).read_bytes() == Path(local.hidden.sentences).read_bytes()
     assert Manifest(remote.run_dir).summary("sentences")["units_scanned"] == 3
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its new parent, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """Processes started by `pid`, but multiprocessing's resource tracker (it only waits)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and "resource_tracker" not in (stat.parent / "cmdline").read_text():
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigkill_of_the_stage_from_outside_stops_its_pool_and_resumes(tmp_path):
+    import time
+
+    for k in range(2):
+        _c4_shard(tmp_path / f"c4-train.{k:05d}-of-01024.json.gz",
+                  [f"Shard {k}: the dog {i} ran far. A cat {i} hid there today." for i in range(20000)])
+    (tmp_path / "words.txt").write_text("dog\ncat\nabsent\n")
+    base = (f'[vocab]\nsource = "{tmp_path / "words.txt"}"\n[trials]\nfc_candidates = 2\nfc_picks = 1\n'
+            f'[behave]\nbackend = "fake"\n[[models]]\nname = "m"\npath = "unused"\n[hidden]\n'
+            f'strategies = ["averaged"]\nharvest = ["{tmp_path}/c4-train.*-of-01024.json.gz"]\n'
+            f'max_sentences = 100000\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_SENTENCES_CHECKPOINT_DOCS": "500"}
+    tomls = {}
+    for name in ("whole", "killed"):
+        tomls[name] = tmp_path / f"{name}.toml"
+        tomls[name].write_text(f'[experiment]\nname = "{name}"\ndata_dir = "{tmp_path / "data"}"\n' + base
+                               + f'sentences = "{tmp_path / name}.txt"\n')
+        subprocess.run([sys.executable, "-m", "pipeline", "vocab", "--config", str(tomls[name])], cwd=ROOT,
+                       env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sentences", "--config", str(tomls["killed"]),
+                             "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = tmp_path / "data" / "killed" / "sentences" / "parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(parts.glob("*.json.gz")):
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert workers and list(parts.glob("*.json.gz")), "the scan had not started its pool and checkpoints"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), [Path(f"/proc/{w}/stat").read_text() for w in workers if _alive(w)]
+    states = [json.loads(gzip.decompress(p.read_bytes())) for p in parts.glob("*.json.gz")]
+    assert any(not s["complete"] for s in states)
+    for name in ("killed", "whole"):
+        r = _cli(tomls[name], "--workers", "2")
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "killed.txt").read_bytes() == (tmp_path / "whole.txt").read_bytes()
+    # dog: 20,000 per shard; cat: shard 1 repeats shard 0's sentences (counted once)
+    assert (tmp_path / "killed.txt").read_text().count("\n") == 2 * 20000 + 20000
