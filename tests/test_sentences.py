@@ -538,3 +538,12 @@ def test_sigkill_of_the_stage_from_outside_stops_its_pool_and_resumes(tmp_path):
     assert (tmp_path / "killed.txt").read_bytes() == (tmp_path / "whole.txt").read_bytes()
     # dog: 20,000 per shard; cat: shard 1 repeats shard 0's sentences (counted once)
     assert (tmp_path / "killed.txt").read_text().count("\n") == 2 * 20000 + 20000
+
+
+@pytest.mark.parametrize("paper,expected", [(False, 2), (True, 4)], ids=["default", "paper"])
+def test_repeated_sentences_counted_once_by_default_each_time_in_paper_mode(tmp_path, punkt_data, paper, expected):
+    a = _c4_shard(tmp_path / "a.json.gz", ["This site uses cookies for the dog.", "This site uses cookies for the dog."])
+    b = _c4_shard(tmp_path / "b.json.gz", ["This site uses cookies for the dog.", "Another dog sentence is here."])
+    cfg = _config(tmp_path, ["dog"], [a, b], paper=paper)
+    _, loaded = _harvested(cfg)
+    assert len(loaded[0]) == expected and loaded[0][-1] == "Another dog sentence is here."
