@@ -581,7 +581,6 @@ def scan(spec: ScanSpec, units: list[Unit], parts_dir: Path, submit=None, worker
     comb = Combiner(spec)
     results: dict[int, dict] = {}
     records: list[dict] = []
-    nxt = 0
     n_words = len(spec.words)
     bar = tqdm(desc=desc, unit=" docs", unit_scale=True, dynamic_ncols=True, disable=None, mininterval=1.0)
 
@@ -599,7 +598,8 @@ def scan(spec: ScanSpec, units: list[Unit], parts_dir: Path, submit=None, worker
     for k, p in enumerate(paths_):
         state = _read_part(p)
         if state and state.get("complete"):
-            results[k] = state
+            results[k] = {"complete": True}
+        del state
     absorb()
     try:
         if submit is None:
