@@ -650,15 +650,15 @@ def _drain_progress(bar) -> None:
     bar.update(n)
 
 
-def _init_worker(progress, stop) -> None:
+def _init_worker(progress, stop, parent: int) -> None:
     """Pool process set-up: the progress queue, the stop flag, and a watchdog that ends the
-    process when the stage's process died (killed), so a rerun never races a leftover scanner
+    process when the stage's process (`parent`, its pid passed along, since it may already be
+    gone when this runs) died (killed), so a rerun never races a leftover scanner
     (checkpoints are written atomically, so exiting at any moment leaves a usable one)."""
     import threading
 
     global _PROGRESS, _STOP_FLAG
     _PROGRESS, _STOP_FLAG = progress, stop
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -816,7 +816,7 @@ def _scan_with(spec, units, parts_dir, workers, submit_factory):
     progress, stop = ctx.Queue(), ctx.Event()
     global _PROGRESS, _STOP_FLAG
     _PROGRESS, _STOP_FLAG = progress, stop
-    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(progress, stop))
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(progress, stop, os.getpid()))
     try:
         return scan(spec, units, parts_dir, lambda *a: pool.submit(_pool_task, *a), n)
     except BrokenProcessPool:
