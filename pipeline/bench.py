@@ -12,7 +12,7 @@ import traceback
 
 from .benchmarks import Row
 
-AREAS = ["trials", "aggregate", "rsa", "driver", "behave", "distributed", "openai"]
+AREAS = ["trials", "aggregate", "rsa", "driver", "behave", "distributed", "openai", "sentences"]
 
 
 def format_table(rows: list[Row]) -> str:

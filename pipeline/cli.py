@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "trials": "Build the FC and FA trial plans (pure function of vocabulary and seeds).",
     "behave": "Run trials through the LLM backend into resumable Parquet trial logs.",
     "aggregate": "Count matrices, PPMI and cosine similarity from the trial logs.",
+    "sentences": "Corpus sentences per word for the averaged strategy (hidden.harvest -> hidden.sentences).",
     "hidden": "Layerwise hidden-state vectors per model and extraction strategy.",
     "baselines": "Static word vectors, encoder (BERT-family) vectors, cross-model consensus.",
     "rsa": "RSA and NN@k overlap of hidden layers against every reference.",
@@ -33,9 +34,11 @@ STAGES: dict[str, str] = {
     "export": "Analysis-ready exports of the similarity matrices.",
     "plan-trials": "Print the reliability planner: trials per cue (and GPU-hours) that reach the target r_SB.",
 }
-DAG = ["vocab", "trials", "behave", "aggregate", "hidden", "baselines", "rsa", "validity", "regress", "report"]
+DAG = ["vocab", "trials", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity", "regress",
+       "report"]
 COMMANDS = {"plan-trials": "pipeline.validity:plan_trials"}
-ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden"}}
+ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden",
+                   "sentences": "pipeline.distributed:run_sentences"}}
 
 log = logging.getLogger("pipeline")
 _MAX_SHARDS = 2**31 - 1
@@ -101,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="behave: run only shard I of N (deterministic split of trial_ids)")
     p.add_argument("--engine", choices=["local", *ENGINES], default="local",
-                   help="behave/hidden: run in this process or on a Ray cluster")
+                   help="behave/hidden/sentences: run on this machine or on a Ray cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="--engine ray: actors (engines) per model (default: as many as the cluster's "
-                        "GPUs fit, or one per CPU)")
+                        "GPUs fit, or one per CPU); sentences: corpus files scanned at once (default: one per CPU)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N",
                    help="behave: run at most N trials per model and paradigm (smoke tests)")
     p.add_argument("--force", action="store_true",

