@@ -24,6 +24,7 @@ _UPSTREAM = {
     "trials": ("vocab",),
     "behave": ("vocab", "trials"),
     "aggregate": ("vocab", "trials", "behave"),
+    "sentences": ("vocab",),
     "hidden": ("vocab",),
     "baselines": ("vocab",),
     "rsa": ("vocab", "trials", "behave", "hidden"),
