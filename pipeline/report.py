@@ -99,9 +99,10 @@ def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
     """
     from .regress import _COLUMNS as regression
     from .rsa import _BEH_COLUMNS, _BN_COLUMNS, _NN_COLUMNS, _REL_COLUMNS, _RSA_COLUMNS
+    from .svd import COLUMNS as svd_variants
 
     columns = {"rsa": _RSA_COLUMNS, "nn": _NN_COLUMNS, "reliability": _REL_COLUMNS, "regression": regression,
-               "behavior_rsa": _BEH_COLUMNS, "behavior_norms": _BN_COLUMNS}
+               "behavior_rsa": _BEH_COLUMNS, "behavior_norms": _BN_COLUMNS, "svd_variants": svd_variants}
     man = Manifest(cfg.run_dir)
     out = {}
     for name in _TABLES:

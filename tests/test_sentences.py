@@ -355,7 +355,7 @@ def test_kill_mid_scan_resumes_to_the_uninterrupted_file(tmp_path, workers):
         (tmp_path / "words.txt").write_text("dog\ncat\nabsent\n")
         toml.write_text(f'[experiment]\nname = "{name}"\ndata_dir = "{tmp_path / "data"}"\n'
                         f'[vocab]\nsource = "{tmp_path / "words.txt"}"\n[trials]\nfc_candidates = 2\nfc_picks = 1\n'
-                        f'[behave]\nbackend = "fake"\n'
+                        f'[behave]\nbackend = "fake"\nparadigms = ["fa"]\n'
                         f'[[models]]\nname = "m"\npath = "unused"\n'
                         f'[hidden]\nstrategies = ["averaged"]\nsentences = "{tmp_path / name}.txt"\n'
                         f'harvest = ["{tmp_path}/c4-train.*-of-01024.json.gz"]\nmax_sentences = 2000\n')
@@ -504,7 +504,7 @@ def test_sigkill_of_the_stage_from_outside_stops_its_pool_and_resumes(tmp_path):
                   [f"Shard {k}: the dog {i} ran far. A cat {i} hid there today." for i in range(20000)])
     (tmp_path / "words.txt").write_text("dog\ncat\nabsent\n")
     base = (f'[vocab]\nsource = "{tmp_path / "words.txt"}"\n[trials]\nfc_candidates = 2\nfc_picks = 1\n'
-            f'[behave]\nbackend = "fake"\n[[models]]\nname = "m"\npath = "unused"\n[hidden]\n'
+            f'[behave]\nbackend = "fake"\nparadigms = ["fa"]\n[[models]]\nname = "m"\npath = "unused"\n[hidden]\n'
             f'strategies = ["averaged"]\nharvest = ["{tmp_path}/c4-train.*-of-01024.json.gz"]\n'
             f'max_sentences = 100000\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_SENTENCES_CHECKPOINT_DOCS": "500"}
