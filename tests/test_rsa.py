@@ -108,8 +108,24 @@ def test_paradigm_not_configured_is_skipped_with_a_note(make_config):
 from test_analysis import _authors_rsa  # noqa: E402
 
 
+def _no_valid_fa_answer(cfg, model, cue_idx, words):
+    """Rewrite `model`'s FA log so the cue at `cue_idx` has no valid associate, then aggregate."""
+    import pyarrow as pa
+
+    from pipeline.aggregate import aggregate_one
+    from pipeline.logs import SCHEMA, write_part
+
+    d = paths.behavior_dir(cfg, model, "fa")
+    tab = pd.concat([pd.read_parquet(p) for p in sorted(d.glob("part-*"))])
+    for p in d.glob("part-*"):
+        p.unlink()
+    sel = tab.cue_idx == cue_idx
+    tab.loc[sel, "picks"] = pd.Series([["null", "??"]] * int(sel.sum()), index=tab.index[sel])
+    write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
+    aggregate_one(cfg, model, "fa", words)
+
+
 def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_config):
-    from pipeline.logs import write_part
 
     cfg = syn.config(make_config, models=("m1",), hidden={"strategies": ["meaning"]},
                      experiment={"name": "t", "data_dir": str(make_config().experiment.data_dir), "paper_mode": True},
@@ -118,18 +134,7 @@ def test_stage_paper_mode_on_common_words_equals_the_authors_procedure(make_conf
     words = data["words"]
     # The FA cue "king" loses every answer: in paper mode it leaves every comparison.
     king = words.index("king")
-    d = paths.behavior_dir(cfg, "m1", "fa")
-    tab = pd.concat([pd.read_parquet(p) for p in sorted(d.glob("part-*"))])
-    for p in d.glob("part-*"):
-        p.unlink()
-    tab.loc[tab.cue_idx == king, "picks"] = pd.Series([["null", "??"]] * int((tab.cue_idx == king).sum()),
-                                                      index=tab.index[tab.cue_idx == king])
-    import pyarrow as pa
-
-    from pipeline.logs import SCHEMA
-    write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
-    from pipeline.aggregate import aggregate_one
-    aggregate_one(cfg, "m1", "fa", words)
+    _no_valid_fa_answer(cfg, "m1", king, words)
     rsa.run(cfg, Options())
     df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet")
     assert set(df.query("reference != 'static'").n_words) == {29}
@@ -152,9 +157,7 @@ def test_paper_mode_consensus_is_centred_over_the_targets_common_words(make_conf
     """METHOD.md §5-§6: in paper mode the analysis runs on the target's common words (hidden,
     FC rows, FA rows); the consensus is each other model's centered cosine over those words,
     so its centering mean is theirs too. Here m1 loses one FA cue, the others do not."""
-    import pyarrow as pa
 
-    from pipeline.logs import SCHEMA, write_part
 
     cfg = syn.config(make_config, models=("m1", "m2", "m3"), hidden={"strategies": ["meaning"]},
                      experiment={"name": "t", "data_dir": str(make_config().experiment.data_dir), "paper_mode": True},
@@ -163,15 +166,7 @@ def test_paper_mode_consensus_is_centred_over_the_targets_common_words(make_conf
     data = syn.build(cfg, n_layers=2)
     words = data["words"]
     king = words.index("king")
-    d = paths.behavior_dir(cfg, "m1", "fa")
-    tab = pd.concat([pd.read_parquet(p) for p in sorted(d.glob("part-*"))])
-    for p in d.glob("part-*"):
-        p.unlink()
-    sel = tab.cue_idx == king
-    tab.loc[sel, "picks"] = pd.Series([["null", "??"]] * int(sel.sum()), index=tab.index[sel])
-    write_part(d, pa.Table.from_pandas(tab, preserve_index=False).select(SCHEMA.names).cast(SCHEMA))
-    from pipeline.aggregate import aggregate_one
-    aggregate_one(cfg, "m1", "fa", words)
+    _no_valid_fa_answer(cfg, "m1", king, words)
     rsa.run(cfg, Options())
     df = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").query("reference == 'consensus'")
     keep = [i for i in range(len(words)) if i != king]
