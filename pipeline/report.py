@@ -385,6 +385,17 @@ def _integer_x(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _grid_cell(ax, title: str, last_row: bool, first_col: bool, xlabel: str, ylabel: str) -> None:
+    """Title and integer layer axis of one cell of a model × strategy grid; axis labels only
+    on the outer cells, since the grid shares them."""
+    ax.set_title(title)
+    _integer_x(ax)
+    if last_row:
+        ax.set_xlabel(xlabel)
+    if first_col:
+        ax.set_ylabel(ylabel)
+
+
 def _legend(fig, handles_labels: dict, ncol: int | None = None) -> None:
     if handles_labels:
         fig.legend(list(handles_labels.values()), list(handles_labels), loc="upper center",
@@ -426,13 +437,9 @@ def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: 
                     (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.2, ls="--")
                     handles.setdefault("published (paper: Pearson, 500k pairs), dashed", line)
                     drawn += 1
-            ax.set_title(f"{model} · {strategy}")
             ax.axhline(0, color="black", lw=0.5)
-            _integer_x(ax)
-            if i == len(models) - 1:
-                ax.set_xlabel("layer")
-            if j == 0:
-                ax.set_ylabel(f"RSA ({METHOD_LABELS.get(method, method)})")
+            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer",
+                       f"RSA ({METHOD_LABELS.get(method, method)})")
     _legend(fig, handles, ncol=4)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     _save(fig, path)
@@ -578,12 +585,7 @@ def _fig_regression(plt, reg: pd.DataFrame, models, strategies, path):
                 if cell.seed.nunique() > 1 and s == sets[-1]:
                     band = ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
                     handles.setdefault(f"{s}: range over seeds", band)
-            ax.set_title(f"{model} · {strategy}")
-            _integer_x(ax)
-            if i == len(models) - 1:
-                ax.set_xlabel("layer")
-            if j == 0:
-                ax.set_ylabel("held-out test R²")
+            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer", "held-out test R²")
     low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.min().min()
     if low < R2_FLOOR:
         high = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.max().max()
@@ -899,13 +901,9 @@ def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str
                         (line,) = ax.plot(t.layer, t.rsa, color=colors[v], lw=1.0, ls="--")
                         handles.setdefault("published (paper), dashed", line)
                         drawn += 1
-            ax.set_title(f"{model} · {paradigm.upper()} · {strategy}")
             ax.axhline(0, color="black", lw=0.5)
-            _integer_x(ax)
-            if i == len(rows) - 1:
-                ax.set_xlabel("layer (0 = embeddings)")
-            if j == 0:
-                ax.set_ylabel("RSA (Pearson r, sampled pairs)")
+            _grid_cell(ax, f"{model} · {paradigm.upper()} · {strategy}", i == len(rows) - 1, j == 0,
+                       "layer (0 = embeddings)", "RSA (Pearson r, sampled pairs)")
     _legend(fig, handles, ncol=5)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
     _save(fig, path)
