@@ -38,15 +38,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from . import paths
-from .config import PARADIGMS, Config
+from .config import Config
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
 from .options import Options, model_paradigms, select
+from .paradigms import get as get_paradigm
 from .rules import Rules
 from .similarity import ppmi
 from .vocab import load_run_vocab
@@ -78,14 +78,11 @@ def run(cfg: Config, opts) -> None:
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
     """What an aggregation depends on besides the trial logs themselves."""
-    rules = Rules.of(cfg)
+    rules, par = Rules.of(cfg), get_paradigm(paradigm)
     out = {"vocab": fingerprint(words), "paradigm": paradigm, "version": _VERSION, "rules": rules.name}
-    if rules.paper and paradigm == "fa":
+    if rules.paper and par.na_answers:
         out["na_answers"] = True  # whole answers read as missing (Rules.missing_answers): older paper FA is stale
-    if paradigm == "fc_scored":
-        out.update(scored_counts=cfg.behave.scored_counts, picks=cfg.trials.fc_picks)
-        if cfg.behave.scored_counts == "debiased":
-            out["scored_prior"] = cfg.behave.scored_prior
+    out.update(par.count_settings(cfg))
     return out
 
 
@@ -102,8 +99,7 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     """
     from .logs import list_parts
 
-    if paradigm not in PARADIGMS:
-        raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(PARADIGMS)}")
+    par = get_paradigm(paradigm)
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
     behave_cmd = (f"python -m pipeline behave --config {cfg.source} --model {model} --paradigm {paradigm}")
@@ -120,8 +116,8 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
             raise PipelineError(f"{src}: {len(lost)} trial log part(s) that behave recorded as complete are gone "
                                 f"({', '.join(Path(r).name for r in lost[:3])}{' ...' if len(lost) > 3 else ''}); "
                                 f"run `{behave_cmd}` to redo exactly their trials, then aggregate again")
-    fc_parts = list_parts(paths.behavior_dir(cfg, model, "fc")) if paradigm == "fc_scored" else []
-    step = man.step(key, settings(cfg, words, paradigm), man.ids(parts + fc_parts), force)
+    fed = [p for f in par.feeds for p in list_parts(paths.behavior_dir(cfg, model, f))]
+    step = man.step(key, settings(cfg, words, paradigm), man.ids(parts + fed), force)
     if step.done():
         log.info("aggregate %s/%s: complete, skipping (%s)", model, paradigm, out)
         return json.loads((out / "stats.json").read_text())
@@ -130,13 +126,10 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
                     "%d parts written so far", model, paradigm, len(parts))
     step.start()
     t0 = time.perf_counter()
-    counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg), scored=_scored_mode(cfg))
+    counts, cols, stats = count_matrix(src, words, paradigm, Rules.of(cfg), scored=par.count_options(cfg))
     stats.update({"model": model, "paradigm": paradigm, "parts": len(parts),
                   "behave_complete": bool(behave and behave.get("complete"))})
-    if paradigm == "fc_scored":
-        from .scored import agreement
-
-        stats["agreement_fc"] = agreement(cfg, model)
+    stats.update(par.extra_stats(cfg, model))
     t1 = time.perf_counter()
     write_outputs(out, words, counts, cols, stats)
     t2 = time.perf_counter()
@@ -153,10 +146,6 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
                    "masked_row_words": stats["masked_row_words"][:20],
                    "count_seconds": round(t1 - t0, 2), "matrix_seconds": round(t2 - t1, 2)})
     return stats
-
-
-def _scored_mode(cfg: Config) -> tuple[str, int, str]:
-    return cfg.behave.scored_counts, cfg.trials.fc_picks, cfg.behave.scored_prior
 
 
 def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules | None = None,
@@ -179,11 +168,12 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
     Args:
         src: the `behavior/<model>/<paradigm>/` directory.
         words: the run's vocabulary; `cue_idx` indexes it and must agree with `cue`.
-        paradigm: ``fc`` or ``fa``.
+        paradigm: a registered paradigm (`Paradigm.count` streams its rows).
         rules: the run's rules (default rules when None).
         select: optional function of a record batch (columns trial_id, run, cue_idx) returning a
             boolean mask of the trials to count (split halves); default all.
-        scored: for ``fc_scored``, (`behave.scored_counts`, `trials.fc_picks`[, `behave.scored_prior`]): ``expected``
+        scored: the paradigm's count options (`Paradigm.count_options`); for ``fc_scored``,
+            (`behave.scored_counts`, `trials.fc_picks`[, `behave.scored_prior`]): ``expected``
             adds each candidate's first-pick probability, ``debiased`` the same after the
             position prior estimated from the counted trials is divided out
             (`scored.PositionPrior`; the stats keep it as ``position_prior``), ``top`` counts the fc_picks most
@@ -199,14 +189,17 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
         PipelineError: a corrupt part, or a cue that disagrees with the vocabulary. (A
             trial final in two parts counts once: `logs.iter_final` keeps the first.)
     """
+    return get_paradigm(paradigm).count(src, words, rules or Rules(), select, scored)
+
+
+def count_picks(src: str | Path, words: list[str], paradigm: str, rules: Rules, select=None
+                ) -> tuple[sp.csr_matrix, list[str], dict]:
+    """`count_matrix` of a generated paradigm: each final row's `picks`, once each."""
     from .logs import iter_final
 
-    if paradigm == "fc_scored":
-        return _count_scored(src, words, rules or Rules(), select, *scored)
-    rules = rules or Rules()
     counter = Counter(words, paradigm, rules, src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
-    if rules.paper and paradigm == "fa":
+    if rules.paper and get_paradigm(paradigm).na_answers:
         columns.append("raw_output")
     for batch in iter_final(src, columns):
         if select is not None and batch.num_rows:
@@ -214,56 +207,6 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
         if batch.num_rows:
             counter.add(batch)
     return counter.result()
-
-
-def _count_scored(src, words: list[str], rules: Rules, select, mode: str, k: int, prior_kind: str = "mean"
-                  ) -> tuple[sp.csr_matrix, list[str], dict]:
-    from .logs import iter_final
-    from .scored import PositionPrior, debias, top_picks
-
-    columns = ["cue_idx", "cue", "candidates", "probs", "logprobs"] + (["trial_id"] if select is not None else [])
-
-    def batches():
-        for batch in iter_final(src, columns):
-            if select is not None and batch.num_rows:
-                batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
-            yield batch
-
-    def flat(batch, name):
-        return (np.asarray(pc.list_value_length(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.int64),
-                np.asarray(pc.list_flatten(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.float64))
-
-    prior = None
-    if mode == "debiased":
-        est = PositionPrior(prior_kind)
-        for batch in batches():
-            batch = batch.filter(pc.is_valid(batch.column("probs")))
-            if batch.num_rows:
-                est.add(*flat(batch, "logprobs"))
-        prior = est.result()
-    counter = Counter(words, "fc_scored", rules, src, weighted=mode in ("expected", "debiased"))
-    dropped = 0
-    for batch in batches():
-        has = pc.is_valid(batch.column("probs"))
-        dropped += batch.num_rows - int(pc.sum(has).as_py() or 0)
-        batch = batch.filter(has)
-        if not batch.num_rows:
-            continue
-        if mode == "expected":
-            counter.add(batch, picks=batch.column("candidates"), weights=pc.list_flatten(batch.column("probs")))
-        elif mode == "debiased":
-            counter.add(batch, picks=batch.column("candidates"), weights=pa.array(debias(*flat(batch, "logprobs"),
-                                                                                          prior)))
-        else:
-            tops = [top_picks(c, p, k) for c, p in zip(batch.column("candidates").to_pylist(),
-                                                        batch.column("probs").to_pylist())]
-            counter.add(batch, picks=pa.array(tops, pa.list_(pa.string())))
-    counts, cols, stats = counter.result()
-    stats.update(dropped_trials=dropped, scored_counts=mode)
-    if prior is not None:
-        stats["position_prior"] = {str(s): [round(float(x), 6) for x in p] for s, p in sorted(prior.items())}
-        stats["scored_prior"] = prior_kind
-    return counts, cols, stats
 
 
 def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list[dict]:
@@ -279,21 +222,14 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
     """
     from .comparison import METHODS, compare
-    from .trials import fc_group_sizes
 
     directory = paths.behavior_dir(cfg, model, paradigm)
     n = len(words)
-    m = len(fc_group_sizes(n, cfg.trials.fc_candidates))
-    rules = Rules.of(cfg)
-
-    def half(h: int):
-        if paradigm == "fa":
-            return lambda b: b.column("run").to_numpy(zero_copy_only=False).astype(np.int64) % 2 == h
-        return lambda b: (b.column("trial_id").to_numpy().astype(np.int64) % m) % 2 == h
-
+    rules, par = Rules.of(cfg), get_paradigm(paradigm)
     sims, sizes = [], []
     for h in (0, 1):
-        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=half(h), scored=_scored_mode(cfg))
+        counts, _, stats = count_matrix(directory, words, paradigm, rules, select=par.halves(cfg, n, h),
+                                        scored=par.count_options(cfg))
         sims.append(masked_similarity(ppmi(counts), stats["row_valid"]))
         sizes.append(stats["trials"])
     if not sum(sizes):

@@ -19,7 +19,7 @@ Structured outputs (`behave.structured_fc` / `structured_fa`, for small models t
 follow the free-form protocol) constrain FC answers to ``output: a, b`` with a and b two
 distinct candidates, and FA answers to ``output: w, w, w, w, w.`` with lowercase words. A
 constrained answer ends when the grammar does, so its token cap is raised to
-`_STRUCTURED_MIN_TOKENS` to keep long candidate words from being cut off mid-word.
+`Protocol.structured_min_tokens` to keep long candidate words from being cut off mid-word.
 
 `run_chunk` runs one chunk in lock-step passes (what Ray workers and the hf backend use);
 `driver.run_pipelined` feeds the same `ChunkRun`s to an engine that never waits.
@@ -37,13 +37,11 @@ from . import logs
 from .backends import Backend, GenRequest
 from .config import Config, ModelCfg
 from .errors import PipelineError
-from .parse import parse_fa, parse_fc
-from .prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_sha
+from .prompts import chat_messages
 from .rules import Rules
 
 log = logging.getLogger(__name__)
 
-_STRUCTURED_MIN_TOKENS = {"fc": 32, "fa": 64}
 _FA_LETTERS = "a-z"
 _CONNECTORS = "-'’"
 
@@ -156,32 +154,30 @@ class Renderer:
 
 
 class Protocol:
-    """How one paradigm turns a trial's next attempt into a request, and its answer into a
-    parsed result (METHOD.md §2-§3); the schedule of attempts is `next_attempt`.
+    """How one generated paradigm turns a trial's next attempt into a request and its answer
+    into a parsed result (METHOD.md §2-§3); each paradigm subclasses it (`paradigms`).
 
-    FC: attempt 0 greedy with the main prompt; if the answer is not ``ok``, attempt 1 greedy
-    with the repair prompt (`behave.repair`), then attempts 2.. sampled with the repair prompt
-    (`behave.retries`), each quoting the latest bad answer. FA: attempt 0 only.
+    The schedule of attempts (`next_attempt`) is shared: attempt 0 with the main prompt; if the
+    answer is not ``ok`` and the paradigm repairs (`repairs`), attempt 1 greedy with the repair
+    prompt (`behave.repair`), then attempts 2.. sampled (`behave.retries`), each quoting the
+    latest bad answer. A paradigm without repairs (FA) has attempt 0 only.
     """
 
-    def __init__(self, backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
-                 words: list[str] | None = None):
-        if paradigm not in ("fc", "fa"):
-            raise ValueError(f"unknown paradigm {paradigm!r}")
+    repairs = True
+    structured_min_tokens = 0
+
+    def __init__(self, backend: Backend, cfg: Config, model_cfg: ModelCfg):
         b = cfg.behave
-        self.cfg, self.paradigm, self.rules = cfg, paradigm, Rules.of(cfg)
+        self.cfg, self.rules = cfg, Rules.of(cfg)
         self.render = Renderer(backend, model_cfg.system_prompt)
         self.choices = backend.structured == "choices"
-        self.n_picks, self.k = cfg.trials.fc_picks, cfg.trials.fa_associates
         self.retry = retry_sampling(cfg, model_cfg)
         self.repair, self.retries = b.repair, b.retries
-        if paradigm == "fc":
-            self.structured = b.structured_fc
-            self.max_tokens = max(b.fc_max_tokens, _STRUCTURED_MIN_TOKENS["fc"]) if self.structured else b.fc_max_tokens
-        else:
-            self.structured = b.structured_fa
-            self.max_tokens = max(b.fa_max_tokens, _STRUCTURED_MIN_TOKENS["fa"]) if self.structured else b.fa_max_tokens
-            self.fa_regex = fa_regex(self.k, words) if self.structured else None
+
+    def cap(self, max_tokens: int, structured: bool) -> int:
+        """The token cap: a constrained answer ends when its grammar does, so it gets at least
+        `structured_min_tokens` to keep long words from being cut off mid-word."""
+        return max(max_tokens, self.structured_min_tokens) if structured else max_tokens
 
     @staticmethod
     def kind(attempt: int) -> str:
@@ -192,37 +188,24 @@ class Protocol:
 
         Attempt numbers are fixed by role (0 main, 1 repair, 2 + k the k-th retry), so a
         retry's seed is the same with or without the repair prompt configured."""
-        if self.paradigm == "fa" or status == "ok":
+        if not self.repairs or status == "ok":
             return None
         nxt = attempt + 1 if attempt > 0 else (1 if self.repair else 2)
         return nxt if nxt == 1 or nxt - 2 < self.retries else None
 
+    def sampling(self, attempt: int, seed_base: int, trial_id: int) -> tuple[float, float, int | None]:
+        """(temperature, top_p, seed) of a repairable attempt: greedy main and repair, then
+        sampled retries seeded by (`seed_base`, trial, attempt)."""
+        temperature, top_p = (0.0, 1.0) if attempt < 2 else self.retry
+        seed = None if temperature <= 0 else derive_seed(seed_base, trial_id, attempt)
+        return temperature, top_p, seed
+
     def request(self, trial: dict, attempt: int, latest: str | None) -> tuple[GenRequest, str, int | None]:
         """(request, SHA-256 of the rendered prompt, seed) of one attempt."""
-        if self.paradigm == "fa":
-            text = self.render(fa_prompt(trial["cue"]))
-            seed = derive_seed(trial["seed"], trial["cue_idx"])
-            b = self.cfg.behave
-            return (GenRequest(text=text, max_tokens=self.max_tokens, temperature=b.fa_temperature, top_p=b.fa_top_p,
-                               seed=seed, allowed_regex=self.fa_regex, stage="fa"), prompt_sha(text), seed)
-        cue, cands = trial["cue"], trial["candidates"]
-        if attempt == 0:
-            user = fc_prompt(cue, cands, self.n_picks)
-        else:
-            user = fc_repair_prompt(cue, cands, latest, self.n_picks)
-        greedy = attempt < 2
-        temperature, top_p = (0.0, 1.0) if greedy else self.retry
-        seed = None if temperature <= 0 else derive_seed(self.cfg.trials.fc_seed, trial["trial_id"], attempt)
-        text = self.render(user)
-        req = GenRequest(text=text, max_tokens=self.max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                         allowed_regex=fc_regex(cands) if self.structured else None,
-                         allowed_choices=fc_choices(cands) if self.structured and self.choices else None, stage="fc")
-        return req, prompt_sha(text), seed
+        raise NotImplementedError
 
     def parse(self, trial: dict, text: str):
-        if self.paradigm == "fa":
-            return parse_fa(text, trial["cue"], self.k)
-        return parse_fc(text, trial["cue"], trial["candidates"], self.n_picks, self.rules)
+        raise NotImplementedError
 
 
 _COLUMNS = [f.name for f in logs.SCHEMA]
@@ -319,26 +302,15 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
         backend: a started backend for `model_cfg`.
         cfg: the experiment config.
         model_cfg: the model being run.
-        paradigm: ``fc``, ``fa`` or ``fc_scored`` (scored by `scored.run_trials`).
-        chunk: plan rows (`trials.FC_SCHEMA` / `FA_SCHEMA`; FC rows for ``fc_scored``).
+        paradigm: a registered paradigm (`paradigms`), which answers the chunk.
+        chunk: rows of the plan the paradigm runs.
         words: the run's vocabulary, whose letters structured FA answers may use (a-z only
             when None).
         proto: a `Protocol` to reuse across chunks (its rendered template is kept).
 
     Returns:
-        Log rows (`logs.SCHEMA`), every attempt of every trial, one final row per trial.
+        Log rows (the paradigm's log schema), every attempt of every trial, one final row per trial.
     """
-    trials = chunk.to_pylist()
-    if paradigm == "fc_scored":
-        from .scored import run_trials
+    from .paradigms import get
 
-        return run_trials(backend, cfg, model_cfg, trials) if trials else logs.SCORED_SCHEMA.empty_table()
-    if not trials:
-        return logs.SCHEMA.empty_table()
-    run = ChunkRun(proto or Protocol(backend, cfg, model_cfg, paradigm, words), trials)
-    while not run.done:
-        items = run.take()
-        results, latency = generate(backend, [it[3] for it in items])
-        for (_, pos, attempt, _, sha, seed), res in zip(items, results):
-            run.record(pos, attempt, sha, seed, res, latency)
-    return run.table()
+    return get(paradigm).run_chunk(backend, cfg, model_cfg, chunk.to_pylist(), words, proto)

@@ -11,9 +11,10 @@ depend on batch composition, and chunk by chunk with `attempts.run_chunk` otherw
 `pending_trials`, `attempts.run_chunk`, `logs.write_part` and `finalize` are what a
 distributed driver needs.
 
-FC scored (`fc_scored`, beyond the paper): the FC plan and prompt, answered by the model's
-probability of each candidate as the first pick instead of a generated answer (`scored`);
-one row per trial in its own log layout (`logs.SCORED_SCHEMA`), chunk by chunk.
+What differs between paradigms (settings in the log fingerprint, the protocol, the summary,
+whether trials go through the pipelined driver) is asked of the paradigm (`paradigms`); a
+paradigm that is not `pipelined` (scored FC: one scoring request per trial, in its own log
+layout) runs chunk by chunk.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import logs, paths
-from .attempts import Protocol, retry_sampling, run_chunk
+from .attempts import run_chunk
 from .backends import backend_class, get_backend
 from .config import Config, ModelCfg
 from .manifest import Manifest, fingerprint
 from .options import Options, model_paradigms, select
+from .paradigms import get as get_paradigm
 from .parse import STATUSES
-from .prompts import prompt_hashes
-from .rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
     from .trials import plan_fingerprint
 
-    b = cfg.behave
-    hashes = prompt_hashes()
     backend = cfg.backend_of(model_cfg)
     d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": backend,
          "model": {**{k: getattr(model_cfg, k) for k in ("name", "path", "revision", "system_prompt", "dtype")},
@@ -56,18 +54,7 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     if model_cfg.fixes_mistral_regex(paradigm):
         d["fix_mistral_regex"] = True
     d.update(backend_class(backend, cfg).log_settings(cfg, model_cfg))
-    if paradigm == "fc_scored":
-        from .scored import ANSWER_PREFIX, SCORE_VERSION
-
-        d.update(prompts=[hashes["fc"]], answer_prefix=ANSWER_PREFIX, picks=cfg.trials.fc_picks,
-                 scoring=SCORE_VERSION)
-    elif paradigm == "fc":
-        d.update(prompts=[hashes["fc"], hashes["fc_repair"]], structured=b.structured_fc, repair=b.repair,
-                 retries=b.retries, max_tokens=b.fc_max_tokens, retry=retry_sampling(cfg, model_cfg),
-                 seed=cfg.trials.fc_seed, picks=cfg.trials.fc_picks, rules=Rules.of(cfg).name)
-    else:
-        d.update(prompts=[hashes["fa"]], structured=b.structured_fa, temperature=b.fa_temperature,
-                 top_p=b.fa_top_p, max_tokens=b.fa_max_tokens, k=cfg.trials.fa_associates)
+    d.update(get_paradigm(paradigm).behave_settings(cfg, model_cfg))
     return d
 
 
@@ -81,44 +68,29 @@ def pending_trials(cfg: Config, model: str, paradigm: str, shard: tuple[int, int
     return plan.filter(pa.array(keep))
 
 
-def summarize(directory, paradigm: str, k: int = 5) -> dict:
-    """Status counts and compliance over the final rows of a log directory.
+def summarize(directory, paradigm: str, cfg: Config) -> dict:
+    """The manifest summary of one log directory (`Paradigm.summarize`)."""
+    return get_paradigm(paradigm).summarize(directory, cfg)
 
-    FC compliance is the share of trials whose final answer is ``ok``; ``first_try_ok`` is the
-    share compliant without repair or retries. FA adds the paper's quality metrics (mean
-    associates, full compliance = k associates, cue repetition). ``requests`` and the token
-    totals count every attempt (what an API bills). ``fc_scored``:
-    `scored.summarize`.
+
+def summarize_generated(directory) -> tuple[dict, Counter]:
+    """Status counts and compliance over the final rows of a generated paradigm's log, and its
+    compliant trials by attempt.
+
+    Compliance is the share of trials whose final answer is ``ok``. ``requests`` and the token
+    totals count every attempt (what an API bills).
     """
-    if paradigm == "fc_scored":
-        from .scored import summarize as summarize_scored
-
-        return summarize_scored(directory)
-    cols = ["status", "attempt"] + (["picks", "cue"] if paradigm == "fa" else [])
     counts: Counter = Counter()
     attempts: Counter = Counter()
-    n = n_assoc = full = cue_rep = 0
-    for batch in logs.iter_final(directory, cols):
+    n = 0
+    for batch in logs.iter_final(directory, ["status", "attempt"]):
         counts.update(batch.column("status").to_pylist())
         ok = pc.equal(batch.column("status"), "ok")
         attempts.update(pc.filter(batch.column("attempt"), ok).to_pylist())
         n += batch.num_rows
-        if paradigm == "fa":
-            lens = pc.list_value_length(batch.column("picks")).to_numpy(zero_copy_only=False)
-            n_assoc += int(lens.sum())
-            full += int((lens == k).sum())
-            for cue, picks in zip(batch.column("cue").to_pylist(), batch.column("picks").to_pylist()):
-                cue_rep += cue.lower() in picks
     out = {"n_trials": n, "status": {s: counts.get(s, 0) for s in STATUSES if counts.get(s, 0)},
            "compliance": round(counts.get("ok", 0) / n, 4) if n else None, **_token_totals(directory)}
-    if paradigm == "fc":
-        out["ok_by_attempt"] = {int(a): c for a, c in sorted(attempts.items())}
-        out["first_try_ok"] = round(attempts.get(0, 0) / n, 4) if n else None
-    else:
-        out.update(mean_associates=round(n_assoc / n, 3) if n else None,
-                   full_compliance=round(full / n, 4) if n else None,
-                   cue_repetition=round(cue_rep / n, 4) if n else None)
-    return out
+    return out, attempts
 
 
 def _token_totals(directory) -> dict:
@@ -213,15 +185,16 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
     from .driver import run_pipelined
     from .vocab import load_run_vocab
 
-    scored = paradigm == "fc_scored"
-    proto = None if scored else Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
+    par = get_paradigm(paradigm)
+    proto = par.protocol(backend, cfg, model_cfg, load_run_vocab(cfg)) if par.pipelined else None
     size = cfg.behave.chunk_size
     backend.stats()
     done = ok = tokens = requests = 0
     t0 = last_log = time.perf_counter()
-    pipelined = backend.batch_invariant and not scored
+    pipelined = backend.batch_invariant and par.pipelined
     log.info("behave: %s, %d trials to run (shard %d/%d), chunks of %d%s", key, todo.num_rows, *shard, size,
-             "" if pipelined or scored else f"; lock-step (backend '{backend.name}' batches change its answers)")
+             "" if pipelined or not par.pipelined else
+             f"; lock-step (backend '{backend.name}' batches change its answers)")
     chunks = (todo.slice(start, size) for start in range(0, todo.num_rows, size))
     with _progress(todo.num_rows, key) as bar:
         def publish(rows: pa.Table) -> None:
@@ -285,7 +258,7 @@ def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str, run_stats: dict | 
     plan_ids = load_trials(cfg, paradigm).column("trial_id").to_numpy()
     have = logs.finished_ids(directory)
     missing = int((~np.isin(plan_ids, have)).sum())
-    summary = summarize(directory, paradigm, cfg.trials.fa_associates)
+    summary = summarize(directory, paradigm, cfg)
     if run_stats:
         summary["last_run"] = run_stats
     status = ", ".join(f"{s} {c}" for s, c in summary["status"].items())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import paradigms as _paradigms
 from .errors import PipelineError
 
 
@@ -51,7 +52,7 @@ class TrialsCfg:
 @dataclass
 class BehaveCfg:
     backend: str = "vllm"
-    paradigms: list[str] = field(default_factory=lambda: ["fc", "fa"])
+    paradigms: list[str] = field(default_factory=lambda: list(_paradigms.paper_names()))
     chunk_size: int = 512
     batch_size: int = 64
     structured_fc: bool = False
@@ -159,7 +160,8 @@ class BaselinesCfg:
 @dataclass
 class RsaCfg:
     methods: list[str] = field(default_factory=lambda: ["spearman"])
-    references: list[str] = field(default_factory=lambda: ["fc", "fa", "static", "encoder", "consensus"])
+    references: list[str] = field(default_factory=lambda: [*_paradigms.paper_names(), "static", "encoder",
+                                                           "consensus"])
     paper_pairs: int = 500_000
     seed: int = 0
     nn_k: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])
@@ -226,14 +228,16 @@ class Config:
         return model.backend or self.behave.backend
 
     def paradigms_of(self, model: ModelCfg | str) -> list[str]:
-        """The `behave.paradigms` that `model` runs: all but ``fc_scored`` when its backend cannot
-        score continuations (an API model beside in-process ones); every stage asks this, so such
-        a model's scored FC is skipped alike everywhere."""
+        """The `behave.paradigms` that `model` runs: all but those that need scoring
+        (`Paradigm.scoring`, e.g. ``fc_scored``) when its backend cannot score continuations (an
+        API model beside in-process ones); every stage asks this, so such a model's scored
+        paradigms are skipped alike everywhere."""
         from .backends import backend_class
 
         m = self.model(model) if isinstance(model, str) else model
-        if "fc_scored" in self.behave.paradigms and not backend_class(self.backend_of(m), self).scores:
-            return [p for p in self.behave.paradigms if p != "fc_scored"]
+        if any(_paradigms.get(p).scoring for p in self.behave.paradigms) \
+                and not backend_class(self.backend_of(m), self).scores:
+            return [p for p in self.behave.paradigms if not _paradigms.get(p).scoring]
         return list(self.behave.paradigms)
 
     def model(self, name: str) -> ModelCfg:
@@ -252,7 +256,7 @@ class Config:
         return d
 
 
-PARADIGMS = ("fc", "fa", "fc_scored")
+PARADIGMS = _paradigms.names()
 FIX_STAGES = (*PARADIGMS, "hidden")
 """Stages `models[].fix_mistral_regex` can name: the behavioral paradigms and the hidden states."""
 STRATEGIES = ("meaning", "task_fc", "task_fa", "averaged")
@@ -260,7 +264,7 @@ SINK_GUARDS = ("auto", "bos", "prefix", "none")
 STORE_DTYPES = ("float32", "float16")
 HIDDEN_GEOMETRIES = ("centered", "standardized")
 RSA_METHODS = ("spearman", "pearson", "paper")
-REFERENCES = ("fc", "fa", "fc_scored", "static", "encoder", "consensus")
+REFERENCES = (*PARADIGMS, "static", "encoder", "consensus")
 HUMAN = "human:"
 """Prefix of a human-norms reference: ``human:<norms name>`` (`norms`)."""
 SCORED_COUNTS = ("debiased", "expected", "top")
@@ -495,11 +499,9 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "trials.fc_candidates", f"= {t.fc_candidates} must be at least 2")
     if not 1 <= t.fc_picks < t.fc_candidates:
         _fail(cfg, "trials.fc_picks", f"= {t.fc_picks} must be between 1 and fc_candidates - 1 ({t.fc_candidates - 1})")
-    if t.fc_picks != 2 and "fc" in cfg.behave.paradigms:
-        raise ConfigError(f"{cfg.source}: 'trials.fc_picks' = {t.fc_picks}: generated FC ('fc' in behave.paradigms) "
-                          f"asks for and parses exactly 2 picks, as the paper's prompt and extraction rules do; set "
-                          f"trials.fc_picks = 2, or drop 'fc' from behave.paradigms and keep fc_scored, which "
-                          f"scores any number of picks (e.g. paradigms = [\"fa\", \"fc_scored\"])")
+    for p in cfg.behave.paradigms:
+        if p in PARADIGMS:
+            _paradigms.get(p).check_config(cfg)
     if not 1 <= t.fc_orders <= t.fc_candidates:
         _fail(cfg, "trials.fc_orders", f"= {t.fc_orders} must be between 1 (the paper's plan) and fc_candidates "
               f"({t.fc_candidates}): each order rotates every candidate group to new positions")
@@ -632,22 +634,23 @@ def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
 
 
 def _validate_scored(cfg: Config) -> None:
-    """fc_scored needs at least one model whose backend can score; the others skip it
-    (`Config.paradigms_of`)."""
+    """A paradigm that needs scoring (`Paradigm.scoring`) needs at least one model whose backend
+    can score; the others skip it (`Config.paradigms_of`)."""
     from .backends import scoring_names
 
-    if "fc_scored" not in cfg.behave.paradigms or not cfg.models:
+    if not cfg.models:
         return
-    if any("fc_scored" in cfg.paradigms_of(m) for m in cfg.models):
-        return
-    used = ", ".join(f'"{n}"' for n in sorted({cfg.backend_of(m) for m in cfg.models}))
-    _fail(cfg, "behave.paradigms", f"includes fc_scored, which reads the model's probabilities, but no model's "
-          f"backend can score (behave.backend / models[].backend: {used} cannot score); use a backend that can "
-          f"({', '.join(scoring_names())}) for at least one model, or drop fc_scored")
+    for p in (p for p in cfg.behave.paradigms if _paradigms.get(p).scoring):
+        if any(p in cfg.paradigms_of(m) for m in cfg.models):
+            continue
+        used = ", ".join(f'"{n}"' for n in sorted({cfg.backend_of(m) for m in cfg.models}))
+        _fail(cfg, "behave.paradigms", f"includes {p}, which reads the model's probabilities, but no model's "
+              f"backend can score (behave.backend / models[].backend: {used} cannot score); use a backend that can "
+              f"({', '.join(scoring_names())}) for at least one model, or drop {p}")
 
 
 def cross_reference(name: str) -> tuple[str, str] | None:
-    """``fc:MODEL`` / ``fa:MODEL`` -> (paradigm, model): another model's behavior as a reference."""
+    """``PARADIGM:MODEL`` (``fc:M``, ``fa:M``) -> (paradigm, model): another model's behavior as a reference."""
     paradigm, sep, model = name.partition(":")
     return (paradigm, model) if sep and paradigm in PARADIGMS and model else None
 
@@ -672,7 +675,8 @@ def _validate_references(cfg: Config) -> None:
             hint = f"; did you mean '{cross[0]}:{close[0]}'?" if close else ""
             _fail(cfg, "rsa.references", f"has '{ref}', but no model is named '{cross[1]}' (models: "
                   f"{', '.join(models) or '(none)'}){hint}")
-        elif cross[0] == "fc_scored" and "fc_scored" in cfg.behave.paradigms \
-                and "fc_scored" not in cfg.paradigms_of(cross[1]):
-            _fail(cfg, "rsa.references", f"has '{ref}', but model '{cross[1]}' runs no fc_scored: its backend "
-                  f"'{cfg.backend_of(cfg.model(cross[1]))}' cannot score; use 'fc:{cross[1]}' instead")
+        elif _paradigms.get(cross[0]).scoring and cross[0] in cfg.behave.paradigms \
+                and cross[0] not in cfg.paradigms_of(cross[1]):
+            _fail(cfg, "rsa.references", f"has '{ref}', but model '{cross[1]}' runs no {cross[0]}: its backend "
+                  f"'{cfg.backend_of(cfg.model(cross[1]))}' cannot score; use "
+                  f"'{_paradigms.get(cross[0]).plan_name}:{cross[1]}' instead")

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from .errors import PipelineError
+from .paradigms import find as find_paradigm
 from .rules import Rules
 from .similarity import cosine, ppmi
 from .store import atomic_write, atomic_write_bytes, save_npy
@@ -132,7 +133,8 @@ class Counter:
         row_sums = np.asarray(counts.sum(axis=1)).ravel()
         empty = [words[i] for i in np.flatnonzero(row_sums == 0)]
         if self.rules.paper:
-            row_valid = self.seen if self.paradigm in ("fc", "fc_scored") else self.responded
+            par = find_paradigm(self.paradigm)
+            row_valid = self.seen if par is not None and par.rows_by_trial else self.responded
         else:
             row_valid = row_sums > 0
         masked = [words[i] for i in np.flatnonzero(~row_valid)]

@@ -81,7 +81,6 @@ SCORED_SCHEMA = pa.schema([
 normalized over the trial) and the tokens scored (`n_tokens`); `n_output_tokens` is their
 total. `status` is ``ok``, or ``not_finite`` when a log-probability is not finite (no
 distribution then)."""
-_SCHEMAS = {"fc_scored": SCORED_SCHEMA}
 PART_GLOB = "part-*.parquet"
 _PART_RE = re.compile(r"^part-(\d+)of(\d+)-(\d+)\.parquet$")
 _TMP_PREFIX = ".tmp-"
@@ -114,8 +113,12 @@ def _bad_part(path: Path, why: str) -> PipelineError:
 
 
 def schema_for(directory: str | Path) -> pa.Schema:
-    """The log layout of a behavior directory: `SCORED_SCHEMA` for `fc_scored`, else `SCHEMA`."""
-    return _SCHEMAS.get(Path(directory).name, SCHEMA)
+    """The log layout of a behavior directory, named by its paradigm (`Paradigm.log_schema`:
+    `SCORED_SCHEMA` for `fc_scored`); `SCHEMA` for any other directory."""
+    from .paradigms import find
+
+    par = find(Path(directory).name)
+    return SCHEMA if par is None else par.log_schema()
 
 
 def _check_schema(path: Path, schema: pa.Schema) -> None:

@@ -119,8 +119,11 @@ class Rules:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from .paradigms import find
+
         missing = pc.is_null(outputs)
-        if self.paper and paradigm == "fa":
+        par = find(paradigm)
+        if self.paper and par is not None and par.na_answers:
             stripped = pc.utf8_trim_whitespace(outputs)
             na = pc.is_in(stripped, value_set=pa.array(self.na_strings, pa.string()))
             missing = pc.or_(missing, pc.fill_null(na, False))

@@ -51,6 +51,7 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, fingerprint, sha256_file
 from .options import Options
+from .paradigms import get as get_paradigm
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
@@ -59,21 +60,18 @@ FC_SCHEMA = pa.schema([("trial_id", pa.int64()), ("cue_idx", pa.int32()), ("cue"
                        ("group", pa.int16()), ("candidates", pa.list_(pa.string()))])
 FA_SCHEMA = pa.schema([("trial_id", pa.int64()), ("cue_idx", pa.int32()), ("cue", pa.string()),
                        ("run", pa.int16()), ("seed", pa.int64())])
-_PLANS = {"fc": "fc", "fa": "fa", "fc_scored": "fc"}
 _ROW_GROUP = 65_536
 _PARALLEL_MIN_WORDS = 1_000
 _INT16_MAX = np.iinfo(np.int16).max
 
 
 def plan_of(paradigm: str) -> str:
-    """The plan a paradigm runs: ``fc`` for `fc` and `fc_scored`, ``fa`` for `fa`.
+    """The plan a paradigm runs (`Paradigm.plan_name`: ``fc`` for `fc` and `fc_scored`).
 
     Raises:
         PipelineError: unknown paradigm.
     """
-    if paradigm not in _PLANS:
-        raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(_PLANS)}")
-    return _PLANS[paradigm]
+    return get_paradigm(paradigm).plan_name
 
 
 def fc_group_sizes(n_words: int, k: int) -> np.ndarray:
@@ -205,12 +203,8 @@ def build_fa_plan(words: list[str], runs: int, seed: int) -> pa.Table:
 def plan_inputs(cfg: Config, paradigm: str, words: list[str]) -> dict:
     """What a plan depends on: the words and the seeds/sizes of its paradigm (nothing else)."""
     paradigm = plan_of(paradigm)
-    t = cfg.trials
     base = {"paradigm": paradigm, "words": fingerprint(words), "n_words": len(words), "format": 1}
-    if paradigm == "fc":
-        orders = {"fc_orders": t.fc_orders} if t.fc_orders != 1 else {}
-        return {**base, "fc_candidates": t.fc_candidates, "fc_seed": t.fc_seed, **orders}
-    return {**base, "fa_runs": t.fa_runs, "fa_seed": t.fa_seed}
+    return {**base, **get_paradigm(paradigm).plan_inputs(cfg)}
 
 
 def plan_fingerprint(cfg: Config, paradigm: str, words: list[str] | None = None) -> str:
@@ -223,7 +217,7 @@ def write_table(table: pa.Table, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=_ROW_GROUP, compression="zstd"))
 
 
-def _check_fc_sizes(cfg: Config, n_words: int) -> None:
+def check_fc_sizes(cfg: Config, n_words: int) -> None:
     smallest = int(fc_group_sizes(n_words, cfg.trials.fc_candidates).min())
     if smallest < cfg.trials.fc_picks:
         raise PipelineError(f"{cfg.source}: with {n_words} words and trials.fc_candidates = "
@@ -236,10 +230,10 @@ def _check_fc_sizes(cfg: Config, n_words: int) -> None:
 
 
 def run(cfg: Config, opts) -> None:
-    """`trials` stage: write the FC and FA plans of the paradigms in `behave.paradigms`.
+    """`trials` stage: write the plans of the paradigms in `behave.paradigms` (`Paradigm.build_plan`).
 
     Needs only the run vocabulary (no model, no GPU). Each plan is its own manifest record
-    (`trials.fc`, `trials.fa`), so changing `fa_runs` leaves the FC plan and its logs valid.
+    (`trials.fc`, `trials.fa`, ...), so changing `fa_runs` leaves the FC plan and its logs valid.
     """
     words = load_run_vocab(cfg)
     o = Options.of(opts)
@@ -255,15 +249,7 @@ def run(cfg: Config, opts) -> None:
             continue
         step.start()
         t0 = time.perf_counter()
-        if paradigm == "fc":
-            _check_fc_sizes(cfg, len(words))
-            table = build_fc_plan(words, cfg.trials.fc_candidates, cfg.trials.fc_seed, orders=cfg.trials.fc_orders)
-            extra = {"groups_per_cue": int(table.num_rows // len(words) // cfg.trials.fc_orders),
-                     **({"orders": cfg.trials.fc_orders} if cfg.trials.fc_orders != 1 else {}),
-                     "group_sizes": sorted({int(s) for s in fc_group_sizes(len(words), cfg.trials.fc_candidates)})}
-        else:
-            table = build_fa_plan(words, cfg.trials.fa_runs, cfg.trials.fa_seed)
-            extra = {"runs": cfg.trials.fa_runs}
+        table, extra = get_paradigm(paradigm).build_plan(cfg, words)
         build_s = time.perf_counter() - t0
         write_table(table, out)
         total_s = time.perf_counter() - t0
@@ -300,7 +286,7 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise PipelineError(f"{path}: unreadable trial plan ({e}); rebuild it with `{rebuild}`") from None
-    expected = FC_SCHEMA if paradigm == "fc" else FA_SCHEMA
+    expected = get_paradigm(paradigm).plan_schema()
     if not table.schema.equals(expected):
         raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "
                             f"rebuild it with `python -m pipeline trials --config {cfg.source} --force`")

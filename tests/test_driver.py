@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from _synthetic import prepare
 
-from pipeline import attempts, behave, driver, logs, paths, trials, vocab
+from pipeline import behave, driver, logs, paradigms, paths, trials, vocab
 from pipeline.backends.fake import FakeBackend
 from pipeline.benchmarks import legacy_driver
 from pipeline.options import Options
@@ -28,7 +28,7 @@ def test_pipelined_rows_equal_the_lock_step_driver(make_config, paradigm, chunk_
     chunks = [plan.slice(s, chunk_size) for s in range(0, plan.num_rows, chunk_size)]
     legacy = [legacy_driver.run_chunk(FakeBackend(fail=True), cfg, cfg.models[0], paradigm, c, words) for c in chunks]
     fake = FakeBackend(fail=True)
-    proto = attempts.Protocol(fake, cfg, cfg.models[0], paradigm, words)
+    proto = paradigms.get(paradigm).protocol(fake, cfg, cfg.models[0], words)
     published = []
     driver.run_pipelined(fake, proto, iter(chunks), published.append, chunk_size, lookahead)
     assert [_without_latency(t) for t in published] == [_without_latency(t) for t in legacy]
@@ -72,6 +72,6 @@ def test_engine_error_reaches_the_caller_and_publishes_only_whole_chunks(make_co
     be = _Broken()
     published = []
     with pytest.raises(RuntimeError, match="engine died"):
-        driver.run_pipelined(be, attempts.Protocol(be, cfg, cfg.models[0], "fc"), iter(chunks),
+        driver.run_pipelined(be, paradigms.get("fc").protocol(be, cfg, cfg.models[0]), iter(chunks),
                              published.append, 5)
     assert all(t.num_rows == 5 and all(t.column("final").to_pylist()) for t in published)

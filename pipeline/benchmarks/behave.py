@@ -106,11 +106,11 @@ def _measure_project_vs_bare(backend, cfg, mc) -> tuple[dict, dict]:
     import tempfile
 
     from .. import logs
-    from ..attempts import Protocol
     from ..driver import run_pipelined
+    from ..paradigms import get as get_paradigm
 
     warm, timed = _trials()
-    proto = Protocol(backend, cfg, mc, "fc")
+    proto = get_paradigm("fc").protocol(backend, cfg, mc)
     reqs = [proto.request(t, 0, None)[0] for t in timed.to_pylist()]
     texts, params = [r.text for r in reqs], [backend._params(r) for r in reqs]
     backend.llm.generate([proto.request(t, 0, None)[0].text for t in warm.to_pylist()], params[:N_WARMUP],

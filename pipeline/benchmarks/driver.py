@@ -113,8 +113,8 @@ def _legacy(engine, cfg, plan, out: Path) -> int:
 
 def _pipelined(engine, cfg, plan, out: Path, words) -> int:
     from .. import logs
-    from ..attempts import Protocol
     from ..driver import run_pipelined
+    from ..paradigms import get as get_paradigm
 
     rows = 0
 
@@ -122,7 +122,7 @@ def _pipelined(engine, cfg, plan, out: Path, words) -> int:
         nonlocal rows
         logs.write_part(out, t)
         rows += t.num_rows
-    proto = Protocol(engine, cfg, cfg.models[0], "fc", words)
+    proto = get_paradigm("fc").protocol(engine, cfg, cfg.models[0], words)
     run_pipelined(engine, proto, (plan.slice(s, CHUNK) for s in range(0, plan.num_rows, CHUNK)), publish, CHUNK)
     return rows
 

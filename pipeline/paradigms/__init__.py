@@ -1,0 +1,74 @@
+"""Behavioral paradigms behind one interface (`base.Paradigm`), named in `behave.paradigms`.
+
+Each module of this package defines one paradigm class and registers it with
+`@register("name")`, as `backends` does for generation backends (and lm-evaluation-harness
+for its tasks): the class owns what is particular to its paradigm, from the trial plan to
+how its logs become counts, so the stages (trials, behave, the Ray engine, aggregate, rsa,
+regress, validity, report, export) ask the registry and never name a paradigm, and adding
+one is adding a file. Modules keep their stage imports inside methods, so discovering them
+is cheap and `config` can list them:
+
+    fc         forced choice, generated answers (METHOD.md §2)
+    fa         free association (METHOD.md §3)
+    fc_scored  the FC trials answered by the model's probabilities (beyond the paper)
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..errors import PipelineError
+from .base import Paradigm
+
+__all__ = ["Paradigm", "find", "get", "names", "paper_names", "register"]
+
+_REGISTRY: dict[str, Paradigm] = {}
+
+
+def register(name: str):
+    """Class decorator: make a `Paradigm` subclass available as ``behave.paradigms = [name]``;
+    the registry holds one instance (paradigms keep no state)."""
+    def deco(cls: type[Paradigm]) -> type[Paradigm]:
+        cls.name = name
+        _REGISTRY[name] = cls()
+        return cls
+    return deco
+
+
+@functools.cache
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def names() -> tuple[str, ...]:
+    """Registered paradigm names, the paper's first (`Paradigm.rank`): the order of every table."""
+    _discover()
+    return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n)))
+
+
+def paper_names() -> tuple[str, ...]:
+    """The paper's own paradigms (`Paradigm.paper`): its feature sets, SVD ablation and exports."""
+    return tuple(n for n in names() if _REGISTRY[n].paper)
+
+
+def get(name: str) -> Paradigm:
+    """The paradigm registered as `name`.
+
+    Raises:
+        PipelineError: no such paradigm; names the registered ones.
+    """
+    _discover()
+    if name not in _REGISTRY:
+        raise PipelineError(f"unknown paradigm '{name}'; use one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def find(name: str) -> Paradigm | None:
+    """The paradigm registered as `name`, or None (a norms matrix, a baseline)."""
+    _discover()
+    return _REGISTRY.get(name)

@@ -1,0 +1,125 @@
+"""Scored forced choice (beyond the paper): FC's trials answered by the model's probabilities.
+
+Runs the FC plan and prompt; each trial is scored, not decoded (`scored`): one row per trial
+with the first-pick distribution over its candidates (`logs.SCORED_SCHEMA`), chunk by chunk,
+on a backend that can score. Counts (`behave.scored_counts`): each candidate's probability
+after the list-position prior is divided out (``"debiased"``), as it is (``"expected"``), or
+its `fc_picks` most probable candidates once each (``"top"``). Split halves as FC's.
+"""
+
+from __future__ import annotations
+
+from . import register
+from .fc import ForcedChoice
+
+
+@register("fc_scored")
+class ScoredForcedChoice(ForcedChoice):
+    rank = 2
+    label, short, color = "FC scored (probabilities)", "FC scored", "#17becf"
+    paper = False
+    plan = "fc"
+    scoring = True
+    pipelined = False
+    position_profile = "probs"
+    feeds = ("fc",)
+
+    def check_config(self, cfg) -> None:
+        pass
+
+    def log_schema(self):
+        from ..logs import SCORED_SCHEMA
+
+        return SCORED_SCHEMA
+
+    def behave_settings(self, cfg, model_cfg) -> dict:
+        from ..prompts import prompt_hashes
+        from ..scored import ANSWER_PREFIX, SCORE_VERSION
+
+        return dict(prompts=[prompt_hashes()["fc"]], answer_prefix=ANSWER_PREFIX, picks=cfg.trials.fc_picks,
+                    scoring=SCORE_VERSION)
+
+    def protocol(self, backend, cfg, model_cfg, words=None):
+        return None
+
+    def run_chunk(self, backend, cfg, model_cfg, trials, words=None, proto=None):
+        from ..scored import run_trials
+
+        return run_trials(backend, cfg, model_cfg, trials) if trials else self.log_schema().empty_table()
+
+    def summarize(self, directory, cfg) -> dict:
+        from ..scored import summarize
+
+        return summarize(directory)
+
+    def count_settings(self, cfg) -> dict:
+        out = {"scored_counts": cfg.behave.scored_counts, "picks": cfg.trials.fc_picks}
+        if cfg.behave.scored_counts == "debiased":
+            out["scored_prior"] = cfg.behave.scored_prior
+        return out
+
+    def count_options(self, cfg):
+        return cfg.behave.scored_counts, cfg.trials.fc_picks, cfg.behave.scored_prior
+
+    def count(self, src, words, rules, select=None, options=None):
+        """Expected counts from the first-pick distributions (module docstring); `options` is
+        (`behave.scored_counts`, `trials.fc_picks`[, `behave.scored_prior`]). Trials without a
+        distribution (not finite) count nothing (`dropped_trials`)."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from ..counts import Counter
+        from ..logs import iter_final
+        from ..scored import PositionPrior, debias, top_picks
+
+        mode, k, *rest = options or ("expected", 2)
+        prior_kind = rest[0] if rest else "mean"
+        columns = ["cue_idx", "cue", "candidates", "probs", "logprobs"] + (["trial_id"] if select is not None else [])
+
+        def batches():
+            for batch in iter_final(src, columns):
+                if select is not None and batch.num_rows:
+                    batch = batch.filter(pa.array(np.asarray(select(batch), dtype=bool)))
+                yield batch
+
+        def flat(batch, name):
+            return (np.asarray(pc.list_value_length(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.int64),
+                    np.asarray(pc.list_flatten(batch.column(name)).to_numpy(zero_copy_only=False), dtype=np.float64))
+
+        prior = None
+        if mode == "debiased":
+            est = PositionPrior(prior_kind)
+            for batch in batches():
+                batch = batch.filter(pc.is_valid(batch.column("probs")))
+                if batch.num_rows:
+                    est.add(*flat(batch, "logprobs"))
+            prior = est.result()
+        counter = Counter(words, self.name, rules, src, weighted=mode in ("expected", "debiased"))
+        dropped = 0
+        for batch in batches():
+            has = pc.is_valid(batch.column("probs"))
+            dropped += batch.num_rows - int(pc.sum(has).as_py() or 0)
+            batch = batch.filter(has)
+            if not batch.num_rows:
+                continue
+            if mode == "expected":
+                counter.add(batch, picks=batch.column("candidates"), weights=pc.list_flatten(batch.column("probs")))
+            elif mode == "debiased":
+                counter.add(batch, picks=batch.column("candidates"),
+                            weights=pa.array(debias(*flat(batch, "logprobs"), prior)))
+            else:
+                tops = [top_picks(c, p, k) for c, p in zip(batch.column("candidates").to_pylist(),
+                                                            batch.column("probs").to_pylist())]
+                counter.add(batch, picks=pa.array(tops, pa.list_(pa.string())))
+        counts, cols, stats = counter.result()
+        stats.update(dropped_trials=dropped, scored_counts=mode)
+        if prior is not None:
+            stats["position_prior"] = {str(s): [round(float(x), 6) for x in p] for s, p in sorted(prior.items())}
+            stats["scored_prior"] = prior_kind
+        return counts, cols, stats
+
+    def extra_stats(self, cfg, model: str) -> dict:
+        from ..scored import agreement
+
+        return {"agreement_fc": agreement(cfg, model)}
