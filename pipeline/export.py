@@ -1,6 +1,7 @@
 """`export` stage: analysis-ready copies of the similarity matrices, in three formats.
 
-For every model x paradigm (FC, FA) x kind (`ppmi`: PPMI-cosine, the RSA reference;
+For every model x paradigm (the paper's FC and FA, and any other that is `Paradigm.exported`
+and that the model runs) x kind (`ppmi`: PPMI-cosine, the RSA reference;
 `counts`: counts-cosine, the regression feature), under `export/<model>/`:
 
 - `<paradigm>_<kind>.npz`: ``similarity`` (float32 N x N) and ``words`` (vocabulary order);
@@ -37,6 +38,8 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, atomic_write_bytes
 from .options import Options, select
+from .paradigms import get as get_paradigm
+from .paradigms import names
 from .similarity import centered_cosine
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,8 @@ def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
     from .hidden import load_hidden, rebuild_command
 
     out = []
-    for p in ("fc", "fa"):
+    for p in [p for p in names() if get_paradigm(p).paper
+              or (get_paradigm(p).exported and p in cfg.paradigms_of(model))]:
         rebuild = f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}"
         for kind in KINDS:
             out.append(_Source(f"{p}_{kind}", paths.matrix_file(cfg, model, p, f"sim_{kind}"),
@@ -134,7 +138,7 @@ def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
     interrupted run, shards still running): a warning and the summary fields that say so."""
     import json
 
-    paradigm = src.name.split("_", 1)[0]
+    paradigm = src.name.rsplit("_", 1)[0]
     rec = man.stage(f"behave/{model}/{paradigm}") or {}
     if rec.get("complete"):
         return {}

@@ -20,9 +20,9 @@ METHOD.md §7, for every model x strategy x layer (1..L) x seed of `regress.seed
   `base+fc`, `base+fa`, `base+fc+fa`, and the manifest records it. Behavior-only models (no
   `models[].path`, e.g. behind an API) have no hidden states: they get no cells and are not
   part of the consensus.
-- Beyond the paper: each scored-FC or human-norms reference of `rsa.references`
-  (``fc_scored`` when it is in `behave.paradigms`, ``human:<name>``) adds one set, the
-  consensus set (or `base`) plus its counts-cosine, e.g. `base+cross+fc_scored`,
+- Beyond the paper: each reference of `rsa.references` from a paradigm beyond the paper's or
+  from human norms (``fc_scored`` when it is in `behave.paradigms`, ``human:<name>``) adds one
+  set, the consensus set (or `base`) plus its counts-cosine, e.g. `base+cross+fc_scored`,
   `base+cross+human:swow`, listed before the full set.
 - Pairs with a word whose static vector or behavioral (or human-norms) row is missing are
   dropped (column `n_dropped`), for every set alike, so the sets are fitted on the same
@@ -58,6 +58,7 @@ from .config import HUMAN, Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
 from .options import Options, select
+from .paradigms import paper_names
 from .rules import Rules
 from .similarity import cosine, sample_pairs, unit_centered
 from .store import write_parquet
@@ -65,19 +66,18 @@ from .store import write_parquet
 log = logging.getLogger(__name__)
 
 ALPHAS = np.logspace(-2, 6, 15)
-FEATURE_SETS = {
-    "base": ("static", "encoder"),
-    "base+cross": ("static", "encoder", "consensus"),
-    "base+cross+fc": ("static", "encoder", "consensus", "fc"),
-    "base+cross+fa": ("static", "encoder", "consensus", "fa"),
-    "base+cross+fc+fa": ("static", "encoder", "consensus", "fc", "fa"),
-}
-FEATURE_SETS_NO_CONSENSUS = {
-    "base": ("static", "encoder"),
-    "base+fc": ("static", "encoder", "fc"),
-    "base+fa": ("static", "encoder", "fa"),
-    "base+fc+fa": ("static", "encoder", "fc", "fa"),
-}
+_PAPER = paper_names()
+
+
+def _paper_sets(base: tuple[str, ...], name: str) -> dict[str, tuple[str, ...]]:
+    """`base`, then base plus each of the paper's paradigms, then base plus all of them."""
+    return {name: base, **{f"{name}+{p}": (*base, p) for p in _PAPER}, f"{name}+{'+'.join(_PAPER)}": (*base, *_PAPER)}
+
+
+FEATURE_SETS = {"base": ("static", "encoder"), **_paper_sets(("static", "encoder", "consensus"), "base+cross")}
+"""The paper's feature sets (base, base+cross, base+cross+fc, base+cross+fa, base+cross+fc+fa)."""
+FEATURE_SETS_NO_CONSENSUS = _paper_sets(("static", "encoder"), "base")
+"""The same without the cross-model consensus (a single model with weights)."""
 _COLUMNS = ["model", "strategy", "layer", "n_layers", "seed", "feature_set", "r2_test", "r2_train", "alpha",
             "n_train", "n_test", "n_dropped"]
 _VERSION = 1
@@ -288,11 +288,12 @@ def _counts_file(cfg: Config, model: str, feature: str) -> tuple[Path, str, str]
 
 def extra_features(cfg: Config) -> list[str]:
     """The references beyond the paper's that become feature sets (see the module docstring);
-    ``fc_scored`` only when every model with weights runs it (an API model with a `path`
-    whose backend cannot score has none to offer)."""
-    scored = all("fc_scored" in cfg.paradigms_of(m) for m in cfg.models if not m.behavior_only)
+    a paradigm beyond the paper's (``fc_scored``) only when every model with weights runs it (an
+    API model with a `path` whose backend cannot score has no scored FC to offer)."""
+    weighted = [m for m in cfg.models if not m.behavior_only]
     return [r for r in cfg.rsa.references
-            if r.startswith(HUMAN) or (r == "fc_scored" and "fc_scored" in cfg.behave.paradigms and scored)]
+            if r.startswith(HUMAN) or (r in cfg.behave.paradigms and r not in _PAPER
+                                       and all(r in cfg.paradigms_of(m) for m in weighted))]
 
 
 def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -383,8 +384,8 @@ def run(cfg: Config, opts) -> None:
         if cfg.model(name).behavior_only:
             log.info("regress %s: behavior-only model (no weights): no hidden states to predict, skipped", name)
     all_sets = FEATURE_SETS if len(all_models) > 1 else FEATURE_SETS_NO_CONSENSUS
-    paradigms = [p for p in ("fc", "fa") if p in cfg.behave.paradigms]
-    sets = {k: v for k, v in all_sets.items() if all(f in paradigms or f not in ("fc", "fa") for f in v)}
+    paradigms = [p for p in _PAPER if p in cfg.behave.paradigms]
+    sets = {k: v for k, v in all_sets.items() if all(f in paradigms or f not in _PAPER for f in v)}
     dropped = sorted(set(all_sets) - set(sets))
     extras = extra_features(cfg)
     if extras:
@@ -415,7 +416,7 @@ def _with_extras(sets: dict[str, tuple[str, ...]], extras: list[str]) -> dict[st
     ref = "base+cross" if "base+cross" in sets else "base"
     add = {f"{ref}+{e}": (*sets[ref], e) for e in extras}
     names = list(sets)
-    last = names[-1] if any(f in ("fc", "fa") for f in sets[names[-1]]) else None
+    last = names[-1] if any(f in _PAPER for f in sets[names[-1]]) else None
     out = {k: v for k, v in sets.items() if k != last}
     out.update(add)
     if last is not None:

@@ -92,6 +92,8 @@ from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public c
 from .config import HUMAN, PARADIGMS, Config, cross_reference
 from .manifest import Manifest
 from .options import Options, select
+from .paradigms import get as get_paradigm
+from .paradigms import paper_names
 from .rules import Rules
 from .similarity import alphabetical_pairs, cosine
 from .store import load_npy, write_parquet
@@ -100,7 +102,7 @@ log = logging.getLogger(__name__)
 
 _VERSION = 1
 _BEHAVIORAL = PARADIGMS
-_PAPER_COMMON = ("fc", "fa")
+_PAPER_COMMON = paper_names()
 _RSA_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "method", "n_words", "n_pairs",
                 "rsa", "ci_low", "ci_high", "geometry"]
 _NN_COLUMNS = ["model", "strategy", "layer", "n_layers", "reference", "k", "n_words", "overlap", "geometry"]
@@ -328,10 +330,8 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
                 "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms,
                 **({"na_answers": True} if Rules.of(cfg).paper else {})}
-    if "fc_scored" in paradigms:
-        settings["scored_counts"] = cfg.behave.scored_counts
-        if cfg.behave.scored_counts == "debiased":
-            settings["scored_prior"] = cfg.behave.scored_prior
+    for p in paradigms:
+        settings.update(get_paradigm(p).split_settings(cfg))
     step = man.step(key, settings, {p: man.ids(list_parts(paths.behavior_dir(cfg, model, p))) for p in paradigms},
                     force)
     part = paths.result_part(cfg, "reliability", model)

@@ -36,13 +36,14 @@ from . import paths
 from .comparison import standardize
 from .config import Config
 from .manifest import Manifest
+from .paradigms import paper_names
 from .similarity import alphabetical_pairs, centered_cosine, cosine, ppmi
 from .store import write_parquet
 
 log = logging.getLogger(__name__)
 
 _VERSION = 1
-_PARADIGMS = ("fc", "fa")
+_PARADIGMS = paper_names()
 COLUMNS = ["model", "strategy", "paradigm", "variant", "dims", "dims_used", "layer", "n_layers", "n_words",
            "n_pairs", "rsa"]
 

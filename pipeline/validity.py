@@ -58,6 +58,7 @@ from .config import PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest
 from .options import Options
+from .paradigms import get as get_paradigm
 from .store import write_parquet
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict],
     directory = paths.behavior_dir(cfg, model, paradigm)
     if not directory.exists() or not list_parts(directory):
         return [], None
-    scored = paradigm == "fc_scored"
+    scored = get_paradigm(paradigm).position_profile == "probs"
     prof = _scored_profile(directory, cfg.behave.scored_prior) if scored else _fc_profile(directory)
     if not prof:
         return [], None
@@ -279,28 +280,21 @@ def plan(cfg: Config, rel: pd.DataFrame, n_words: int) -> pd.DataFrame:
     for this run's N words and for `validity.plan_words` words, assuming the factor carries
     over (units per cue, not total trials, are what Spearman-Brown scales).
     """
-    from .trials import fc_group_sizes
-
-    v, t = cfg.validity, cfg.trials
+    v = cfg.validity
     method = "spearman" if "spearman" in set(rel.method) else rel.method.iloc[0]
     rows = []
     for r in rel[rel.method == method].itertuples():
         f = spearman_brown_factor(r.reliability, v.target_reliability)
-        fc_like = r.paradigm != "fa"
-        m_run = len(fc_group_sizes(n_words, t.fc_candidates))
-        m_big = len(fc_group_sizes(v.plan_words, t.fc_candidates))
-        now = m_run * t.fc_orders if fc_like else t.fa_runs
-        rate = v.fc_trials_per_s if fc_like else v.fa_trials_per_s
+        u = get_paradigm(r.paradigm).units(cfg, n_words)
+        now, rate = u.trials_run * u.now, u.rate
         row = {"model": r.model, "paradigm": r.paradigm, "method": method, "r_sb": r.reliability,
-               "target": v.target_reliability, "unit": "fc_orders" if fc_like else "fa_runs",
-               "units_now": t.fc_orders if fc_like else t.fa_runs, "factor": f}
+               "target": v.target_reliability, "unit": u.key, "units_now": u.now, "factor": f}
         if math.isfinite(f):
-            need = max(1, math.ceil((t.fc_orders if fc_like else t.fa_runs) * f - 1e-9))
-            per_cue_run = need * (m_run if fc_like else 1)
-            per_cue_big = need * (m_big if fc_like else 1)
-            max_orders = int(fc_group_sizes(n_words, t.fc_candidates).min())
+            need = max(1, math.ceil(u.now * f - 1e-9))
+            per_cue_run = need * u.trials_run
+            per_cue_big = need * u.trials_plan
             row.update(units_needed=need, per_cue_needed=per_cue_run,
-                       feasible=bool(need <= max_orders) if fc_like else True,
+                       feasible=bool(need <= u.most) if u.most is not None else True,
                        trials_run=n_words * per_cue_run, trials_plan=v.plan_words * per_cue_big)
             row.update(gpu_h_run_low=row["trials_run"] / rate[1] / 3600,
                        gpu_h_run_high=row["trials_run"] / rate[0] / 3600,
@@ -315,6 +309,10 @@ def plan(cfg: Config, rel: pd.DataFrame, n_words: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _name(paradigm: str) -> str:
+    return get_paradigm(paradigm).title
+
+
 def _hours(h: float) -> str:
     return f"{h:,.1f}" if h >= 0.1 else f"{h:.2g}"
 
@@ -325,7 +323,7 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
     out = []
     for r in df.itertuples():
         key = f"trials.{r.unit}"
-        name = {"fc": "FC", "fa": "FA", "fc_scored": "Scored FC"}.get(r.paradigm, r.paradigm)
+        name = _name(r.paradigm)
         head = f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {key} = {int(r.units_now)}"
         if not math.isfinite(r.factor):
             out.append(f"{head}; no amount of repetition reaches {v.target_reliability} by Spearman-Brown (the halves "
@@ -380,8 +378,8 @@ def run(cfg: Config, opts) -> None:
     step.start()
     prof, bias, hid = [], [], []
     for m in cfg.models:
-        for p in ("fc", "fc_scored"):
-            if p in cfg.behave.paradigms:
+        for p in PARADIGMS:
+            if p in cfg.behave.paradigms and get_paradigm(p).position_profile:
                 rows, summary = position_tables(cfg, m.name, p)
                 prof += rows
                 bias += [summary] if summary else []
@@ -422,12 +420,13 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
     bias = tables.get("validity_bias")
     if bias is not None and not bias.empty:
         for r in bias.itertuples():
-            name = "Scored FC" if r.paradigm == "fc_scored" else "FC"
-            what = "first-pick probability" if r.paradigm == "fc_scored" else "picks"
+            scored = get_paradigm(r.paradigm).position_profile == "probs"
+            name = _name(r.paradigm)
+            what = "first-pick probability" if scored else "picks"
             if r.large:
                 fix = (f" Debiasing by the run's position prior brings it to {r.ckld_debiased:.3f}"
                        f"{' (the counts use it)' if cfg.behave.scored_counts == 'debiased' else ''}."
-                       if r.paradigm == "fc_scored" else
+                       if scored else
                        (f" Counterbalancing (trials.fc_orders = {cfg.trials.fc_orders}) gives every candidate the "
                         f"same exposure to each position, so the bias favours no word, but position-driven picks "
                         f"still add noise, not meaning." if cfg.trials.fc_orders > 1 else

@@ -49,9 +49,11 @@ class Paradigm:
     Attributes:
         name: the registered name (`behave.paradigms`, directory names, table rows).
         rank: the order of tables and figures (the paper's paradigms first).
-        label / short / color: the report's legend entry, its short name, and its colour.
+        label / short / title / color: the report's legend entry, its short name (table
+            cells), its name opening a sentence, and its colour.
         paper: one of the paper's own references (its feature sets, SVD ablation, exports and
             paper-mode common words).
+        exported: the export stage writes its matrices even though it is not the paper's.
         plan: the paradigm whose trial plan this one runs (itself unless it re-answers
             another's trials, as scored FC does FC's).
         scoring: needs a backend that scores continuations (`Backend.scores`); models whose
@@ -70,8 +72,10 @@ class Paradigm:
     rank: int = 100
     label: str = ""
     short: str = ""
+    title: str = ""
     color: str = "#7f7f7f"
     paper: bool = False
+    exported: bool = False
     plan: str | None = None
     scoring: bool = False
     pipelined: bool = True
@@ -158,6 +162,10 @@ class Paradigm:
         from ..aggregate import count_picks
 
         return count_picks(src, words, self.name, rules, select)
+
+    def split_settings(self, cfg: Config) -> dict:
+        """Settings beyond the rules and the logs that change its split-half reliability."""
+        return {}
 
     def count_options(self, cfg: Config) -> Any:
         """The config values `count` needs (kept apart so tests can call `count` without a config)."""

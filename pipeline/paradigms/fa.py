@@ -48,7 +48,7 @@ def _protocol_class():
 @register("fa")
 class FreeAssociation(Paradigm):
     rank = 1
-    label, short, color = "FA (behavior)", "FA", "#ff7f0e"
+    label, short, title, color = "FA (behavior)", "FA", "FA", "#ff7f0e"
     paper = True
     na_answers = True
 

@@ -53,7 +53,7 @@ def _protocol_class():
 @register("fc")
 class ForcedChoice(Paradigm):
     rank = 0
-    label, short, color = "FC (behavior)", "FC", "#1f77b4"
+    label, short, title, color = "FC (behavior)", "FC", "FC", "#1f77b4"
     paper = True
     position_profile = "picks"
     rows_by_trial = True

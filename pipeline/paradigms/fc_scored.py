@@ -16,7 +16,7 @@ from .fc import ForcedChoice
 @register("fc_scored")
 class ScoredForcedChoice(ForcedChoice):
     rank = 2
-    label, short, color = "FC scored (probabilities)", "FC scored", "#17becf"
+    label, short, title, color = "FC scored (probabilities)", "FC scored", "Scored FC", "#17becf"
     paper = False
     plan = "fc"
     scoring = True
@@ -54,6 +54,12 @@ class ScoredForcedChoice(ForcedChoice):
 
     def count_settings(self, cfg) -> dict:
         out = {"scored_counts": cfg.behave.scored_counts, "picks": cfg.trials.fc_picks}
+        if cfg.behave.scored_counts == "debiased":
+            out["scored_prior"] = cfg.behave.scored_prior
+        return out
+
+    def split_settings(self, cfg) -> dict:
+        out = {"scored_counts": cfg.behave.scored_counts}
         if cfg.behave.scored_counts == "debiased":
             out["scored_prior"] = cfg.behave.scored_prior
         return out
