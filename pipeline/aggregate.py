@@ -131,7 +131,7 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
                   "behave_complete": bool(behave and behave.get("complete"))})
     stats.update(par.extra_stats(cfg, model))
     t1 = time.perf_counter()
-    write_outputs(out, words, counts, cols, stats)
+    write_outputs(out, words, counts, cols, stats, par.similarity_of(counts, stats))
     t2 = time.perf_counter()
     log.info("aggregate %s/%s: %d trials, %d responses in %d columns, %d empty rows, %d masked (%.1f s)", model,
              paradigm, stats["trials"], stats["picks"], stats["responses"], stats["empty_rows"],
@@ -140,7 +140,7 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
         log.warning("aggregate %s/%s: %d cue(s) without any valid response are masked (NaN similarity rows, "
                     "left out of every comparison with this matrix): %s", model, paradigm, stats["masked_rows"],
                     ", ".join(stats["masked_row_words"][:20]) + (" ..." if stats["masked_rows"] > 20 else ""))
-    summary = {k: v for k, v in stats.items() if k != "row_valid"}
+    summary = {k: v for k, v in stats.items() if k != "row_valid" and not k.startswith("_")}
     step.complete([out / f for f in OUTPUT_FILES],
                   {**summary, "empty_row_words": stats["empty_row_words"][:20],
                    "masked_row_words": stats["masked_row_words"][:20],
@@ -230,7 +230,8 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
     for h in (0, 1):
         counts, _, stats = count_matrix(directory, words, paradigm, rules, select=par.halves(cfg, n, h),
                                         scored=par.count_options(cfg))
-        sims.append(masked_similarity(ppmi(counts), stats["row_valid"]))
+        sim = par.similarity_of(counts, stats)
+        sims.append(masked_similarity(ppmi(counts), stats["row_valid"]) if sim is None else sim("ppmi"))
         sizes.append(stats["trials"])
     if not sum(sizes):
         return []

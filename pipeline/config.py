@@ -38,8 +38,27 @@ class VocabCfg:
     size: int | None = None
 
 
+class _Extensible:
+    """A config section that also holds the keys paradigms declare for it (`Paradigm.config_keys`):
+    a paradigm module brings its settings with it. Unset, such a key has the paradigm's default."""
+
+    _section = ""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        extra = self.__dict__.get("_extra", {})
+        if name in extra:
+            return extra[name]
+        declared = _paradigms.config_keys(self._section)
+        if name in declared:
+            return declared[name]
+        raise AttributeError(f"'{type(self).__name__}' has no attribute '{name}'")
+
+
 @dataclass
-class TrialsCfg:
+class TrialsCfg(_Extensible):
+    _section = "trials"
     fc_candidates: int = 16
     fc_picks: int = 2
     fc_seed: int = 12345
@@ -50,7 +69,8 @@ class TrialsCfg:
 
 
 @dataclass
-class BehaveCfg:
+class BehaveCfg(_Extensible):
+    _section = "behave"
     backend: str = "vllm"
     paradigms: list[str] = field(default_factory=lambda: list(_paradigms.paper_names()))
     chunk_size: int = 512
@@ -253,6 +273,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        for section in ("trials", "behave"):
+            d[section].update({k: getattr(getattr(self, section), k)
+                               for p in self.behave.paradigms if p in PARADIGMS
+                               for k in _paradigms.get(p).config_keys.get(section, {})})
         return d
 
 
@@ -397,11 +421,12 @@ def _build(cls, raw: Any, source: str, prefix: str):
         raise ConfigError(f"{source}: '{where}' must be a table, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
+    declared = _paradigms.config_keys(cls._section) if issubclass(cls, _Extensible) else {}
     for key in raw:
         if f"{prefix}{key}" in _RENAMED:
             raise ConfigError(f"{source}: '{prefix}{key}' was replaced by {_RENAMED[prefix + key]}")
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+        if key not in fields and key not in declared:
+            close = difflib.get_close_matches(key, [*fields, *declared], n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
     kwargs = {}
@@ -411,7 +436,10 @@ def _build(cls, raw: Any, source: str, prefix: str):
                 raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
             continue
         kwargs[name] = _coerce(hints[name], raw[name], source, f"{prefix}{name}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if declared:
+        obj._extra = {k: _coerce(type(declared[k]), v, source, f"{prefix}{k}") for k, v in raw.items() if k in declared}
+    return obj
 
 
 def _coerce(tp, value: Any, source: str, key: str):

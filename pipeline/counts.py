@@ -190,17 +190,29 @@ def _compact(acc: sp.csr_matrix, rows: list[np.ndarray], cols: list[np.ndarray],
     return (acc + new).tocsr()
 
 
-def write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: list[str], stats: dict) -> None:
+def write_outputs(out: Path, words: list[str], counts: sp.csr_matrix, cols: list[str], stats: dict,
+                  similarity=None) -> None:
     """Write every output atomically (`store.atomic_write`): readers never see half a file; a
-    crash before the manifest record leaves the stage incomplete and the next run redoes it."""
+    crash before the manifest record leaves the stage incomplete and the next run redoes it.
+
+    Args:
+        similarity: function of ``"ppmi"`` / ``"counts"`` giving the two N x N similarity
+            matrices (`Paradigm.similarity`); default the masked cosines of PPMI and count rows.
+            Keys of `stats` that start with ``_`` are working data, not written.
+    """
     pp = ppmi(counts)
     valid = stats["row_valid"]
+    public = {k: v for k, v in stats.items() if not k.startswith("_")}
     text = {"rows.txt": "".join(w + "\n" for w in words), "cols.txt": "".join(_one_line(c) + "\n" for c in cols),
-            "stats.json": json.dumps(stats, indent=2, ensure_ascii=False) + "\n"}
+            "stats.json": json.dumps(public, indent=2, ensure_ascii=False) + "\n"}
     _save_npz(out / "counts.npz", counts.astype(np.int32 if counts.dtype.kind in "iu" else np.float32))
     _save_npz(out / "ppmi.npz", pp.astype(np.float32))
-    save_npy(out / "sim_ppmi.npy", masked_similarity(pp, valid))
-    save_npy(out / "sim_counts.npy", masked_similarity(counts, valid))
+    if similarity is None:
+        save_npy(out / "sim_ppmi.npy", masked_similarity(pp, valid))
+        save_npy(out / "sim_counts.npy", masked_similarity(counts, valid))
+    else:
+        save_npy(out / "sim_ppmi.npy", similarity("ppmi"))
+        save_npy(out / "sim_counts.npy", similarity("counts"))
     for name, body in text.items():
         atomic_write_bytes(out / name, body.encode("utf-8"))
 

@@ -117,6 +117,18 @@ def prompt_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def template(name: str) -> str:
+    """The text of `prompts/<name>.txt` (checked as every template is), for paradigms that bring
+    their own prompts (`paradigms`); fill it with `str.format`."""
+    return _template(name)
+
+
+def template_sha(name: str) -> str:
+    """SHA-256 of `prompts/<name>.txt`, for the fingerprint of the logs it prompts."""
+    _template(name)
+    return sha256_file(PROMPTS_DIR / f"{name}.txt")
+
+
 def prompt_hashes() -> dict[str, str]:
     """SHA-256 of each template file, recorded in the manifest so edited prompts are visible."""
     out = {}

@@ -20,7 +20,7 @@ import functools
 from ..errors import PipelineError
 from .base import Paradigm
 
-__all__ = ["Paradigm", "find", "get", "names", "paper_names", "register"]
+__all__ = ["Paradigm", "config_keys", "find", "get", "names", "paper_names", "register"]
 
 _REGISTRY: dict[str, Paradigm] = {}
 
@@ -72,3 +72,10 @@ def find(name: str) -> Paradigm | None:
     """The paradigm registered as `name`, or None (a norms matrix, a baseline)."""
     _discover()
     return _REGISTRY.get(name)
+
+
+def config_keys(section: str) -> dict:
+    """The keys paradigms add to a config section (``trials``, ``behave``) with their defaults
+    (`Paradigm.config_keys`); `config` accepts and type-checks them like its own."""
+    _discover()
+    return {k: v for p in _REGISTRY.values() for k, v in p.config_keys.get(section, {}).items()}

@@ -66,6 +66,8 @@ class Paradigm:
             cue with a valid response is (FA).
         na_answers: paper mode: whole answers that pandas reads as missing count nothing.
         feeds: other paradigms whose logs its counts also read (their parts join its fingerprint).
+        config_keys: keys it adds to config sections, with defaults (their types are enforced),
+            e.g. ``{"trials": {"triplet_trials": 24}}``; `check_config` validates their values.
     """
 
     name: str = ""
@@ -83,6 +85,7 @@ class Paradigm:
     rows_by_trial: bool = False
     na_answers: bool = False
     feeds: tuple[str, ...] = ()
+    config_keys: dict[str, dict[str, Any]] = {}
 
     @property
     def plan_name(self) -> str:
@@ -169,6 +172,13 @@ class Paradigm:
 
     def count_options(self, cfg: Config) -> Any:
         """The config values `count` needs (kept apart so tests can call `count` without a config)."""
+        return None
+
+    def similarity_of(self, counts: sp.csr_matrix, stats: dict) -> Callable | None:
+        """How its counts become the two similarity matrices: a function of ``"ppmi"`` (the RSA
+        reference) or ``"counts"`` (the regression feature) returning float32 N x N with the
+        rows and columns of unusable words NaN; None (the default) for the cosines of PPMI and
+        count rows (`counts.write_outputs`)."""
         return None
 
     def extra_stats(self, cfg: Config, model: str) -> dict:
