@@ -37,8 +37,8 @@ class Units:
     """
     key: str
     now: int
-    trials_run: int
-    trials_plan: int
+    trials_run: float
+    trials_plan: float
     most: int | None
     rate: list[float]
 
