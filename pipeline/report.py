@@ -46,6 +46,8 @@ from .config import HUMAN, PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes
 from .options import Options
+from .paradigms import get as get_paradigm
+from .paradigms import paper_names
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,6 @@ REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored":
 REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
                       "encoder": "#9467bd", "consensus": "#7f7f7f"},
                      lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
-_AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png", "validity.png")
 R2_FLOOR = -0.25
@@ -156,20 +157,9 @@ def compliance(cfg: Config) -> pd.DataFrame:
                        "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
                        "full_compliance": summary.get("full_compliance"),
                        "mean_associates": summary.get("mean_associates")}
-                if p == "fc_scored":
+                if get_paradigm(p).scoring:
                     row["candidate_mass"] = summary.get("mass")
                 rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def scored_agreement(cfg: Config) -> pd.DataFrame:
-    """Per model: scored FC against generated FC (`scored.agreement`, from the aggregate record)."""
-    man = Manifest(cfg.run_dir)
-    rows = []
-    for m in cfg.models:
-        agree = (man.summary(f"aggregate/{m.name}/fc_scored") or {}).get("agreement_fc")
-        if agree:
-            rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
     return pd.DataFrame(rows)
 
 
@@ -252,11 +242,11 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                 .r2_test.mean().unstack())
     sets = list(dict.fromkeys(reg.feature_set))
     cross = "base+cross" if "base+cross" in sets else "base"
-    with_fc = f"{cross}+fc" if f"{cross}+fc" in sets else None
-    with_fa = f"{cross}+fa" if f"{cross}+fa" in sets else None
+    paper = paper_names()
+    with_p = {p: f"{cross}+{p}" if f"{cross}+{p}" in sets else None for p in paper}
     full = sets[-1]
     extra = {x[len(cross) + 1:]: x for x in sets
-             if x.startswith(f"{cross}+") and x[len(cross) + 1:] not in ("fc", "fa", "fc+fa")}
+             if x.startswith(f"{cross}+") and x[len(cross) + 1:] not in (*paper, "+".join(paper))}
     rows = []
     for (model, strategy), g in by_layer.groupby(level=["model", "strategy"], sort=False):
         g = g.droplevel(["model", "strategy"])
@@ -265,15 +255,14 @@ def regression_summary(reg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         peak = int(g[full].idxmax())
         row = {"model": model, "strategy": strategy, **{s: g[s].mean() for s in sets}, "peak_layer": peak,
                "n_layers": int(g.index.max()), "peak_r2": g.loc[peak, full]}
-        row["fc_gain_peak"] = g.loc[peak, with_fc] - g.loc[peak, cross] if with_fc else np.nan
-        row["fa_gain_peak"] = g.loc[peak, with_fa] - g.loc[peak, cross] if with_fa else np.nan
-        row["fc_gain_mean"] = (g[with_fc] - g[cross]).mean() if with_fc else np.nan
-        row["fa_gain_mean"] = (g[with_fa] - g[cross]).mean() if with_fa else np.nan
+        for p, name in with_p.items():
+            row[f"{p}_gain_peak"] = g.loc[peak, name] - g.loc[peak, cross] if name else np.nan
+        for p, name in with_p.items():
+            row[f"{p}_gain_mean"] = (g[name] - g[cross]).mean() if name else np.nan
         for feature, name in extra.items():
             row[f"{feature}_gain_peak"] = g.loc[peak, name] - g.loc[peak, cross]
         rows.append(row)
-    return pd.DataFrame(rows), {"sets": sets, "reference": cross, "fc": with_fc, "fa": with_fa, "full": full,
-                                "extra": extra}
+    return pd.DataFrame(rows), {"sets": sets, "reference": cross, **with_p, "full": full, "extra": extra}
 
 
 def headline(cfg: Config) -> dict:
@@ -285,20 +274,20 @@ def headline(cfg: Config) -> dict:
     res = load_results(cfg)
     out = {}
     comp = compliance(cfg)
-    for p in ("fc", "fa"):
+    for p in paper_names():
         c = comp[comp.paradigm == p] if not comp.empty else comp
-        out[f"{p.upper()} compliance"] = (", ".join(f"{r.compliance:.1%} ({r.model})" for r in c.itertuples())
-                                          if not c.empty else "n/a (no behave summary in the manifest)")
-    agree = scored_agreement(cfg)
-    if not agree.empty:
-        out["FC scored top-2 = FC picks"] = ", ".join(f"{r.top2_same:.1%} of {r.n_trials} trials ({r.model})"
-                                                      for r in agree.itertuples())
+        out[f"{get_paradigm(p).short} compliance"] = (
+            ", ".join(f"{r.compliance:.1%} ({r.model})" for r in c.itertuples())
+            if not c.empty else "n/a (no behave summary in the manifest)")
+    for p in PARADIGMS:
+        out.update(get_paradigm(p).report_headline(cfg))
     if "rsa" in res:
         method = primary_method(cfg, res["rsa"])
         d = res["rsa"][(res["rsa"].method == method) & res["rsa"].rsa.notna()]
-        extra = [r for r in ref_order(d.reference) if r == "fc_scored" or r.startswith(HUMAN)]
-        for p in ["fc", "fa", *extra]:
-            label = "FC scored" if p == "fc_scored" else p if p.startswith(HUMAN) else p.upper()
+        extra = [r for r in ref_order(d.reference)
+                 if (r in PARADIGMS and r not in paper_names()) or r.startswith(HUMAN)]
+        for p in [*paper_names(), *extra]:
+            label = p if p.startswith(HUMAN) else get_paradigm(p).short
             g = d[d.reference == p]
             if g.empty:
                 out[f"best-layer RSA {label}"] = "n/a (reference not computed)"
@@ -312,9 +301,9 @@ def headline(cfg: Config) -> dict:
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
         ref = names["reference"]
-        for p in ("fc", "fa"):
+        for p in paper_names():
             if names[p]:
-                out[f"regression R² gain {p.upper()}"] = (
+                out[f"regression R² gain {get_paradigm(p).short}"] = (
                     f"{summary[f'{p}_gain_peak'].mean():+.4f} over {ref} at each cell's peak layer "
                     f"(mean over layers {summary[f'{p}_gain_mean'].mean():+.4f})")
         out["regression R² full model"] = (f"{summary[names['full']].mean():.3f} mean over layers "
@@ -336,14 +325,15 @@ def _validity_headline(cfg: Config) -> dict:
     bias = v.get("validity_bias")
     if bias is not None:
         for r in bias.itertuples():
-            name = "FC scored" if r.paradigm == "fc_scored" else "FC"
-            deb = f" ({r.ckld_debiased:.2f} debiased)" if r.paradigm == "fc_scored" else ""
+            par = get_paradigm(r.paradigm)
+            deb = f" ({r.ckld_debiased:.2f} debiased)" if par.position_profile == "probs" else ""
+            name = par.short
             parts.append(f"{name} positions 1-2 {r.top2_share:.0%}, CKLD {r.ckld:.2f}{deb}")
     ceil = v.get("validity_ceiling")
     if ceil is not None:
         c = ceil[ceil.method == ("spearman" if "spearman" in set(ceil.method) else ceil.method.iloc[0])]
-        parts.append("r_SB " + ", ".join(f"{'FC scored' if r.paradigm == 'fc_scored' else r.paradigm.upper()} "
-                                         f"{r.r_sb:.2f}" for r in c.drop_duplicates("paradigm").itertuples()))
+        parts.append("r_SB " + ", ".join(f"{get_paradigm(r.paradigm).short} {r.r_sb:.2f}"
+                                         for r in c.drop_duplicates("paradigm").itertuples()))
     hid = v.get("validity_hidden")
     if hid is not None:
         worst = hid.loc[hid.norm_ratio.idxmax()]
@@ -674,21 +664,25 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", _md_table(table)]
         method = primary_method(cfg, rsa)
         s = rsa_summary(rsa, method)
-        peak = s[s.reference.isin(["fc", "fa"])].copy()
+        paper = paper_names()
+        peak = s[s.reference.isin(paper)].copy()
         peak["value"] = [f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}" for r in peak.itertuples()]
         peak = peak.pivot_table(index=["model", "strategy"], columns="reference", values="value",
                                 aggfunc="first", sort=False).reset_index()
-        lines += ["", f"## Peak RSA, FC and FA ({METHOD_LABELS.get(method, method)}, value @ layer/L)", "",
+        a, b = paper
+        sa, sb = get_paradigm(a).short, get_paradigm(b).short
+        lines += ["", f"## Peak RSA, {sa} and {sb} ({METHOD_LABELS.get(method, method)}, value @ layer/L)", "",
                   _md_table(peak)]
-        fcfa = s[s.reference.isin(["fc", "fa"])].pivot_table(index=["model", "strategy"], columns="reference",
-                                                             values="mean", sort=False)
-        if {"fc", "fa"} <= set(fcfa.columns):
-            fcfa["fc − fa"] = fcfa["fc"] - fcfa["fa"]
-            wins = int((fcfa["fc − fa"] > 0).sum())
-            lines += ["", "## FC vs FA", "",
-                      f"FC > FA (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.", "",
-                      _md_table(fcfa.reset_index())]
-    lines += _scored_section(cfg, res)
+        fcfa = s[s.reference.isin(paper)].pivot_table(index=["model", "strategy"], columns="reference",
+                                                      values="mean", sort=False)
+        if set(paper) <= set(fcfa.columns):
+            fcfa[f"{a} − {b}"] = fcfa[a] - fcfa[b]
+            wins = int((fcfa[f"{a} − {b}"] > 0).sum())
+            lines += ["", f"## {sa} vs {sb}", "",
+                      f"{sa} > {sb} (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.",
+                      "", _md_table(fcfa.reset_index())]
+    for p in PARADIGMS:
+        lines += get_paradigm(p).report_section(cfg, res)
     lines += _validity_section(cfg)
     lines += _norms_section(cfg, res)
     if "reliability" in res:
@@ -758,44 +752,9 @@ def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
               "RSA between two models' behavioral PPMI-cosine matrices over the words both answered for; the "
               "diagonal is the model's own split-half reliability r_SB (its noise ceiling; – when not computed). "
               "All methods: `results/behavior_rsa.parquet`."]
-    for paradigm in [p for p in ("fc", "fa") if p in set(beh.paradigm)]:
+    for paradigm in [p for p in paper_names() if p in set(beh.paradigm)]:
         m = behavior_matrix(beh, rel, paradigm, method, models).rename(index=label, columns=label)
-        lines += ["", f"**{paradigm.upper()}**", "", _md_table(m.rename_axis("model").reset_index())]
-    return lines
-
-
-def _scored_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
-    """Scored FC beside generated FC: trial-level agreement and RSA side by side."""
-    agree = scored_agreement(cfg)
-    rsa = res.get("rsa")
-    has_rsa = rsa is not None and "fc_scored" in set(rsa.reference)
-    if agree.empty and not has_rsa:
-        return []
-    lines = ["", "## Scored forced choice vs generated FC", "",
-             "Scored FC runs the FC trials and prompts but reads each candidate's probability as the first pick "
-             "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the "
-             f"counts `behave.scored_counts = \"{cfg.behave.scored_counts}\"` (expected: the first-pick "
-             "probabilities; debiased: the same with the run's list-position prior divided out)."]
-    if not agree.empty:
-        lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
-                      "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
-                      "most probable candidate is FC's first pick; `first_pick_rank`, `first_pick_prob` = mean rank "
-                      "and probability of FC's first pick in the scored distribution.", "", _md_table(agree)]
-    if has_rsa:
-        method = primary_method(cfg, rsa)
-        summ = rsa_summary(rsa, method)
-        summ = summ[summ.reference.isin(["fc", "fc_scored"])]
-        wide = summ.pivot_table(index=["model", "strategy"], columns="reference", values=["mean", "peak"],
-                                sort=False)
-        table = pd.DataFrame(index=wide.index)
-        for ref in ("fc", "fc_scored"):
-            if ("mean", ref) in wide.columns:
-                table[f"{ref} mean"] = wide["mean", ref]
-                table[f"{ref} peak"] = wide["peak", ref]
-        if {"fc mean", "fc_scored mean"} <= set(table.columns):
-            table["scored − fc (mean)"] = table["fc_scored mean"] - table["fc mean"]
-        lines += ["", f"RSA of the hidden layers against each ({METHOD_LABELS.get(method, method)}, mean and peak "
-                      "over layers):", "", _md_table(table.reset_index())]
+        lines += ["", f"**{get_paradigm(paradigm).short}**", "", _md_table(m.rename_axis("model").reset_index())]
     return lines
 
 
@@ -1031,8 +990,7 @@ def run(cfg: Config, opts) -> None:
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in (*_TABLES, *VALIDITY)),
                      "compliance": compliance(cfg).to_dict("records"),
-                     **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
-                        else {}),
+                     **{k: v for p in PARADIGMS for k, v in get_paradigm(p).report_inputs(cfg).items()},
                      **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
     if not Options.of(opts).force and step.done():
         log.info("report: results unchanged, skipped")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import aggregate, paths, regress, report, rsa
+from pipeline import aggregate, paradigms, paths, regress, report, rsa
 from pipeline.comparison import compare
 from pipeline.config import ConfigError, NormsCfg
 from pipeline.errors import PipelineError
@@ -254,7 +254,7 @@ def test_report_shows_scored_fc_and_human_norms(run_dir):
     head = report.headline(cfg)
     assert head["best-layer RSA human:swow"].split()[0] == f"{_best(cfg, 'human:swow'):.3f}"
     assert head["best-layer RSA FC scored"].split()[0] == f"{_best(cfg, 'fc_scored'):.3f}"
-    agree = report.scored_agreement(cfg)
+    agree = paradigms.get("fc_scored").agreement(cfg)
     assert set(agree.model) == {"m1", "m2"} and (agree.n_trials == 30 * 8).all()
     assert head["FC scored top-2 = FC picks"].startswith(f"{agree.top2_same.iloc[0]:.1%} of 240 trials (m1)")
     wide = md.split("## RSA, mean over layers (Spearman", 1)[1].split("\n\n", 2)[1].splitlines()[0]

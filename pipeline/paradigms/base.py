@@ -181,6 +181,20 @@ class Paradigm:
         count rows (`counts.write_outputs`)."""
         return None
 
+    # --- report ---
+
+    def report_inputs(self, cfg: Config) -> dict:
+        """What the report reads about this paradigm beyond the result tables (its fingerprint)."""
+        return {}
+
+    def report_headline(self, cfg: Config) -> dict:
+        """Extra {label: text} lines for the headline (the demo prints them)."""
+        return {}
+
+    def report_section(self, cfg: Config, res: dict) -> list[str]:
+        """Markdown lines of this paradigm's own report section (none by default)."""
+        return []
+
     def extra_stats(self, cfg: Config, model: str) -> dict:
         """Figures added to the aggregate's stats.json (e.g. agreement with another paradigm)."""
         return {}

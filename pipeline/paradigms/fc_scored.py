@@ -12,6 +12,8 @@ from __future__ import annotations
 from . import register
 from .fc import ForcedChoice
 
+_AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
+
 
 @register("fc_scored")
 class ScoredForcedChoice(ForcedChoice):
@@ -129,3 +131,69 @@ class ScoredForcedChoice(ForcedChoice):
         from ..scored import agreement
 
         return {"agreement_fc": agreement(cfg, model)}
+
+    # --- report ---
+
+    def agreement(self, cfg):
+        """Per model: scored FC against generated FC (`scored.agreement`, from the aggregate record)."""
+        import pandas as pd
+
+        from ..manifest import Manifest
+
+        man = Manifest(cfg.run_dir)
+        rows = []
+        for m in cfg.models:
+            agree = (man.summary(f"aggregate/{m.name}/{self.name}") or {}).get("agreement_fc")
+            if agree:
+                rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
+        return pd.DataFrame(rows)
+
+    def report_inputs(self, cfg) -> dict:
+        return {"agreement": self.agreement(cfg).to_dict("records")} if self.name in cfg.behave.paradigms else {}
+
+    def report_headline(self, cfg) -> dict:
+        agree = self.agreement(cfg)
+        if agree.empty:
+            return {}
+        return {"FC scored top-2 = FC picks": ", ".join(f"{r.top2_same:.1%} of {r.n_trials} trials ({r.model})"
+                                                        for r in agree.itertuples())}
+
+    def report_section(self, cfg, res) -> list[str]:
+        """Scored FC beside generated FC: trial-level agreement and RSA side by side."""
+        import pandas as pd
+
+        from ..report import METHOD_LABELS, _md_table, primary_method, rsa_summary
+
+        agree = self.agreement(cfg)
+        rsa = res.get("rsa")
+        has_rsa = rsa is not None and self.name in set(rsa.reference)
+        if agree.empty and not has_rsa:
+            return []
+        lines = ["", "## Scored forced choice vs generated FC", "",
+                 "Scored FC runs the FC trials and prompts but reads each candidate's probability as the first pick "
+                 "(the answer `output: <candidate>,`) instead of generating; its geometry comes from the "
+                 f"counts `behave.scored_counts = \"{cfg.behave.scored_counts}\"` (expected: the first-pick "
+                 "probabilities; debiased: the same with the run's list-position prior divided out)."]
+        if not agree.empty:
+            lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
+                          "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
+                          "most probable candidate is FC's first pick; `first_pick_rank`, `first_pick_prob` = mean "
+                          "rank and probability of FC's first pick in the scored distribution.", "", _md_table(agree)]
+        if has_rsa:
+            method = primary_method(cfg, rsa)
+            summ = rsa_summary(rsa, method)
+            refs = (self.plan_name, self.name)
+            summ = summ[summ.reference.isin(refs)]
+            wide = summ.pivot_table(index=["model", "strategy"], columns="reference", values=["mean", "peak"],
+                                    sort=False)
+            table = pd.DataFrame(index=wide.index)
+            for ref in refs:
+                if ("mean", ref) in wide.columns:
+                    table[f"{ref} mean"] = wide["mean", ref]
+                    table[f"{ref} peak"] = wide["peak", ref]
+            base, mine = (f"{r} mean" for r in refs)
+            if {base, mine} <= set(table.columns):
+                table[f"scored − {self.plan_name} (mean)"] = table[mine] - table[base]
+            lines += ["", f"RSA of the hidden layers against each ({METHOD_LABELS.get(method, method)}, mean and peak "
+                          "over layers):", "", _md_table(table.reset_index())]
+        return lines
