@@ -51,7 +51,7 @@ from .paradigms import paper_names
 
 log = logging.getLogger(__name__)
 
-REF_ORDER = ["fc", "fa", "fc_scored", "static", "encoder", "consensus"]
+REF_ORDER = [*PARADIGMS, "static", "encoder", "consensus"]
 _CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
 
 
@@ -74,9 +74,9 @@ def _label(ref: str, i: int) -> str:
     return f"human norms: {name}" if kind == "human" else f"{kind.upper()} of {name} (behavior)"
 
 
-REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored": "FC scored (probabilities)",
+REF_LABELS = _Styles({**{p: get_paradigm(p).label for p in PARADIGMS},
                       "static": "static vectors", "encoder": "encoder", "consensus": "cross-model consensus"}, _label)
-REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
+REF_COLORS = _Styles({**{p: get_paradigm(p).color for p in PARADIGMS}, "static": "#2ca02c",
                       "encoder": "#9467bd", "consensus": "#7f7f7f"},
                      lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
 METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
@@ -446,9 +446,10 @@ def _fig_validity(plt, v: dict[str, pd.DataFrame], path, threshold: float) -> bo
     n = len(panels) + len(models)
     fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 3.2), squeeze=False)
     for ax, ((model, paradigm), g) in zip(axes[0], panels):
-        s = int(g.groupby("n_candidates").n.sum().idxmax()) if paradigm == "fc" else int(g.n_candidates.max())
+        scored = get_paradigm(paradigm).position_profile == "probs"
+        s = int(g.n_candidates.max()) if scored else int(g.groupby("n_candidates").n.sum().idxmax())
         g = g[g.n_candidates == s].sort_values("position")
-        label = "mean first-pick probability" if paradigm == "fc_scored" else "share of picks"
+        label = "mean first-pick probability" if scored else "share of picks"
         ax.bar(g.position, g.share, color=REF_COLORS[paradigm], alpha=0.8, label=label)
         if g.share_debiased.notna().any():
             ax.plot(g.position, g.share_debiased, color="black", marker="o", ms=3, lw=1.2, label="after debiasing")
@@ -840,7 +841,7 @@ def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str
     variant, the published values dashed beside a paper model's. Returns the dashed curves drawn."""
     variants = _svd_variant_order(svd.variant)
     colors = dict(zip(variants, _plt_colors(len(variants))))
-    rows = [(m, p) for m in models for p in ("fc", "fa") if ((svd.model == m) & (svd.paradigm == p)).any()]
+    rows = [(m, p) for m in models for p in paper_names() if ((svd.model == m) & (svd.paradigm == p)).any()]
     fig, axes = _grid(plt, len(rows), len(strategies))
     pub = published.svd_variants() if matched else None
     handles, drawn = {}, 0
@@ -861,7 +862,7 @@ def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str
                         handles.setdefault("published (paper), dashed", line)
                         drawn += 1
             ax.axhline(0, color="black", lw=0.5)
-            _grid_cell(ax, f"{model} · {paradigm.upper()} · {strategy}", i == len(rows) - 1, j == 0,
+            _grid_cell(ax, f"{model} · {get_paradigm(paradigm).short} · {strategy}", i == len(rows) - 1, j == 0,
                        "layer (0 = embeddings)", "RSA (Pearson r, sampled pairs)")
     _legend(fig, handles, ncol=5)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
