@@ -61,14 +61,16 @@ def answer(candidate: str, n_picks: int) -> str:
     return f" {candidate}," if n_picks > 1 else f" {candidate}"
 
 
-def requests(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict]) -> list[ScoreRequest]:
-    """One score request per FC trial: the trial's rendered FC prompt plus the answer prefix."""
+def requests(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str = "fc_scored"
+             ) -> list[ScoreRequest]:
+    """One score request per FC trial: the trial's rendered FC prompt plus the answer prefix;
+    `stage` (the paradigm) selects the tokenizer as `GenRequest.stage` does."""
     n_picks = cfg.trials.fc_picks
     out = []
     for t in trials:
         text = backend.render(chat_messages(fc_prompt(t["cue"], t["candidates"], n_picks), model_cfg.system_prompt))
         out.append(ScoreRequest(text=text + ANSWER_PREFIX, continuations=[answer(c, n_picks) for c in t["candidates"]],
-                                end_of_turn=n_picks == 1, stage="fc_scored"))
+                                end_of_turn=n_picks == 1, stage=stage))
     return out
 
 
@@ -82,7 +84,8 @@ def distribution(logprobs) -> np.ndarray | None:
     return p / p.sum()
 
 
-def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict]) -> pa.Table:
+def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str = "fc_scored"
+               ) -> pa.Table:
     """Score one chunk of FC plan rows; log rows in `logs.SCORED_SCHEMA`, one final row per trial.
 
     Raises:
@@ -95,7 +98,7 @@ def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[
         raise PipelineError(f"backend '{backend.name}' cannot score continuations, which fc_scored needs; set "
                             f"behave.backend to one that can ({', '.join(scoring_names())}) or drop fc_scored from "
                             f"behave.paradigms")
-    reqs = requests(backend, cfg, model_cfg, trials)
+    reqs = requests(backend, cfg, model_cfg, trials, stage)
     t0 = time.perf_counter()
     results = backend.score(reqs)
     latency = (time.perf_counter() - t0) / max(len(reqs), 1)
@@ -212,7 +215,7 @@ def top_picks(candidates: list[str], probs, k: int) -> list[str]:
     return [candidates[i] for i in order]
 
 
-def agreement(cfg: Config, model: str) -> dict | None:
+def agreement(cfg: Config, model: str, generated: str = "fc", scored: str = "fc_scored") -> dict | None:
     """How the scored choice agrees with generated FC, trial by trial (the same plan).
 
     Compared are the trials whose FC main attempt (the greedy pass on the same prompt) is
@@ -228,7 +231,7 @@ def agreement(cfg: Config, model: str) -> dict | None:
     from . import paths
 
     k = cfg.trials.fc_picks
-    fc_dir, sc_dir = paths.behavior_dir(cfg, model, "fc"), paths.behavior_dir(cfg, model, "fc_scored")
+    fc_dir, sc_dir = paths.behavior_dir(cfg, model, generated), paths.behavior_dir(cfg, model, scored)
     if not logs.list_parts(fc_dir) or not logs.list_parts(sc_dir):
         return None
     picks: dict[int, list[str]] = {}

@@ -47,7 +47,7 @@ class ScoredForcedChoice(ForcedChoice):
     def run_chunk(self, backend, cfg, model_cfg, trials, words=None, proto=None):
         from ..scored import run_trials
 
-        return run_trials(backend, cfg, model_cfg, trials) if trials else self.log_schema().empty_table()
+        return run_trials(backend, cfg, model_cfg, trials, self.name) if trials else self.log_schema().empty_table()
 
     def summarize(self, directory, cfg) -> dict:
         from ..scored import summarize
@@ -130,7 +130,7 @@ class ScoredForcedChoice(ForcedChoice):
     def extra_stats(self, cfg, model: str) -> dict:
         from ..scored import agreement
 
-        return {"agreement_fc": agreement(cfg, model)}
+        return {"agreement_fc": agreement(cfg, model, self.plan_name, self.name)}
 
     # --- report ---
 
