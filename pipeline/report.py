@@ -1,4 +1,4 @@
-"""`report` stage: figures (PNG) and `report.md` from the result tables.
+"""`report` stage: figures (PNG, drawn by `figures`) and `report.md` from the result tables.
 
 Reads `results/rsa.parquet`, `nn.parquet`, `reliability.parquet`, `regression.parquet` and
 the behave summaries in the manifest, and writes under `report/`:
@@ -34,7 +34,6 @@ needed) and skipped when they have not.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
@@ -44,43 +43,25 @@ import pandas as pd
 from . import paths, published
 from .config import HUMAN, PARADIGMS, Config
 from .errors import PipelineError
+from .figures import (
+    METHOD_LABELS,
+    fig_nn,
+    fig_regression,
+    fig_rsa_by_depth,
+    fig_rsa_by_layer,
+    fig_svd,
+    fig_validity,
+    pyplot,
+    ref_order,
+    svd_variant_order,
+)
 from .manifest import Manifest, atomic_write_bytes
 from .options import Options
 
 log = logging.getLogger(__name__)
 
-REF_ORDER = ["fc", "fa", "fc_scored", "static", "encoder", "consensus"]
-_CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
-
-
-class _Styles(dict):
-    """Labels or colors of the references, extended on first use to names that come from the
-    config: another model's behavior (`fc:MODEL`, `fa:MODEL`) and human norms (`human:NAME`),
-    so every reference a result table holds can be drawn."""
-
-    def __init__(self, base: dict, make):
-        super().__init__(base)
-        self._make = make
-
-    def __missing__(self, ref: str):
-        value = self[ref] = self._make(ref, len(self) - len(REF_ORDER))
-        return value
-
-
-def _label(ref: str, i: int) -> str:
-    kind, _, name = ref.partition(":")
-    return f"human norms: {name}" if kind == "human" else f"{kind.upper()} of {name} (behavior)"
-
-
-REF_LABELS = _Styles({"fc": "FC (behavior)", "fa": "FA (behavior)", "fc_scored": "FC scored (probabilities)",
-                      "static": "static vectors", "encoder": "encoder", "consensus": "cross-model consensus"}, _label)
-REF_COLORS = _Styles({"fc": "#1f77b4", "fa": "#ff7f0e", "fc_scored": "#17becf", "static": "#2ca02c",
-                      "encoder": "#9467bd", "consensus": "#7f7f7f"},
-                     lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
 _AGREEMENT = ("n_trials", "top2_same", "top1_first", "first_pick_rank", "first_pick_prob")
-METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png", "validity.png")
-R2_FLOOR = -0.25
 SVD_FIGURE = "svd_variants.png"
 _TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms", "svd_variants")
 _VERSION = 3
@@ -215,20 +196,6 @@ def sentences_section(cfg: Config) -> list[str]:
 
 # ---------------------------------------------------------------- summaries
 
-def ref_order(names) -> list[str]:
-    """References in display order: the paper's five and scored FC, then the ones named in the
-    config (other models' behavior `fc:M`, `fa:M`; human norms `human:NAME`)."""
-    names = set(names)
-    cross = sorted((r for r in names if r not in REF_ORDER),
-                   key=lambda r: (r.partition(":")[2], REF_ORDER.index(r.partition(":")[0])
-                                  if r.partition(":")[0] in REF_ORDER else len(REF_ORDER), r))
-    return [r for r in REF_ORDER if r in names] + cross
-
-
-def _refs(df: pd.DataFrame) -> list[str]:
-    return ref_order(df.reference)
-
-
 def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
     """Per model x strategy x reference: mean over layers, peak value and its layer."""
     d = rsa[(rsa.method == method) & rsa.rsa.notna()]
@@ -351,138 +318,6 @@ def _validity_headline(cfg: Config) -> dict:
     return {"validity": "; ".join(parts) + " (section Validity)"}
 
 
-# ---------------------------------------------------------------- figures
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
-                         "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _save(fig, path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _grid(plt, n_rows: int, n_cols: int, w: float = 3.6, h: float = 2.7):
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 0.6, h * n_rows + 0.9), squeeze=False,
-                             sharey=True)
-    return fig, axes
-
-
-def _integer_x(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _grid_cell(ax, title: str, last_row: bool, first_col: bool, xlabel: str, ylabel: str) -> None:
-    """Title and integer layer axis of one cell of a model × strategy grid; axis labels only
-    on the outer cells, since the grid shares them."""
-    ax.set_title(title)
-    _integer_x(ax)
-    if last_row:
-        ax.set_xlabel(xlabel)
-    if first_col:
-        ax.set_ylabel(ylabel)
-
-
-def _legend(fig, handles_labels: dict, ncol: int | None = None) -> None:
-    if handles_labels:
-        fig.legend(list(handles_labels.values()), list(handles_labels), loc="upper center",
-                   ncol=ncol or min(len(handles_labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0))
-
-
-def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: str, models, strategies, path,
-                      matched: dict[str, str] | None = None) -> int:
-    """Returns the number of published curves drawn (dashed) beside this run's."""
-    d = rsa[rsa.method == method]
-    fig, axes = _grid(plt, len(models), len(strategies))
-    handles = {}
-    drawn = 0
-    pub = published.rsa() if matched else None
-    for i, model in enumerate(models):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = d[(d.model == model) & (d.strategy == strategy)]
-            for ref in _refs(cell):
-                g = cell[cell.reference == ref].sort_values("layer")
-                (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.6)
-                handles.setdefault(REF_LABELS[ref], line)
-                if g.ci_low.notna().any():
-                    ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
-                if rel is not None and ref in PARADIGMS:
-                    r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
-                    if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
-                        lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]
-                        ax.axhspan(lo, hi, color=REF_COLORS[ref], alpha=0.07, lw=0)
-                        for y in (lo, hi):
-                            edge = ax.axhline(y, color=REF_COLORS[ref], lw=0.9, ls="--")
-                        handles.setdefault(f"{REF_LABELS[ref].partition(' (')[0]} noise ceiling (split-half)", edge)
-            if matched and model in matched:
-                theirs = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)]
-                for ref in _refs(cell):
-                    g = theirs[theirs.reference == ref].sort_values("layer")
-                    if g.empty:
-                        continue
-                    (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.2, ls="--")
-                    handles.setdefault("published (paper: Pearson, 500k pairs), dashed", line)
-                    drawn += 1
-            ax.axhline(0, color="black", lw=0.5)
-            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer",
-                       f"RSA ({METHOD_LABELS.get(method, method)})")
-    _legend(fig, handles, ncol=4)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
-    _save(fig, path)
-    return drawn
-
-
-def _fig_validity(plt, v: dict[str, pd.DataFrame], path, threshold: float) -> bool:
-    """Position profiles (one panel per model x paradigm) and norm ratio by layer (one per model)."""
-    prof, hid = v.get("validity_position"), v.get("validity_hidden")
-    panels = [] if prof is None else list(prof.groupby(["model", "paradigm"], sort=False))
-    models = [] if hid is None else list(hid.groupby("model", sort=False))
-    if not panels and not models:
-        return False
-    n = len(panels) + len(models)
-    fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 3.2), squeeze=False)
-    for ax, ((model, paradigm), g) in zip(axes[0], panels):
-        s = int(g.groupby("n_candidates").n.sum().idxmax()) if paradigm == "fc" else int(g.n_candidates.max())
-        g = g[g.n_candidates == s].sort_values("position")
-        label = "mean first-pick probability" if paradigm == "fc_scored" else "share of picks"
-        ax.bar(g.position, g.share, color=REF_COLORS[paradigm], alpha=0.8, label=label)
-        if g.share_debiased.notna().any():
-            ax.plot(g.position, g.share_debiased, color="black", marker="o", ms=3, lw=1.2, label="after debiasing")
-        ax.axhline(1 / s, color="grey", ls="--", lw=1, label="uniform")
-        ax.set_title(f"{model} · {REF_LABELS[paradigm].partition(' (')[0]} ({s} candidates)")
-        ax.set_xlabel("list position")
-        ax.set_ylabel("share")
-        _integer_x(ax)
-        ax.legend(frameon=False, fontsize=8)
-    for ax, (model, g) in zip(axes[0][len(panels):], models):
-        for strategy, h in g.groupby("strategy", sort=False):
-            h = h.sort_values("layer")
-            ax.plot(h.layer, h.norm_ratio, marker="o", ms=3, lw=1.4, label=strategy)
-        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"{threshold:g}x (outlier)")
-        ax.set_yscale("log")
-        ax.set_title(f"{model} · largest / median word-vector norm")
-        ax.set_xlabel("layer")
-        _integer_x(ax)
-        ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
 def _validity_section(cfg: Config) -> list[str]:
     """Markdown: the artifacts named in sentences, position bias, reliability ceiling, hidden norms, planner."""
     from . import validity
@@ -531,98 +366,6 @@ def _validity_section(cfg: Config) -> list[str]:
                       "`python -m pipeline plan-trials --config ...`)", ""]
         lines += [f"- {t}" for t in validity.plan_lines(cfg, v["validity_plan"])]
     return lines
-
-
-def _fig_rsa_by_depth(plt, rsa: pd.DataFrame, method: str, strategies, path):
-    d = rsa[rsa.method == method]
-    grid = np.linspace(0, 1, 21)[1:]
-    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
-                             sharey=True)
-    handles = {}
-    for j, strategy in enumerate(strategies):
-        ax = axes[0, j]
-        cell = d[d.strategy == strategy]
-        for ref in _refs(cell):
-            curves = []
-            for _, g in cell[cell.reference == ref].groupby("model"):
-                g = g.sort_values("layer")
-                curves.append(np.interp(grid, g.layer / g.n_layers, g.rsa))
-            curves = np.array(curves)
-            mean = curves.mean(axis=0)
-            (line,) = ax.plot(grid, mean, color=REF_COLORS[ref], lw=1.8)
-            handles.setdefault(REF_LABELS[ref], line)
-            if len(curves) > 1:
-                sd = curves.std(axis=0)
-                ax.fill_between(grid, mean - sd, mean + sd, color=REF_COLORS[ref], alpha=0.15, lw=0)
-        n_models = cell.model.nunique()
-        ax.set_title(f"{strategy} (mean of {n_models} model{'s' if n_models != 1 else ''})")
-        ax.set_xlabel("relative depth (layer / L)")
-        ax.set_xlim(0, 1)
-        ax.axhline(0, color="black", lw=0.5)
-        if j == 0:
-            ax.set_ylabel(f"RSA ({METHOD_LABELS.get(method, method)})")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    _save(fig, path)
-
-
-def _fig_regression(plt, reg: pd.DataFrame, models, strategies, path):
-    sets = list(dict.fromkeys(reg.feature_set))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(sets)))
-    fig, axes = _grid(plt, len(models), len(strategies))
-    handles = {}
-    for i, model in enumerate(models):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = reg[(reg.model == model) & (reg.strategy == strategy)]
-            for s, color in zip(sets, colors):
-                g = cell[cell.feature_set == s].groupby("layer").r2_test.agg(["mean", "min", "max"])
-                if g.empty:
-                    continue
-                lw = 2.2 if s == sets[-1] else 1.3
-                (line,) = ax.plot(g.index, g["mean"], color=color, lw=lw)
-                handles.setdefault(s, line)
-                if cell.seed.nunique() > 1 and s == sets[-1]:
-                    band = ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
-                    handles.setdefault(f"{s}: range over seeds", band)
-            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer", "held-out test R²")
-    low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.min().min()
-    if low < R2_FLOOR:
-        high = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.max().max()
-        axes[0, 0].set_ylim(R2_FLOOR, min(1.0, high) + 0.05)
-        fig.text(0.99, 0.005, f"y axis clipped at {R2_FLOOR} (lowest R² {low:.2f})", ha="right", va="bottom",
-                 fontsize=8, color="0.4")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
-    _save(fig, path)
-
-
-def _fig_nn(plt, nn: pd.DataFrame, strategies, path):
-    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
-                             sharey=True)
-    handles = {}
-    for j, strategy in enumerate(strategies):
-        ax = axes[0, j]
-        cell = nn[nn.strategy == strategy]
-        for ref in _refs(cell):
-            g = cell[cell.reference == ref].groupby("k").overlap.mean()
-            (line,) = ax.plot(g.index, g.values, marker="o", ms=4, color=REF_COLORS[ref], lw=1.6)
-            handles.setdefault(REF_LABELS[ref], line)
-        ks = sorted(cell.k.unique())
-        n_words = int(cell.n_words.max())
-        (chance,) = ax.plot(ks, [k / (n_words - 1) for k in ks], color="0.5", lw=1, ls=":")
-        handles.setdefault("chance, k / (N - 1)", chance)
-        ax.set_xscale("log")
-        ax.set_xticks(ks)
-        ax.set_xticklabels([str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set_title(f"{strategy} (mean over layers and models)")
-        ax.set_xlabel("k (neighbours)")
-        if j == 0:
-            ax.set_ylabel("NN@k overlap")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    _save(fig, path)
 
 
 # ---------------------------------------------------------------- markdown
@@ -834,17 +577,10 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def _svd_variant_order(names) -> list[str]:
-    from .svd import variant_names
-
-    dims = sorted({int(v[3:].split("_")[0]) for v in names if v.startswith("svd")})
-    return [v for v in variant_names(dims) if v in set(names)]
-
-
 def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
     """The SVD / weighting ablation (`svd`): mean over layers 0..L per variant, the clipped
     dimensions, and the published values beside a paper model's."""
-    variants = _svd_variant_order(svd.variant)
+    variants = svd_variant_order(svd.variant)
     wide = (svd.groupby(["model", "strategy", "paradigm", "variant"], sort=False).rsa.mean()
             .unstack("variant")[variants].reset_index())
     lines = ["", "## SVD / weighting ablation (Pearson r, sampled pairs, mean over layers 0..L)", "",
@@ -874,47 +610,6 @@ def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
                       "`pipeline/published/svd_variants/`, CC BY 4.0):", "",
                   _md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy cells."]
     return lines
-
-
-def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str, str]) -> int:
-    """Ablation by layer (0..L): one panel per model x paradigm x strategy, one line per
-    variant, the published values dashed beside a paper model's. Returns the dashed curves drawn."""
-    variants = _svd_variant_order(svd.variant)
-    colors = dict(zip(variants, _plt_colors(len(variants))))
-    rows = [(m, p) for m in models for p in ("fc", "fa") if ((svd.model == m) & (svd.paradigm == p)).any()]
-    fig, axes = _grid(plt, len(rows), len(strategies))
-    pub = published.svd_variants() if matched else None
-    handles, drawn = {}, 0
-    for i, (model, paradigm) in enumerate(rows):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = svd[(svd.model == model) & (svd.paradigm == paradigm) & (svd.strategy == strategy)]
-            for v in variants:
-                g = cell[cell.variant == v].sort_values("layer")
-                if not g.empty:
-                    (line,) = ax.plot(g.layer, g.rsa, color=colors[v], lw=1.5)
-                    handles.setdefault(v, line)
-                if model in matched:
-                    t = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)
-                            & (pub.paradigm == paradigm) & (pub.variant == v)].sort_values("layer")
-                    if not t.empty:
-                        (line,) = ax.plot(t.layer, t.rsa, color=colors[v], lw=1.0, ls="--")
-                        handles.setdefault("published (paper), dashed", line)
-                        drawn += 1
-            ax.axhline(0, color="black", lw=0.5)
-            _grid_cell(ax, f"{model} · {paradigm.upper()} · {strategy}", i == len(rows) - 1, j == 0,
-                       "layer (0 = embeddings)", "RSA (Pearson r, sampled pairs)")
-    _legend(fig, handles, ncol=5)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
-    _save(fig, path)
-    return drawn
-
-
-def _plt_colors(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
 
 
 def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
@@ -1038,34 +733,34 @@ def run(cfg: Config, opts) -> None:
         log.info("report: results unchanged, skipped")
         return
     step.start()
-    plt = _plt()
+    plt = pyplot()
     figures = []
     if "rsa" in res:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         method = primary_method(cfg, rsa)
         layer_method = overlay_method(cfg, rsa)
-        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
+        overlay = fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
                                     out / FIGURES[0], published.match(cfg.models))
-        _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
+        fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
         figures += FIGURES[:2]
     if "regression" in res:
         models, strategies = _order(cfg, res["regression"])
-        _fig_regression(plt, res["regression"], models, strategies, out / FIGURES[2])
+        fig_regression(plt, res["regression"], models, strategies, out / FIGURES[2])
         figures.append(FIGURES[2])
     if "nn" in res:
         _, strategies = _order(cfg, res["nn"])
-        _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
+        fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
     svd_curves = 0
     if "svd_variants" in res:
         models, strategies = _order(cfg, res["svd_variants"])
-        svd_curves = _fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
+        svd_curves = fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
                               published.match(cfg.models))
         figures.append(SVD_FIGURE)
     from . import validity
 
-    if _fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
+    if fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
         figures.append(FIGURES[4])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],
