@@ -86,7 +86,7 @@ all: deps
 	$(call RUN,all)
 
 vocab-build: install
-	$(PY) -m pipeline.vocab build --out vocab/nouns-5000.txt --size 5000
+	$(PY) -m pipeline.nouns build --out vocab/nouns-5000.txt --size 5000
 
 demo: deps
 	$(PY) -m pipeline.demo --config $(CONFIG) $(foreach s,$(SET),--set $(s))
