@@ -92,7 +92,7 @@ demo: deps
 	$(PY) -m pipeline.demo --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 lint: install
-	$(PY) -m ruff check pipeline tests
+	$(PY) -m ruff check pipeline benchmarks tests
 
 test: deps lint
 	$(PY) -m pytest -q -ra tests
@@ -101,7 +101,7 @@ test-fast: deps lint
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
 bench: deps
-	$(PY) -m pipeline.bench
+	$(PY) -m benchmarks
 
 clean-demo:
 	rm -rf data/demo
