@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from . import paths
+from . import keys, paths
 from .config import PARADIGMS, Config
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
@@ -106,14 +106,14 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
         raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(PARADIGMS)}")
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
-    behave_cmd = (f"python -m pipeline behave --config {cfg.source} --model {model} --paradigm {paradigm}")
+    behave_cmd = keys.command(cfg, "behave", model=model, paradigm=paradigm)
     parts = list_parts(src) if src.exists() else []
     if not parts:
         raise PipelineError(f"{src}: no trial log parts for model '{model}', paradigm '{paradigm}'; run "
                             f"`{behave_cmd}` first")
     man = Manifest(cfg.run_dir)
-    key = f"aggregate/{model}/{paradigm}"
-    behave = man.stage(f"behave/{model}/{paradigm}")
+    key = keys.aggregate(model, paradigm)
+    behave = man.stage(keys.behave(model, paradigm))
     if behave and behave.get("complete"):
         lost = [rel for rel in (behave.get("outputs") or {}) if not (cfg.run_dir / rel).exists()]
         if lost:
@@ -323,8 +323,8 @@ def load_matrices(cfg: Config, model: str, paradigm: str) -> dict:
     d = paths.matrices_dir(cfg, model, paradigm)
     missing = [f for f in OUTPUT_FILES if not (d / f).exists()]
     if missing:
-        raise PipelineError(f"{d}: {', '.join(missing)} missing; run `python -m pipeline aggregate --config "
-                            f"{cfg.source} --model {model} --paradigm {paradigm}`")
+        raise PipelineError(f"{d}: {', '.join(missing)} missing; run "
+                            f"`{keys.command(cfg, 'aggregate', model=model, paradigm=paradigm)}`")
     return {
         "counts": sp.load_npz(d / "counts.npz").tocsr(),
         "ppmi": sp.load_npz(d / "ppmi.npz").tocsr(),

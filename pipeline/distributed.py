@@ -64,6 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import logs
+from .behave import LogJob
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest
@@ -248,15 +249,23 @@ class _BehaveWorker:
 
 @dataclass
 class _Job:
-    """One model/paradigm log being filled."""
-    model: str
-    paradigm: str
-    key: str
-    fp: str
-    directory: Path
+    """One model/paradigm log being filled: the log (`behave.open_log`) and the driver's counts."""
+    trial_log: LogJob
     todo: int
     left: int = 0
     written: set = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return self.trial_log.key
+
+    @property
+    def paradigm(self) -> str:
+        return self.trial_log.paradigm
+
+    @property
+    def directory(self) -> Path:
+        return self.trial_log.directory
 
 
 @dataclass
@@ -293,15 +302,14 @@ def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard,
     limit, force = opts.limit, opts.force
     jobs, chunks = [], []
     for paradigm in paradigms:
-        job = open_log(cfg, man, model_cfg, paradigm, force)
-        if job is None:
+        trial_log = open_log(cfg, man, model_cfg, paradigm, force)
+        if trial_log is None:
             continue
-        key, directory, fp = job
-        locks.enter_context(logs.WriterLock(directory, shard))
+        locks.enter_context(logs.WriterLock(trial_log.directory, shard))
         todo = pending_trials(cfg, model_cfg.name, paradigm, shard)
         if limit is not None:
             todo = todo.slice(0, max(limit, 0))
-        job = _Job(model_cfg.name, paradigm, key, fp, directory, todo.num_rows, todo.num_rows)
+        job = _Job(trial_log, todo.num_rows, todo.num_rows)
         jobs.append(job)
         chunks += _chunks(job, todo, cfg.behave.chunk_size)
     return jobs, chunks
@@ -331,7 +339,7 @@ def run_behave(cfg: Config, opts) -> None:
                                              model_paradigms(cfg, model_cfg.name, paradigms, "behave"), shard, locks)
                 for job in jobs:
                     if job.todo == 0:
-                        _finish(cfg, man, job, None)
+                        _finish(cfg, job, None)
                 if not chunks:
                     continue
                 if ray is None:
@@ -452,7 +460,7 @@ def _run_model(ray, cfg: Config, opts, man: Manifest, model_cfg, chunks: list, s
             chunk.job.left -= chunk.table.num_rows
             if chunk.job.left == 0:
                 job_stats = [s for (_, key), s in sorted(stats.items()) if key == chunk.job.key]
-                _finish(cfg, man, chunk.job, _engine_summary(opts, job_stats, time.perf_counter() - t0))
+                _finish(cfg, chunk.job, _engine_summary(opts, job_stats, time.perf_counter() - t0))
     finally:
         _stop(ray, actors, dead)
     _log_workers(model_cfg.name, list(stats.values()), done, time.perf_counter() - t0)
@@ -543,13 +551,11 @@ def _log_workers(model: str, stats: list[_WorkerStats], done: int, wall: float) 
                  r["trials_per_s"], m.failures)
 
 
-def _finish(cfg: Config, man: Manifest, job: _Job, engine: dict | None) -> None:
-    """Complete the log's manifest record as a local run does, plus the Ray figures."""
+def _finish(cfg: Config, job: _Job, engine: dict | None) -> None:
+    """Complete the log's manifest record as a local run does, with the Ray figures (once)."""
     from .behave import finalize
 
-    summary = finalize(cfg, cfg.model(job.model), job.paradigm)
-    if summary is not None and engine is not None:
-        man.complete(job.key, job.fp, {**summary, "engine": engine})
+    finalize(cfg, job.trial_log, engine=engine)
 
 
 # ---------------------------------------------------------------------------------- hidden

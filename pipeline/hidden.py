@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths
+from . import keys, paths
 from .config import Config, ModelCfg
 from .errors import PipelineError
 from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha256_file
@@ -115,21 +115,11 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
             continue
         for strategy in strategies:
             fp = _fingerprint(cfg, mcfg, strategy, vfp)
-            if man.step(stage_key(name, strategy), fp, force=force).done():
+            if man.step(keys.hidden(name, strategy), fp, force=force).done():
                 log.info("hidden %s/%s: complete, skipping", name, strategy)
                 continue
             todo.append((name, strategy, fp))
     return words, todo, sentences
-
-
-def stage_key(model: str, strategy: str) -> str:
-    """Manifest key of one model x strategy extraction."""
-    return f"hidden/{model}/{strategy}"
-
-
-def rebuild_command(cfg: Config, model: str, strategy: str) -> str:
-    """The command that (re)writes `hidden/<model>/<strategy>.npy`."""
-    return f"python -m pipeline hidden --config {cfg.source} --model {model} --strategy {strategy}"
 
 
 def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
@@ -204,7 +194,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     """
     out = paths.hidden_file(cfg, model_name, strategy)
     man = Manifest(cfg.run_dir)
-    step = man.step(stage_key(model_name, strategy), fp, force=force)
+    step = man.step(keys.hidden(model_name, strategy), fp, force=force)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
         _remove_stale_temps(out)
         if step.done(quiet=True):
@@ -351,7 +341,7 @@ def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_wor
     from .store import load_npy
 
     path = paths.hidden_file(cfg, model, strategy)
-    rebuild = rebuild_command(cfg, model, strategy)
+    rebuild = keys.command(cfg, "hidden", model=model, strategy=strategy)
     Manifest(cfg.run_dir).require(path, f"hidden states of {model}/{strategy}", rebuild)
     arr = load_npy(path, f"hidden states of {model}/{strategy}", rebuild, shape=(None, n_words, None),
                    mmap=mmap)

@@ -1033,7 +1033,7 @@ def run(cfg: Config, opts) -> None:
                      "compliance": compliance(cfg).to_dict("records"),
                      **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
                         else {}),
-                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
+                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, replace_stale=True)
     if not Options.of(opts).force and step.done():
         log.info("report: results unchanged, skipped")
         return

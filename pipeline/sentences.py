@@ -51,6 +51,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import keys
 from .errors import PipelineError
 from .manifest import fingerprint
 from .rules import Rules
@@ -195,7 +196,7 @@ def harvest(words: list[str], corpora: Iterable[str], out: str | Path, max_per_w
 
 # ---------------------------------------------------------------- the sentences stage
 
-STAGE_KEY = "sentences"
+STAGE_KEY = keys.SENTENCES
 _VERSION = 1
 _CHECKPOINT_DOCS = 50_000
 _CHECKPOINT_S = 30.0
@@ -674,10 +675,6 @@ def _pool_task(spec: ScanSpec, unit: Unit, part: str, budget, closed) -> dict:
 
 # ---------------------------------------------------------------- stage
 
-def rebuild_command(cfg) -> str:
-    return f"python -m pipeline sentences --config {cfg.source}"
-
-
 def provenance_file(path: str | Path) -> Path:
     """``<stem>.json`` beside the sentence file: what it was harvested from and for which words."""
     return Path(path).with_suffix(".json")
@@ -738,7 +735,8 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
                     f"missing), and {len(bare)} of this run's {len(words)} words ({', '.join(bare[:8])}"
                     f"{', ...' if len(bare) > 8 else ''}) have no sentence in it: it was probably harvested for "
                     f"another vocabulary. Give this experiment its own file (--set hidden.sentences="
-                    f"{cfg.run_dir / 'sentences.txt'}), or run `{rebuild_command(cfg)} --force` to harvest over it")
+                    f"{cfg.run_dir / 'sentences.txt'}), or run `{keys.command(cfg, 'sentences', force=True)}` to "
+                    f"harvest over it")
             log.warning("sentences: %s exists without a provenance file (%s): it is used as supplied; delete it or "
                         "run with --force to harvest it from hidden.harvest", path, side.name)
         return _supplied(man, path, words, spec, vfp)
@@ -746,7 +744,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     settings = {"version": _VERSION, "vocab": vfp, "file": str(path), **spec.settings(),
                 "sources": [{k: v for k, v in u.identity.items() if k != "mtime_ns"} for u in units]}
     was_supplied = (man.summary(STAGE_KEY) or {}).get("source") == "supplied"
-    step = man.step(STAGE_KEY, settings, force=o.force or was_supplied)
+    step = man.step(STAGE_KEY, settings, force=o.force, replace_stale=was_supplied)
     if step.done():
         log.info("sentences: complete, skipping (%s)", path)
         return man.summary(STAGE_KEY)
@@ -756,7 +754,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
             raise PipelineError(
                 f"hidden.sentences = {path} exists and was harvested for other settings (another vocabulary, corpus "
                 f"or rules; see {side}); it is not overwritten: set hidden.sentences to a new file, or run "
-                f"`{rebuild_command(cfg)} --force` to harvest again over it")
+                f"`{keys.command(cfg, 'sentences', force=True)}` to harvest again over it")
         if prov is not None and prov.get("sha256") == sha256_file(path):
             log.info("sentences: %s was harvested with the same settings (%s); using it", path, side)
             step.start()
@@ -796,7 +794,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
 def _supplied(man, path: Path, words: list[str], spec: ScanSpec, vfp: str) -> dict:
     """Record a sentence file the user supplied: its hash and each word's coverage."""
     step = man.step(STAGE_KEY, {"version": _VERSION, "supplied": sha256_file(path), "vocab": vfp, "cap": spec.cap,
-                                "rules": spec.rules.name}, force=True)
+                                "rules": spec.rules.name}, replace_stale=True)
     if step.done(quiet=True):
         return man.summary(STAGE_KEY)
     step.start()
@@ -879,7 +877,8 @@ def missing_file_error(cfg) -> PipelineError:
     return PipelineError(
         f"hidden.sentences = {h.sentences}: file not found; the 'averaged' strategy needs up to {h.max_sentences} "
         f"sentences per word. Set hidden.harvest to the corpus to harvest them from (\"wordnet\", C4 shards "
-        f"\"/data/c4/en/c4-train.000*-of-01024.json.gz\", text or JSON-lines files) and run `{rebuild_command(cfg)}`, "
+        f"\"/data/c4/en/c4-train.000*-of-01024.json.gz\", text or JSON-lines files) and run "
+        f"`{keys.command(cfg, 'sentences')}`, "
         f"or supply the file (one sentence per line, or word<TAB>sentence)")
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import paths
+from . import keys, paths
 from .comparison import standardize
 from .config import Config
 from .manifest import Manifest
@@ -161,7 +161,7 @@ def run(cfg: Config, man: Manifest, models, strategies, words: list[str], vocab_
         steps = {}
         for strategy in strategies:
             hidden = man.require(paths.hidden_file(cfg, model, strategy), *describe(cfg, "hidden", model, strategy))
-            steps[strategy] = man.step(f"rsa/svd_variants/{model}/{strategy}", settings,
+            steps[strategy] = man.step(keys.svd_variants(model, strategy), settings,
                                        {**upstream, "hidden": hidden}, force)
         todo = [s for s in strategies if not steps[s].done()]
         if not todo:

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from . import paths
+from . import keys, paths
 from .config import PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest
@@ -324,7 +324,7 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
     v = cfg.validity
     out = []
     for r in df.itertuples():
-        key = f"trials.{r.unit}"
+        key = keys.trials(r.unit)
         name = {"fc": "FC", "fa": "FA", "fc_scored": "Scored FC"}.get(r.paradigm, r.paradigm)
         head = f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {key} = {int(r.units_now)}"
         if not math.isfinite(r.factor):
@@ -370,10 +370,11 @@ def run(cfg: Config, opts) -> None:
 
     words = load_run_vocab(cfg)
     man = Manifest(cfg.run_dir)
-    step = man.step("validity", {"version": _VERSION, "settings": asdict(cfg.validity), "trials": asdict(cfg.trials),
-                                 "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
-                                 "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
-                                 "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), force=True)
+    step = man.step(keys.VALIDITY, {"version": _VERSION, "settings": asdict(cfg.validity),
+                                    "trials": asdict(cfg.trials),
+                                    "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
+                                    "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
+                                    "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), replace_stale=True)
     if not Options.of(opts).force and step.done():
         log.info("validity: inputs unchanged, skipped")
         return
@@ -462,8 +463,8 @@ def plan_trials(cfg: Config, opts) -> None:
 
     rel_path = paths.result_table(cfg, "reliability")
     if not rel_path.exists():
-        raise PipelineError(f"{rel_path}: no split-half reliability yet; run `python -m pipeline rsa --config "
-                            f"{cfg.source}` (with rsa.split_half = true) first")
+        raise PipelineError(f"{rel_path}: no split-half reliability yet; run `{keys.command(cfg, 'rsa')}` "
+                            f"(with rsa.split_half = true) first")
     df = plan(cfg, pd.read_parquet(rel_path), len(load_run_vocab(cfg)))
     for line in plan_lines(cfg, df):
         print(line)

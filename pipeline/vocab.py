@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes, fingerprint, sha256_file
@@ -125,8 +125,7 @@ def vocab_fingerprint(cfg: Config) -> str:
 
 def _missing(cfg: Config) -> PipelineError:
     return PipelineError(f"{paths.vocab_file(cfg)}: the run's vocabulary is missing; run "
-                         f"`make vocab CONFIG={cfg.source}` (or `python -m pipeline vocab --config "
-                         f"{cfg.source}`) first")
+                         f"`make vocab CONFIG={cfg.source}` (or `{keys.command(cfg, 'vocab')}`) first")
 
 
 def load_run_vocab(cfg: Config) -> list[str]:
@@ -164,7 +163,7 @@ def run(cfg: Config, opts) -> None:
     check_words(cfg, source, words)
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
-    step = man.step("vocab", {"words": fingerprint(words), "size": size}, force=Options.of(opts).force)
+    step = man.step(keys.VOCAB, {"words": fingerprint(words), "size": size}, force=Options.of(opts).force)
     out = paths.vocab_file(cfg)
     done = step.done()
     man.record_run(cfg, prompt_hashes())

@@ -138,9 +138,13 @@ def test_plan_workers_gpu_and_cpu_clusters():
 
 
 @pytest.mark.slow
-def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path):
+def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path, monkeypatch):
     cfg = build(tmp_path, tiny_llama_dir)
+    completes = []
+    real = Manifest.complete
+    monkeypatch.setattr(Manifest, "complete", lambda self, k, *a, **kw: (completes.append(k), real(self, k, *a, **kw)))
     run_stage("behave", cfg, Options(engine="ray", workers=2))
+    assert sorted(completes) == ["behave/m/fa", "behave/m/fc"]  # each record completed once, engine included
     man = Manifest(cfg.run_dir)
     for paradigm in PARADIGMS:
         assert_complete_without_duplicates(cfg, paradigm)
@@ -234,8 +238,14 @@ def test_ray_shard_and_local_shard_fill_one_run(cluster, tmp_path, smollm2_dir):
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
 
 
+def _job(directory: Path, todo: int) -> "distributed._Job":
+    """A Ray driver's job on a log at `directory` (its record started under a made-up fingerprint)."""
+    step = Manifest(directory.parent).step("behave/m/fc", "fp")
+    return distributed._Job(behave.LogJob(None, "fc", directory, step), todo, todo)
+
+
 def test_requeue_gives_up_on_a_chunk_that_keeps_killing_workers(tmp_path):
-    job = distributed._Job("m", "fc", "behave/m/fc", "fp", tmp_path, 3, 3)
+    job = _job(tmp_path / "log", 3)
     chunk = distributed._Chunk(job, pa.table({"trial_id": pa.array([7, 8, 9], pa.int64())}))
     queue = distributed.deque()
     for _ in range(distributed.MAX_CHUNK_ATTEMPTS - 1):
@@ -246,7 +256,7 @@ def test_requeue_gives_up_on_a_chunk_that_keeps_killing_workers(tmp_path):
 
 
 def test_publish_never_writes_a_trial_twice(tmp_path, caplog):
-    job = distributed._Job("m", "fc", "behave/m/fc", "fp", tmp_path / "log", 4, 4)
+    job = _job(tmp_path / "log", 4)
     recs = [{"trial_id": t, "cue_idx": 0, "cue": "dog", "candidates": ["cat"], "run": None, "attempt": a,
              "attempt_kind": "main", "raw_output": "x", "picks": [], "extracted": [], "status": "empty",
              "final": a == 1, "seed": None, "prompt_sha": "s", "n_prompt_tokens": 1, "n_output_tokens": 1,
@@ -284,3 +294,31 @@ def test_hidden_fan_out_writes_the_local_files(cluster, tiny_llama_dir, tmp_path
         np.testing.assert_array_equal(got, want)
         assert man.stage(f"hidden/m/{strategy}")["complete"]
         assert man.stage(f"hidden/m/{strategy}")["inputs"] == Manifest(local.run_dir).stage(f"hidden/m/{strategy}")["inputs"]
+
+
+def test_ray_driver_completes_a_log_record_once_with_its_engine_figures(tmp_path, smollm2_dir, monkeypatch):
+    """The Ray driver finishes a log through `behave.finalize` like a local run: one complete
+    of the record, its summary carrying the engine (it used to complete the record, then
+    complete it again with the engine added)."""
+    cfg = build(tmp_path, smollm2_dir, backend="fake", paradigms=("fc",))
+    behave.run(cfg, Options())
+    man = Manifest(cfg.run_dir)
+    key = "behave/m/fc"
+    local = man.summary(key)
+    man.start(key, man.stage(key)["inputs"])
+    trial_log = behave.open_log(cfg, man, cfg.model("m"), "fc", force=False)
+    assert trial_log is not None and trial_log.key == key
+    completes = []
+    real = Manifest.complete
+
+    def spy(self, k, *a, **kw):
+        completes.append(k)
+        return real(self, k, *a, **kw)
+
+    monkeypatch.setattr(Manifest, "complete", spy)
+    distributed._finish(cfg, distributed._Job(trial_log, 0, 0), {"name": "ray", "workers": []})
+    assert completes == [key]
+    rec = man.stage(key)
+    assert rec["complete"] and rec["summary"]["engine"] == {"name": "ray", "workers": []}
+    assert {k: v for k, v in rec["summary"].items() if k != "engine"} == {k: v for k, v in local.items()
+                                                                          if k != "last_run"}
