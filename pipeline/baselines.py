@@ -325,15 +325,14 @@ def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """Static vectors, encoder vectors, and consensus for every model x strategy."""
     from .vocab import vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
-    o = Options.of(opts)
-    force = o.force
+    force = opts.force
     b = cfg.baselines
     if b.static:
         _static_stage(cfg, man, words, vfp, force)
@@ -343,7 +342,7 @@ def run(cfg: Config, opts) -> None:
         _encoder_stage(cfg, man, words, vfp, force)
     else:
         log.info("baselines: no baselines.encoder configured; encoder reference skipped")
-    sel = select(cfg, o) if cfg.models else None
+    sel = select(cfg, opts) if cfg.models else None
     _consensus_stage(cfg, man, vfp, force, sel)
 
 

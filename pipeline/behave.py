@@ -148,7 +148,7 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True, mininterval=1.0, disable=None)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`behave` stage entry point (see the module docstring).
 
     Args:
@@ -157,9 +157,8 @@ def run(cfg: Config, opts) -> None:
             ``limit`` and ``force``. ``--engine ray`` is dispatched by the CLI to
             `distributed.run_behave` instead.
     """
-    o = Options.of(opts)
-    sel = select(cfg, o)
-    shard, limit, force = o.shard, o.limit, o.force
+    sel = select(cfg, opts)
+    shard, limit, force = opts.shard, opts.limit, opts.force
     man = Manifest(cfg.run_dir)
     for model_cfg in (cfg.model(name) for name in sel.models):
         paradigms = model_paradigms(cfg, model_cfg.name, sel.paradigms, "behave")
@@ -234,7 +233,7 @@ def _run_pending(backend, cfg: Config, job: LogJob, todo: pa.Table, shard) -> di
     scored = paradigm == "fc_scored"
     proto = None if scored else Protocol(backend, cfg, model_cfg, paradigm, load_run_vocab(cfg))
     size = cfg.behave.chunk_size
-    backend.stats()
+    backend.take_stats()
     done = ok = tokens = requests = 0
     t0 = last_log = time.perf_counter()
     pipelined = backend.batch_invariant and not scored
@@ -273,7 +272,7 @@ def _run_pending(backend, cfg: Config, job: LogJob, todo: pa.Table, shard) -> di
              "trials_per_s": round(done / dt, 3) if dt else None,
              "requests_per_s": round(requests / dt, 3) if dt else None,
              "tokens_per_s": round(tokens / dt, 1) if dt else None}
-    extra = backend.stats()
+    extra = backend.take_stats()
     return {**rates, "backend": extra} if extra else rates
 
 

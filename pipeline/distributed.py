@@ -315,7 +315,7 @@ def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard,
     return jobs, chunks
 
 
-def run_behave(cfg: Config, opts) -> None:
+def run_behave(cfg: Config, opts: Options) -> None:
     """`behave --engine ray`: the local stage's work spread over Ray actors (module docstring).
 
     Models run one after another, each on all the actors the cluster fits; its paradigms
@@ -326,7 +326,6 @@ def run_behave(cfg: Config, opts) -> None:
         opts: CLI options; uses ``model``, ``paradigm``, ``shard``, ``limit``, ``force``,
             ``address`` and ``workers`` (actors per model; default: as many as fit).
     """
-    opts = Options.of(opts)
     sel = select(cfg, opts)
     models = [cfg.model(name) for name in sel.models]
     paradigms, shard = sel.paradigms, opts.shard
@@ -580,7 +579,7 @@ def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[st
             "words": summary.get("words"), "texts": summary.get("texts")}
 
 
-def run_hidden(cfg: Config, opts) -> None:
+def run_hidden(cfg: Config, opts: Options) -> None:
     """`hidden --engine ray`: one Ray task per model x strategy (module docstring).
 
     Each task loads its model and runs `hidden.extract`, which writes
@@ -626,7 +625,7 @@ def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> N
                 while pending and len(inflight) < res.n:
                     name, strategy, fp = pending.popleft()
                     ref = task.remote(worker_cfg, name, strategy, fp, words_ref, sent_ref, int(res.num_cpus), env,
-                                      bool(getattr(opts, "force", False)))
+                                      opts.force)
                     inflight[ref] = (name, strategy)
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
                 name, strategy = inflight.pop(ref)
@@ -661,7 +660,7 @@ def _sentences_task(spec, unit, part: str, budget, closed, env: dict[str, str]) 
     return scan_unit(spec, unit, part, budget, closed)
 
 
-def run_sentences(cfg: Config, opts) -> None:
+def run_sentences(cfg: Config, opts: Options) -> None:
     """`sentences --engine ray`: one Ray task per corpus unit (module docstring).
 
     Ray starts only when there is something to scan; a task whose worker died is retried
@@ -672,7 +671,7 @@ def run_sentences(cfg: Config, opts) -> None:
     stack = contextlib.ExitStack()
 
     def factory(workers: int | None):
-        ray = stack.enter_context(ray_session(Options.of(opts).address))
+        ray = stack.enter_context(ray_session(opts.address))
         res = plan_workers(ray.cluster_resources(), 0, workers)
         task = ray.remote(_sentences_task).options(num_cpus=1, max_retries=MAX_RESTARTS, retry_exceptions=False)
         env = _worker_env()

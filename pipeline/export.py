@@ -151,7 +151,7 @@ def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
     return {"partial": True, "behave_trials": done, "planned_trials": planned}
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
     from .hidden import load_hidden
     from .store import load_npy
@@ -159,7 +159,6 @@ def run(cfg: Config, opts) -> None:
 
     words = load_run_vocab(cfg)
     n = len(words)
-    o = Options.of(opts)
     man = Manifest(cfg.run_dir)
     root = paths.export_dir(cfg)
     listing = "".join(w + "\n" for w in words).encode("utf-8")
@@ -167,13 +166,13 @@ def run(cfg: Config, opts) -> None:
         atomic_write_bytes(root / "words.txt", listing)
     vfp = vocab_fingerprint(cfg)
     count = 0
-    for model in select(cfg, o).models:
-        hidden = o.hidden and not cfg.model(model).behavior_only
-        if o.hidden and not hidden:
+    for model in select(cfg, opts).models:
+        hidden = opts.hidden and not cfg.model(model).behavior_only
+        if opts.hidden and not hidden:
             log.info("export %s: behavior-only model (no weights): no hidden layers to export", model)
-        for src in _sources(cfg, model, hidden, o.layers):
+        for src in _sources(cfg, model, hidden, opts.layers):
             step = man.step(keys.export(model, src.name), {"version": _VERSION, "vocab": vfp, "layer": src.layer},
-                            man.require(src.path, src.what, src.rebuild), o.force)
+                            man.require(src.path, src.what, src.rebuild), opts.force)
             if step.done():
                 continue
             step.start()

@@ -61,7 +61,7 @@ STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """Extract hidden states for every model x strategy of the config (or those `opts` picks).
 
     Completed outputs are skipped; an interrupted extraction continues at its next word
@@ -69,7 +69,7 @@ def run(cfg: Config, opts) -> None:
     loaded only when some strategy still has work.
     """
     words, todo, sentences = pending(cfg, opts)
-    force = Options.of(opts).force
+    force = opts.force
     for name in dict.fromkeys(n for n, _, _ in todo):
         tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
         pooler = make_pooler(cfg, tok, model)
@@ -86,7 +86,7 @@ def make_pooler(cfg: Config, tok, model) -> Pooler:
                   sink_prefix=h.sink_prefix)
 
 
-def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
+def pending(cfg: Config, opts: Options) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
     """The run's words, the (model, strategy, fingerprint) cells still to extract, and the
     sentences per word when the averaged strategy is selected (the `sentences` stage runs first
     if the file is missing,
@@ -97,15 +97,14 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
     """
     from .vocab import load_run_vocab, vocab_fingerprint
 
-    o = Options.of(opts)
-    sel = select(cfg, o)
+    sel = select(cfg, opts)
     models, strategies = sel.models, sel.strategies
     words = load_run_vocab(cfg)
     resolve_device(cfg.hidden.device)
     sentences = sentences_for(cfg, words) if "averaged" in strategies else None
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
-    force = o.force
+    force = opts.force
     todo = []
     for name in models:
         mcfg = cfg.model(name)

@@ -365,7 +365,7 @@ class _Stage:
                         int((~self.static_valid).sum()))
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`regress` stage: held-out-words regression for every model x strategy x layer x seed.
 
     Word sets follow `rules.Rules`: by default every vocabulary word enters the split and
@@ -375,7 +375,7 @@ def run(cfg: Config, opts) -> None:
     """
     from .vocab import load_run_vocab, vocab_fingerprint
 
-    force = Options.of(opts).force
+    force = opts.force
     sel = select(cfg, opts)
     all_models = [m.name for m in cfg.models if not m.behavior_only]
     for name in sel.models:

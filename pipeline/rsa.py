@@ -26,7 +26,7 @@ Methods (`rsa.methods`), all computed by `comparison.compare` (per layer by `ana
 
 - `spearman` (default): Spearman on all upper-triangle pairs, average ranks for ties;
 - `pearson`: Pearson on all upper-triangle pairs;
-- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.alphabetical_pairs`:
+- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.draw_paper_pairs`:
   `np.random.default_rng(rsa.seed).choice` over the upper triangle of the words sorted
   alphabetically, as the authors' matrices are; the same pairs for every layer, reference
   and model (METHOD.md §6).
@@ -94,7 +94,7 @@ from .manifest import Manifest
 from .merge import finished, merge
 from .options import Options, select
 from .rules import Rules
-from .similarity import alphabetical_pairs, cosine
+from .similarity import cosine, draw_paper_pairs
 from .store import load_npy, write_parquet
 
 log = logging.getLogger(__name__)
@@ -202,14 +202,14 @@ def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", 
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`rsa` stage: RSA, NN@k and CIs per model x strategy cell, split-half reliability per model."""
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     rules = Rules.of(cfg)
-    force = Options.of(opts).force
+    force = opts.force
     man = Manifest(cfg.run_dir)
     sel = select(cfg, opts)
     cell_settings = {k: v for k, v in asdict(cfg.rsa).items() if not k.startswith("svd_")}
@@ -339,8 +339,9 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
         return
     step.start()
     rows = []
+    pairs = _paper_pairs(cfg, words)
     for paradigm in paradigms:
-        got = split_half(cfg, model, paradigm, words)
+        got = split_half(cfg, model, paradigm, words, pairs)
         if not got:
             log.warning("rsa %s: no final trials in %s; no split-half reliability for %s", model,
                         paths.behavior_dir(cfg, model, paradigm), paradigm.upper())
@@ -373,7 +374,7 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
     for paradigm, models in per_paradigm.items():
         refs = {m: load_reference(cfg, paradigm, found[paradigm, m], n, m) for m in models}
         for a, b in combinations(models, 2):
-            for method, k, n_pairs, value in _compare_on_common(refs[a], refs[b], cfg.rsa.methods, cfg, words, pairs):
+            for method, k, n_pairs, value in _compare_on_common(refs[a], refs[b], cfg.rsa.methods, pairs):
                 rows.append({"paradigm": paradigm, "model_a": a, "model_b": b, "method": method, "n_words": k,
                              "n_pairs": n_pairs, "rsa": value})
         del refs
@@ -407,7 +408,7 @@ def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str],
     rows = []
     for p in paradigms:
         for h in humans:
-            for method, k, n_pairs, value in _compare_on_common(refs[p], refs[h], methods, cfg, words, pairs):
+            for method, k, n_pairs, value in _compare_on_common(refs[p], refs[h], methods, pairs):
                 rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": k,
                              "n_pairs": n_pairs, "rsa": value})
     write_parquet(pd.DataFrame(rows, columns=_BN_COLUMNS), part)
@@ -418,12 +419,12 @@ def _paper_pairs(cfg: Config, words: list[str]) -> tuple[np.ndarray, np.ndarray]
     """The 'paper' method's pairs (alphabetical order), drawn once per table; None without it."""
     if "paper" not in cfg.rsa.methods:
         return None
-    return alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
+    return draw_paper_pairs(len(words), cfg.rsa.paper_pairs, cfg.rsa.seed, words)
 
 
-def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: list[str], pairs
-                       ) -> list[tuple[str, int, int, float]]:
-    """Two similarity matrices compared on the words valid in both, with each method.
+def _compare_on_common(x: Reference, y: Reference, methods, pairs) -> list[tuple[str, int, int, float]]:
+    """Two similarity matrices compared on the words valid in both, with each method ('paper'
+    on `pairs`, the table's `_paper_pairs`).
 
     Returns:
         (method, n_words, n_pairs, rsa) per method; rsa is NaN below 3 common words.
@@ -434,8 +435,7 @@ def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: 
     out = []
     for method in methods:
         n_pairs = int((valid[pairs[0]] & valid[pairs[1]]).sum()) if method == "paper" else k * (k - 1) // 2
-        value = compare(sx, sy, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) if k > 2 \
-            else np.nan
+        value = compare(sx, sy, method, pairs=pairs) if k > 2 else np.nan
         out.append((method, k, n_pairs, value))
     return out
 

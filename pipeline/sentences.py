@@ -54,6 +54,7 @@ import numpy as np
 from . import keys
 from .errors import PipelineError
 from .manifest import fingerprint
+from .options import Options
 from .rules import Rules
 from .store import atomic_write_bytes, sha256_file
 
@@ -686,7 +687,7 @@ def scan_spec(cfg, words: list[str]) -> ScanSpec:
                     h.harvest_field, h.harvest_max_documents)
 
 
-def run(cfg, opts=None) -> dict | None:
+def run(cfg, opts: Options | None = None) -> dict | None:
     """`sentences` stage: build `hidden.sentences` from `hidden.harvest` (module docstring).
 
     Skipped when the stage is complete for the same vocabulary, sources and rules. Without
@@ -695,7 +696,7 @@ def run(cfg, opts=None) -> dict | None:
     return build(cfg, opts)
 
 
-def build(cfg, opts=None, submit_factory=None) -> dict | None:
+def build(cfg, opts: Options | None = None, submit_factory=None) -> dict | None:
     """The stage's work; `submit_factory(workers) -> (submit, close, n)` fans units out
     (`distributed.run_sentences` passes Ray's), else a process pool when ``--workers`` > 1.
 
@@ -707,11 +708,10 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
             an existing sentence file that was harvested for other settings (without --force).
     """
     from .manifest import Manifest, StageLock
-    from .options import Options
     from .vocab import load_run_vocab, vocab_fingerprint
 
+    opts = opts or Options()
     h = cfg.hidden
-    o = Options.of(opts)
     if not h.sentences:
         log.info("sentences: hidden.sentences is not set (no 'averaged' strategy); nothing to do")
         return None
@@ -721,7 +721,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     spec = scan_spec(cfg, words)
     vfp = vocab_fingerprint(cfg)
     side = provenance_file(path)
-    if not h.harvest or (path.exists() and not o.force and _read_json(side) is None):
+    if not h.harvest or (path.exists() and not opts.force and _read_json(side) is None):
         if not path.exists():
             if "averaged" not in h.strategies:
                 return None
@@ -744,12 +744,12 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     settings = {"version": _VERSION, "vocab": vfp, "file": str(path), **spec.settings(),
                 "sources": [{k: v for k, v in u.identity.items() if k != "mtime_ns"} for u in units]}
     was_supplied = (man.summary(STAGE_KEY) or {}).get("source") == "supplied"
-    step = man.step(STAGE_KEY, settings, force=o.force, replace_stale=was_supplied)
+    step = man.step(STAGE_KEY, settings, force=opts.force, replace_stale=was_supplied)
     if step.done():
         log.info("sentences: complete, skipping (%s)", path)
         return man.summary(STAGE_KEY)
     with StageLock(cfg.run_dir / "sentences" / ".lock", f"the sentence harvest into {path}"):
-        prov = _read_json(side) if path.exists() and not o.force else None
+        prov = _read_json(side) if path.exists() and not opts.force else None
         if prov is not None and prov.get("settings") != step.fp:
             raise PipelineError(
                 f"hidden.sentences = {path} exists and was harvested for other settings (another vocabulary, corpus "
@@ -766,7 +766,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
         t0 = time.perf_counter()
         if spec.rules.sentence_splitter == "punkt" and any(u.kind != "wordnet" for u in units):
             punkt_tokenizer()
-        comb, records = _scan_with(spec, units, cfg.run_dir / "sentences" / "parts", o.workers, submit_factory)
+        comb, records = _scan_with(spec, units, cfg.run_dir / "sentences" / "parts", opts.workers, submit_factory)
         wall = time.perf_counter() - t0
         lines = [f"{w}\t{s}\n" for w, sents in zip(words, comb.lists) for s in sents]
         blob = "".join(lines).encode("utf-8")

@@ -235,17 +235,16 @@ def _check_fc_sizes(cfg: Config, n_words: int) -> None:
                             f"{smallest} candidates would repeat orders; use at most {smallest}")
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`trials` stage: write the FC and FA plans of the paradigms in `behave.paradigms`.
 
     Needs only the run vocabulary (no model, no GPU). Each plan is its own manifest record
     (`trials.fc`, `trials.fa`), so changing `fa_runs` leaves the FC plan and its logs valid.
     """
     words = load_run_vocab(cfg)
-    o = Options.of(opts)
-    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if o.paradigm in (None, p)))
+    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if opts.paradigm in (None, p)))
     man = Manifest(cfg.run_dir)
-    force = o.force
+    force = opts.force
     for paradigm in wanted:
         key = keys.trials(paradigm)
         out = paths.trials_file(cfg, paradigm)

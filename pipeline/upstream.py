@@ -18,6 +18,7 @@ from . import keys
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, StaleStageError, fingerprint
+from .options import Options
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _UPSTREAM = {
 }
 
 
-def check(cfg: Config, stage: str, opts=None) -> None:
+def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
     """Refuse to run `stage` on upstream results that the current config would not produce.
 
     Only records that exist, of the models, paradigms and strategies that ``--model``,
@@ -80,11 +81,9 @@ def check(cfg: Config, stage: str, opts=None) -> None:
                         f"to write it again (its settings are unchanged, so nothing else is redone), then {stage}")
 
 
-def _expected(cfg: Config, up: str, stages: dict, opts=None) -> list[tuple[str, str]]:
+def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -> list[tuple[str, str]]:
     """(record key, the settings fingerprint the config gives now) of each record of `up`."""
-    from .options import Options
-
-    o = Options.of(opts)
+    o = opts or Options()
     if up == "vocab":
         words = _config_words(cfg)
         return [] if words is None else [(keys.VOCAB, fingerprint({"words": fingerprint(words), "size": len(words)}))]

@@ -232,6 +232,7 @@ def hidden_rows(cfg: Config, model: str, strategy: str, words: list[str]) -> lis
 def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
     """Split-half reliability beside each behavioral geometry's RSA (hidden layers, encoder, static)."""
     from .comparison import compare
+    from .similarity import draw_paper_pairs
 
     rel_path, rsa_path = paths.result_table(cfg, "reliability"), paths.result_table(cfg, "rsa")
     if not rel_path.exists():
@@ -249,6 +250,8 @@ def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
             sim[~valid, :] = np.nan
             sim[:, ~valid] = np.nan
             baselines[name] = sim
+    pairs = draw_paper_pairs(len(words), cfg.rsa.paper_pairs, cfg.rsa.seed, words) if "paper" in set(rel.method) \
+        else None
     rows = []
     for r in rel.itertuples():
         g = rsa[(rsa.model == r.model) & (rsa.reference == r.paradigm) & (rsa.method == r.method)]
@@ -263,7 +266,7 @@ def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
             row[f"rsa_{name}"] = math.nan
             if name in baselines and mat.exists():
                 row[f"rsa_{name}"] = compare(np.asarray(np.load(mat), dtype=np.float64), baselines[name], r.method,
-                                             n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words)
+                                             pairs=pairs)
         rows.append(row)
     return rows
 
@@ -360,7 +363,7 @@ def _inputs(cfg: Config, man: Manifest) -> dict:
     return man.ids(files)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`validity` stage: write the five validity tables.
 
     A view of what it reads, like the report: recomputed whenever its settings or inputs
@@ -375,7 +378,7 @@ def run(cfg: Config, opts) -> None:
                                     "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
                                     "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
                                     "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), replace_stale=True)
-    if not Options.of(opts).force and step.done():
+    if not opts.force and step.done():
         log.info("validity: inputs unchanged, skipped")
         return
     step.start()
@@ -457,7 +460,7 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
     return out
 
 
-def plan_trials(cfg: Config, opts) -> None:
+def plan_trials(cfg: Config, opts: Options) -> None:
     """`plan-trials` command: print the reliability planner from this run's split-half reliability."""
     from .vocab import load_run_vocab
 

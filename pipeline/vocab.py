@@ -24,6 +24,7 @@ from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes, fingerprint, sha256_file
+from .options import Options
 
 log = logging.getLogger(__name__)
 _MAX_LISTED = 10
@@ -140,13 +141,12 @@ def load_run_vocab(cfg: Config) -> list[str]:
     return load_words(path)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`vocab` stage: freeze the first `vocab.size` words of `vocab.source` into the run dir.
 
     Also records the run's config, versions, seeds and prompt hashes in the manifest, as
     the first stage of every run.
     """
-    from .options import Options
     from .prompts import prompt_hashes
 
     source = Path(cfg.vocab.source)
@@ -163,7 +163,7 @@ def run(cfg: Config, opts) -> None:
     check_words(cfg, source, words)
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
-    step = man.step(keys.VOCAB, {"words": fingerprint(words), "size": size}, force=Options.of(opts).force)
+    step = man.step(keys.VOCAB, {"words": fingerprint(words), "size": size}, force=opts.force)
     out = paths.vocab_file(cfg)
     done = step.done()
     man.record_run(cfg, prompt_hashes())
