@@ -155,7 +155,7 @@ def run(cfg: Config, opts: Options) -> None:
         cfg: experiment config.
         opts: CLI options (`options.Options`); uses ``model``, ``paradigm``, ``shard`` (I, N),
             ``limit`` and ``force``. ``--engine ray`` is dispatched by the CLI to
-            `distributed.run_behave` instead.
+            `distributed.behave.run` instead.
     """
     sel = select(cfg, opts)
     shard, limit, force = opts.shard, opts.limit, opts.force

@@ -39,8 +39,8 @@ STAGES: dict[str, str] = {
 DAG = ["vocab", "trials", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity", "regress",
        "report"]
 COMMANDS = {"plan-trials": "pipeline.validity:plan_trials"}
-ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden",
-                   "sentences": "pipeline.distributed:run_sentences"}}
+ENGINES = {"ray": {"behave": "pipeline.distributed.behave:run", "hidden": "pipeline.distributed.hidden:run",
+                   "sentences": "pipeline.distributed.sentences:run"}}
 
 log = logging.getLogger("pipeline")
 _MAX_SHARDS = 2**31 - 1

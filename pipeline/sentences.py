@@ -698,7 +698,7 @@ def run(cfg, opts: Options | None = None) -> dict | None:
 
 def build(cfg, opts: Options | None = None, submit_factory=None) -> dict | None:
     """The stage's work; `submit_factory(workers) -> (submit, close, n)` fans units out
-    (`distributed.run_sentences` passes Ray's), else a process pool when ``--workers`` > 1.
+    (`distributed.sentences.run` passes Ray's), else a process pool when ``--workers`` > 1.
 
     Returns:
         The manifest summary, or None when the config uses no sentence file.

@@ -1,6 +1,6 @@
-"""`--engine ray`: the behave and hidden stages fanned out over a Ray cluster.
+"""`behave --engine ray`: the local stage's work spread over Ray actors.
 
-Behave. The driver (the process running ``python -m pipeline behave --engine ray``) does
+The driver (the process running ``python -m pipeline behave --engine ray``) does
 everything that touches the trial log store; Ray actors only generate:
 
 - The driver computes the pending trials exactly as the local stage does
@@ -33,27 +33,14 @@ Fault drill: with ``PIPELINE_FAULT_EXIT=N:MARKER`` in the driver's environment, 
 worker to finish generating its N-th chunk (counted per worker process) exits hard before
 returning it, once per run (MARKER, a path all workers see, is created atomically to claim
 the crash). Tests use it; on a real cluster it rehearses a node failure.
-
-Sentences. One Ray task per corpus unit (a C4 shard, a file), as many at once as the
-cluster has CPUs (or ``--workers``): each runs `sentences.scan_unit`, which checkpoints into
-``sentences/parts/`` of the run directory (so, again, storage every node sees, and corpus
-files at the same path on every node); the driver hands out units in corpus order and
-combines finished ones exactly as a local run does (`sentences.scan`), so the file is the same.
-
-Hidden. One Ray task per (model, strategy), as many at once as the cluster has GPUs (or
-CPUs): each loads its model and calls `hidden.extract`, which writes
-``hidden/<model>/<strategy>.npy`` and its manifest record itself, so for this stage the
-run directory must be on storage every node sees.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,129 +50,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import logs
-from .behave import LogJob
-from .config import Config
-from .errors import PipelineError
-from .manifest import Manifest
-from .options import Options, model_paradigms, select
+from .. import logs
+from ..behave import LogJob, finalize, open_log, pending_trials
+from ..config import Config
+from ..errors import PipelineError
+from ..manifest import Manifest
+from ..options import Options, model_paradigms, select
+from .cluster import MAX_RESTARTS, Resources, plan_workers, ray_session, set_threads, worker_config, worker_env
 
 log = logging.getLogger(__name__)
 
-MAX_RESTARTS = 3
 MAX_CHUNK_ATTEMPTS = 3
 _PROBE_S = 1.0
 _CLOSE_S = 60.0
 _LOG_EVERY_S = 30.0
-_ENV_PREFIXES = ("PIPELINE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "VLLM_", "CUDA_LAUNCH_BLOCKING")
-
-
-# ---------------------------------------------------------------------------------- Ray setup
-
-@contextlib.contextmanager
-def ray_session(address: str | None):
-    """Connect to the Ray cluster at `address` (start a local one when None) for one stage.
-
-    An already initialised Ray (a test fixture, a notebook) is reused and left running.
-    Usage statistics and the dashboard stay off: the pipeline never talks to the network.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError as e:
-        raise PipelineError(f"--engine ray needs Ray ({e}); install it with `pip install -e '.[ray]'` "
-                            f"or run without --engine ray") from None
-    if ray.is_initialized():
-        yield ray
-        return
-    kw = {"include_dashboard": False} if address is None else {}
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, **kw)
-    except ConnectionError as e:
-        raise PipelineError(f"cannot reach the Ray cluster at --address {address} ({e}); start it with "
-                            f"`ray start --head` on the head node, check the address it printed, or "
-                            f"leave --address out to run Ray on this machine") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _worker_env() -> dict[str, str]:
-    """Driver variables the workers need (offline flags, caches, fault drill, fake backend).
-
-    They travel as a constructor argument rather than a Ray ``runtime_env``: an env_vars
-    runtime env makes Ray start a fresh worker pool through its runtime-env agent (about
-    10 s per actor on a small machine), and constructor arguments are replayed on restart.
-    """
-    return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
-
-
-def _local_path(p: str | None) -> str | None:
-    if p is None or ":" in p or Path(p).is_absolute() or not Path(p).exists():
-        return p
-    return str(Path(p).resolve())
-
-
-def _worker_config(cfg: Config) -> Config:
-    """A copy of `cfg` for workers, with the driver's relative paths made absolute.
-
-    Workers start in whatever directory the Ray node was started from, so model folders,
-    the sentence file and the data directory are resolved against the driver's working
-    directory (a shared filesystem mounted at the same place on every node keeps them
-    valid). Hub ids and ``package:`` specs stay as they are. Fingerprints are always
-    computed on the driver from the original config, so they do not change.
-    """
-    models = [dataclasses.replace(m, path=_local_path(m.path)) for m in cfg.models]
-    hidden = dataclasses.replace(cfg.hidden, sentences=_local_path(cfg.hidden.sentences))
-    experiment = dataclasses.replace(cfg.experiment, data_dir=str(Path(cfg.experiment.data_dir).resolve()))
-    return dataclasses.replace(cfg, models=models, hidden=hidden, experiment=experiment)
-
-
-@dataclass
-class _Resources:
-    n: int
-    num_cpus: float
-    num_gpus: float
-
-
-def plan_workers(cluster: dict, gpus_per_worker: int, workers: int | None) -> _Resources:
-    """How many actors to start and what each reserves.
-
-    On a cluster with GPUs every actor takes `gpus_per_worker` GPUs (the model's tensor
-    parallel size for vLLM, 1 for hf) and one CPU, and there are as many actors as the GPUs
-    allow. Without GPUs the CPUs are shared out evenly (one per actor by default), and the
-    backend's thread count follows.
-
-    Args:
-        cluster: `ray.cluster_resources()`.
-        gpus_per_worker: GPUs one engine needs when GPUs exist (0: never use GPUs).
-        workers: requested number of actors (``--workers``), None for as many as fit.
-
-    Returns:
-        The actor count and the per-actor reservation.
-
-    Raises:
-        PipelineError: the request cannot fit the cluster.
-    """
-    if workers is not None and workers < 1:
-        raise PipelineError(f"--workers {workers}: give at least 1, or leave it out to use the whole cluster")
-    gpus = int(cluster.get("GPU", 0))
-    cpus = int(cluster.get("CPU", 0))
-    if gpus and gpus_per_worker:
-        fit = gpus // gpus_per_worker
-        if fit < 1:
-            raise PipelineError(f"one engine needs {gpus_per_worker} GPUs (models[].tensor_parallel_size) "
-                                f"but the Ray cluster has {gpus}; lower tensor_parallel_size or add GPUs")
-        n = min(workers or fit, fit)
-        if workers and workers > fit:
-            log.warning("--workers %d: the cluster's %d GPUs fit only %d engines of %d GPU(s); using %d",
-                        workers, gpus, fit, gpus_per_worker, fit)
-        return _Resources(n, 1, gpus_per_worker)
-    if cpus < 1:
-        raise PipelineError("the Ray cluster reports no CPUs; check `ray status`")
-    n = min(workers or cpus, cpus)
-    return _Resources(n, max(1, cpus // n), 0)
 
 
 def _maybe_fault(count: int) -> None:
@@ -204,26 +82,19 @@ def _maybe_fault(count: int) -> None:
     os._exit(43)
 
 
-def _set_threads(n: int) -> None:
-    """Give torch the CPUs Ray reserved for this worker (if the engine uses torch at all)."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(max(1, n))
-
-
 class _BehaveWorker:
     """One inference engine for one model inside a Ray actor."""
 
     def __init__(self, cfg: Config, model: str, threads: int, env: dict[str, str], words: list[str] | None = None):
         os.environ.update(env)
         logging.basicConfig(level=logging.WARNING)
-        from .backends import get_backend
+        from ..backends import get_backend
 
         self.cfg = cfg
         self.words = words
         self.model_cfg = cfg.model(model)
         self.backend = get_backend(cfg.backend_of(self.model_cfg), self.model_cfg, cfg)
-        _set_threads(threads)
+        set_threads(threads)
         self.count = 0
 
     def info(self) -> dict:
@@ -232,7 +103,7 @@ class _BehaveWorker:
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, paradigm: str, chunk: pa.Table) -> tuple[pa.Table, dict]:
-        from .attempts import run_chunk
+        from ..attempts import run_chunk
 
         t0 = time.perf_counter()
         rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk, self.words)
@@ -244,8 +115,6 @@ class _BehaveWorker:
     def close(self) -> None:
         self.backend.close()
 
-
-# ---------------------------------------------------------------------------------- behave
 
 @dataclass
 class _Job:
@@ -297,8 +166,6 @@ def _chunks(job: _Job, todo: pa.Table, size: int) -> list[_Chunk]:
 
 def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard, locks) -> tuple[list, list]:
     """Skip complete logs, lock and list the pending trials of the others (as `behave.run`)."""
-    from .behave import open_log, pending_trials
-
     limit, force = opts.limit, opts.force
     jobs, chunks = [], []
     for paradigm in paradigms:
@@ -315,7 +182,7 @@ def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard,
     return jobs, chunks
 
 
-def run_behave(cfg: Config, opts: Options) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`behave --engine ray`: the local stage's work spread over Ray actors (module docstring).
 
     Models run one after another, each on all the actors the cluster fits; its paradigms
@@ -354,20 +221,20 @@ def _progress(total: int, model: str):
 
 
 def _gpus_per_worker(cfg: Config, model_cfg) -> int:
-    from .backends import backend_class
+    from ..backends import backend_class
 
     return backend_class(cfg.backend_of(model_cfg), cfg).gpus_per_engine(model_cfg)
 
 
-def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, _Resources]:
+def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, Resources]:
     res = plan_workers(ray.cluster_resources(), _gpus_per_worker(cfg, model_cfg), opts.workers)
     actor_cls = ray.remote(_BehaveWorker).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
-    worker_cfg = _worker_config(cfg)
-    from .vocab import load_run_vocab
+    worker_cfg = worker_config(cfg)
+    from ..vocab import load_run_vocab
 
     words = load_run_vocab(cfg)
-    actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), _worker_env(), words)
+    actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), worker_env(), words)
               for _ in range(res.n)]
     log.info("behave: %s on %d Ray actor(s), each %g CPU / %g GPU", model_cfg.name, res.n, res.num_cpus,
              res.num_gpus)
@@ -552,142 +419,4 @@ def _log_workers(model: str, stats: list[_WorkerStats], done: int, wall: float) 
 
 def _finish(cfg: Config, job: _Job, engine: dict | None) -> None:
     """Complete the log's manifest record as a local run does, with the Ray figures (once)."""
-    from .behave import finalize
-
     finalize(cfg, job.trial_log, engine=engine)
-
-
-# ---------------------------------------------------------------------------------- hidden
-
-def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[str],
-                 sentences: list[list[str]] | None, threads: int, env: dict[str, str], force: bool = False) -> dict:
-    """Extract one model x strategy on a Ray worker with the hidden module's own code."""
-    os.environ.update(env)
-    logging.basicConfig(level=logging.WARNING)
-    from .hidden import extract, make_pooler
-    from .pooling import load_model
-
-    t0 = time.perf_counter()
-    tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
-    _set_threads(threads)
-    pooler = make_pooler(cfg, tok, lm)
-    t1 = time.perf_counter()
-    summary = extract(cfg, model, strategy, words, pooler, fp, sentences if strategy == "averaged" else None,
-                      force=force)
-    return {"model": model, "strategy": strategy, "node": socket.gethostname(), "pid": os.getpid(),
-            "load_s": round(t1 - t0, 3), "extract_s": round(time.perf_counter() - t1, 3),
-            "words": summary.get("words"), "texts": summary.get("texts")}
-
-
-def run_hidden(cfg: Config, opts: Options) -> None:
-    """`hidden --engine ray`: one Ray task per model x strategy (module docstring).
-
-    Each task loads its model and runs `hidden.extract`, which writes
-    ``hidden/<model>/<strategy>.npy`` and its manifest record itself, resumably; Ray
-    retries a task whose worker or node died (up to `MAX_RESTARTS` times) and the retry
-    continues at the next unfinished word block. The run directory must therefore be on
-    storage every node sees. Complete outputs are skipped exactly as in a local run.
-
-    Args:
-        cfg: experiment config.
-        opts: CLI options; uses ``model``, ``strategy``, ``force``, ``address`` and
-            ``workers`` (tasks at once; default: one per GPU, or per CPU).
-    """
-    from .hidden import pending
-
-    words, todo, sentences = pending(cfg, opts)
-    if not todo:
-        return
-    with ray_session(opts.address) as ray:
-        _run_hidden_tasks(ray, cfg, opts, todo, words, sentences)
-
-
-def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> None:
-    from ray.exceptions import RayError, RayTaskError
-    from tqdm import tqdm
-
-    gpus = 0 if cfg.hidden.device == "cpu" else 1
-    res = plan_workers(ray.cluster_resources(), gpus, opts.workers)
-    task = ray.remote(_hidden_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                            max_retries=MAX_RESTARTS, retry_exceptions=False)
-    worker_cfg, env = _worker_config(cfg), _worker_env()
-    words_ref = ray.put(words)
-    sent_ref = ray.put(sentences)
-    pending = deque(todo)
-    inflight: dict = {}
-    log.info("hidden: %d model x strategy task(s) on Ray, %d at a time, each %g CPU / %g GPU", len(todo),
-             res.n, res.num_cpus, res.num_gpus)
-    t0 = time.perf_counter()
-    records = []
-    try:
-        with tqdm(total=len(todo), desc="hidden (ray)", unit="task", dynamic_ncols=True, disable=None) as bar:
-            while pending or inflight:
-                while pending and len(inflight) < res.n:
-                    name, strategy, fp = pending.popleft()
-                    ref = task.remote(worker_cfg, name, strategy, fp, words_ref, sent_ref, int(res.num_cpus), env,
-                                      opts.force)
-                    inflight[ref] = (name, strategy)
-                (ref,), _ = ray.wait(list(inflight), num_returns=1)
-                name, strategy = inflight.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except RayTaskError as e:
-                    if isinstance(e.as_instanceof_cause(), PipelineError):
-                        raise PipelineError(str(e.cause)) from None
-                    raise
-                except RayError as e:
-                    raise PipelineError(f"hidden {name}/{strategy}: its Ray worker died {MAX_RESTARTS + 1} times "
-                                        f"({type(e).__name__}); finished word blocks are kept, run the same "
-                                        f"command again to continue") from None
-                records.append(rec)
-                bar.update(1)
-                bar.set_postfix(last=f"{name}/{strategy}")
-    finally:
-        for ref in inflight:
-            ray.cancel(ref, force=True)
-    log.info("hidden: %d task(s) in %.1f s on Ray", len(records), time.perf_counter() - t0)
-    for r in records:
-        log.info("  %s/%s on %s (pid %d): load %.1f s, extract %.1f s, %d texts", r["model"], r["strategy"],
-                 r["node"], r["pid"], r["load_s"], r["extract_s"], r["texts"] or 0)
-
-
-# ---------------------------------------------------------------------------------- sentences
-
-def _sentences_task(spec, unit, part: str, budget, closed, env: dict[str, str]) -> dict:
-    os.environ.update(env)
-    from .sentences import scan_unit
-
-    return scan_unit(spec, unit, part, budget, closed)
-
-
-def run_sentences(cfg: Config, opts: Options) -> None:
-    """`sentences --engine ray`: one Ray task per corpus unit (module docstring).
-
-    Ray starts only when there is something to scan; a task whose worker died is retried
-    (up to `MAX_RESTARTS` times) and continues from its unit's last checkpoint.
-    """
-    from .sentences import build
-
-    stack = contextlib.ExitStack()
-
-    def factory(workers: int | None):
-        ray = stack.enter_context(ray_session(opts.address))
-        res = plan_workers(ray.cluster_resources(), 0, workers)
-        task = ray.remote(_sentences_task).options(num_cpus=1, max_retries=MAX_RESTARTS, retry_exceptions=False)
-        env = _worker_env()
-        log.info("sentences: corpus units on Ray, %d at a time", res.n)
-
-        def submit(spec, unit, part, budget, closed):
-            return task.remote(spec, unit, part, budget, sorted(closed), env).future()
-
-        return submit, stack.close, res.n
-
-    try:
-        build(cfg, opts, submit_factory=factory)
-    except Exception as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, PipelineError):
-            raise PipelineError(str(cause)) from None
-        raise
-    finally:
-        stack.close()
