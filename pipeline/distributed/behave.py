@@ -164,7 +164,7 @@ def _chunks(job: _Job, todo: pa.Table, size: int) -> list[_Chunk]:
     return [_Chunk(job, todo.slice(s, size)) for s in range(0, todo.num_rows, size)]
 
 
-def _prepare_jobs(cfg: Config, opts, man: Manifest, model_cfg, paradigms, shard, locks) -> tuple[list, list]:
+def _prepare_jobs(cfg: Config, opts: Options, man: Manifest, model_cfg, paradigms, shard, locks) -> tuple[list, list]:
     """Skip complete logs, lock and list the pending trials of the others (as `behave.run`)."""
     limit, force = opts.limit, opts.force
     jobs, chunks = [], []
@@ -211,7 +211,7 @@ def run(cfg: Config, opts: Options) -> None:
                 if ray is None:
                     ray = session.enter_context(ray_session(opts.address))
                 with _progress(sum(c.table.num_rows for c in chunks), model_cfg.name) as bar:
-                    _run_model(ray, cfg, opts, man, model_cfg, chunks, shard, bar)
+                    _run_model(ray, cfg, opts, model_cfg, chunks, shard, bar)
 
 
 def _progress(total: int, model: str):
@@ -226,7 +226,7 @@ def _gpus_per_worker(cfg: Config, model_cfg) -> int:
     return backend_class(cfg.backend_of(model_cfg), cfg).gpus_per_engine(model_cfg)
 
 
-def _start_workers(ray, cfg: Config, opts, model_cfg) -> tuple[list, Resources]:
+def _start_workers(ray, cfg: Config, opts: Options, model_cfg) -> tuple[list, Resources]:
     res = plan_workers(ray.cluster_resources(), _gpus_per_worker(cfg, model_cfg), opts.workers)
     actor_cls = ray.remote(_BehaveWorker).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
@@ -247,7 +247,7 @@ def _init_failure(model: str, err) -> PipelineError:
                          f"{lines[-1] if lines else type(err).__name__}")
 
 
-def _run_model(ray, cfg: Config, opts, man: Manifest, model_cfg, chunks: list, shard, bar) -> None:
+def _run_model(ray, cfg: Config, opts: Options, model_cfg, chunks: list, shard, bar) -> None:
     """Hand `chunks` of one model to its actors until all are published (module docstring).
 
     Each actor holds at most one chunk. After an actor fails, it is probed (a cheap call)
@@ -390,7 +390,7 @@ def _publish(job: _Job, rows: pa.Table, shard) -> int:
     return len(final_ids)
 
 
-def _engine_summary(opts, stats: list[_WorkerStats], wall: float) -> dict:
+def _engine_summary(opts: Options, stats: list[_WorkerStats], wall: float) -> dict:
     trials = sum(s.trials for s in stats)
     return {"name": "ray", "address": opts.address, "wall_s": round(wall, 3),
             "trials_per_s": round(trials / wall, 3) if wall else None,

@@ -65,7 +65,7 @@ def run(cfg: Config, opts: Options) -> None:
         _run_hidden_tasks(ray, cfg, opts, todo, words, sentences)
 
 
-def _run_hidden_tasks(ray, cfg: Config, opts, todo: list, words, sentences) -> None:
+def _run_hidden_tasks(ray, cfg: Config, opts: Options, todo: list, words, sentences) -> None:
     from ray.exceptions import RayError, RayTaskError
     from tqdm import tqdm
 
