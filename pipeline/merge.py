@@ -4,8 +4,9 @@ table each, recorded as one manifest record.
 `rsa` and `regress` work cell by cell (each cell a part and a record of its own, so an
 interrupted run keeps finished cells) and then merge. What both need from the manifest is
 which cells finished (`finished`) and a record of the merge whose settings and upstream say
-when the tables are already those parts merged (`merge`); stages ask these two instead of
-reading the manifest's stage records themselves.
+when the tables are already those parts merged (`merge`); `report` gathers the records'
+summaries (`summaries`). Stages ask these instead of reading the manifest's stage records
+themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def finished(man: Manifest, records: Mapping[Hashable, str]) -> list:
     (one read of the manifest)."""
     stages = man.read()["stages"]
     return [item for item, key in records.items() if (stages.get(key) or {}).get("complete")]
+
+
+def summaries(man: Manifest, records: Mapping[Hashable, str]) -> dict:
+    """item -> the summary of its record (`records`: item -> record key), for the items whose
+    record has one (one read of the manifest)."""
+    stages = man.read()["stages"]
+    return {item: s for item, key in records.items() if (s := (stages.get(key) or {}).get("summary"))}
 
 
 def merge(man: Manifest, key: str, settings, upstream, tables: Mapping[Path, tuple[list[Path], list[str]]],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipeline.manifest import Manifest
-from pipeline.merge import finished, merge
+from pipeline.merge import finished, merge, summaries
 from pipeline.store import write_parquet
 
 
@@ -48,3 +48,11 @@ def test_merge_of_no_rows_writes_the_empty_table(tmp_path):
     out = tmp_path / "table.parquet"
     merge(man, "t", {"cells": []}, {}, {out: ([], ["model", "rsa"])}, 0, 0, {"cells": 0})
     assert list(pd.read_parquet(out).columns) == ["model", "rsa"]
+
+
+def test_summaries_of_the_records_that_have_one(tmp_path):
+    man = Manifest(tmp_path)
+    man.start("b/x", "fp")
+    man.complete("b/x", "fp", {"n": 1})
+    man.start("b/y", "fp")
+    assert summaries(man, {"x": "b/x", "y": "b/y", "z": "b/z"}) == {"x": {"n": 1}}

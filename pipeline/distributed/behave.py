@@ -257,37 +257,26 @@ def _run_model(ray, cfg: Config, opts: Options, model_cfg, chunks: list, shard, 
     """
     from ray.exceptions import ActorDiedError, RayError, RayTaskError
 
-    actors, _ = _start_workers(ray, cfg, opts, model_cfg)
-    stats = {(i, key): _WorkerStats(i) for i in range(len(actors)) for key in {c.job.key for c in chunks}}
-    failures = [0] * len(actors)
+    pool = _Pool(model_cfg.name, _start_workers(ray, cfg, opts, model_cfg)[0])
+    stats = {(i, key): _WorkerStats(i) for i in range(len(pool.actors)) for key in {c.job.key for c in chunks}}
     queue = deque(chunks)
-    idle = deque(range(len(actors)))
-    cooldown: dict[int, float] = {}
-    dead: set[int] = set()
-    inflight: dict = {}
     done = ok = 0
     t0 = last_log = time.perf_counter()
     try:
-        while queue or any(c is not None for _, c in inflight.values()):
-            now = time.monotonic()
-            for i in [i for i, t in cooldown.items() if t <= now]:
-                del cooldown[i]
-                inflight[actors[i].info.remote()] = (i, None)
-            while idle and queue:
-                i, chunk = idle.popleft(), queue.popleft()
-                inflight[actors[i].run.remote(chunk.job.paradigm, chunk.table)] = (i, chunk)
-            if not inflight and not cooldown:
+        while queue or pool.busy:
+            now = pool.dispatch(queue)
+            if not pool.inflight and not pool.cooldown:
                 raise PipelineError(f"behave: every Ray worker for {model_cfg.name} is dead (each died more "
                                     f"than {MAX_RESTARTS} times, or its node is gone); finished chunks are "
                                     f"kept, run the same command again to continue (check `ray status`)")
-            wait_s = max(0.0, min(cooldown.values()) - now) if cooldown else None
-            if not inflight:
+            wait_s = max(0.0, min(pool.cooldown.values()) - now) if pool.cooldown else None
+            if not pool.inflight:
                 time.sleep(wait_s)
                 continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+            ready, _ = ray.wait(list(pool.inflight), num_returns=1, timeout=wait_s)
             if not ready:
                 continue
-            i, chunk = inflight.pop(ready[0])
+            i, chunk = pool.inflight.pop(ready[0])
             try:
                 result = ray.get(ready[0])
             except RayTaskError as e:
@@ -297,39 +286,86 @@ def _run_model(ray, cfg: Config, opts: Options, model_cfg, chunks: list, shard, 
             except RayError as e:
                 if isinstance(e, ActorDiedError) and e.actor_init_failed:
                     raise _init_failure(model_cfg.name, e) from None
-                if chunk is not None:
-                    failures[i] += 1
-                    stats[(i, chunk.job.key)].failures += 1
-                    _requeue(queue, chunk, i, e)
-                if (chunk is None and isinstance(e, ActorDiedError)) or failures[i] > MAX_RESTARTS:
-                    dead.add(i)
-                    log.warning("behave: Ray worker %d for %s is dead for good; %d left", i, model_cfg.name,
-                                len(actors) - len(dead))
-                else:
-                    cooldown[i] = time.monotonic() + _PROBE_S
+                pool.failed(i, chunk, e, isinstance(e, ActorDiedError), queue, stats)
                 continue
+            pool.idle.append(i)
             if chunk is None:
                 log.info("behave: Ray worker %d is back (pid %d on %s)", i, result["pid"], result["node"])
-                idle.append(i)
                 continue
             n_final, n_ok = _record(chunk, *result, stats[(i, chunk.job.key)], shard)
             done += n_final
             ok += n_ok
-            bar.update(n_final)
-            bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", workers=len(actors) - len(dead), restarts=sum(failures))
-            if bar.disable and time.perf_counter() - last_log > _LOG_EVERY_S:
-                last_log = time.perf_counter()
-                log.info("behave: %s %d/%d trials, %.2f trials/s, %.1f%% ok, %d worker(s), %d restart(s)",
-                         model_cfg.name, done, bar.total, done / (last_log - t0), 100 * ok / max(done, 1),
-                         len(actors) - len(dead), sum(failures))
-            idle.append(i)
+            last_log = _show(bar, pool, n_final, done, ok, t0, last_log)
             chunk.job.left -= chunk.table.num_rows
             if chunk.job.left == 0:
                 job_stats = [s for (_, key), s in sorted(stats.items()) if key == chunk.job.key]
                 _finish(cfg, chunk.job, _engine_summary(opts, job_stats, time.perf_counter() - t0))
     finally:
-        _stop(ray, actors, dead)
+        _stop(ray, pool.actors, pool.dead)
     _log_workers(model_cfg.name, list(stats.values()), done, time.perf_counter() - t0)
+
+
+def _show(bar, pool: "_Pool", n_final: int, done: int, ok: int, t0: float, last_log: float) -> float:
+    """Advance the progress bar; without a terminal, log a line every `_LOG_EVERY_S`.
+
+    Returns:
+        When the last line was logged.
+    """
+    bar.update(n_final)
+    bar.set_postfix(ok=f"{ok / max(done, 1):.1%}", workers=pool.alive, restarts=sum(pool.failures))
+    if bar.disable and time.perf_counter() - last_log > _LOG_EVERY_S:
+        last_log = time.perf_counter()
+        log.info("behave: %s %d/%d trials, %.2f trials/s, %.1f%% ok, %d worker(s), %d restart(s)", pool.model,
+                 done, bar.total, done / (last_log - t0), 100 * ok / max(done, 1), pool.alive, sum(pool.failures))
+    return last_log
+
+
+class _Pool:
+    """The actors of one model and what each is doing: idle, running a chunk or a probe
+    (`inflight`: Ray reference -> (actor, chunk or None for a probe)), cooling down after a
+    failure until its next probe, or dead for good."""
+
+    def __init__(self, model: str, actors: list):
+        self.model, self.actors = model, actors
+        self.idle = deque(range(len(actors)))
+        self.failures = [0] * len(actors)
+        self.cooldown: dict[int, float] = {}
+        self.dead: set[int] = set()
+        self.inflight: dict = {}
+
+    @property
+    def alive(self) -> int:
+        return len(self.actors) - len(self.dead)
+
+    @property
+    def busy(self) -> bool:
+        """A chunk is in flight (probes do not count)."""
+        return any(c is not None for _, c in self.inflight.values())
+
+    def dispatch(self, queue: deque) -> float:
+        """Probe the actors whose cooldown is over, hand queued chunks to idle ones; returns now."""
+        now = time.monotonic()
+        for i in [i for i, t in self.cooldown.items() if t <= now]:
+            del self.cooldown[i]
+            self.inflight[self.actors[i].info.remote()] = (i, None)
+        while self.idle and queue:
+            i, chunk = self.idle.popleft(), queue.popleft()
+            self.inflight[self.actors[i].run.remote(chunk.job.paradigm, chunk.table)] = (i, chunk)
+        return now
+
+    def failed(self, i: int, chunk, err, died: bool, queue: deque, stats: dict) -> None:
+        """Actor `i` failed on `chunk` (None: its probe) with `err`: the chunk goes back to the
+        queue; the actor cools down until its next probe, or is retired when its probe says it
+        died (`died`) or it failed more than `MAX_RESTARTS` times."""
+        if chunk is not None:
+            self.failures[i] += 1
+            stats[(i, chunk.job.key)].failures += 1
+            _requeue(queue, chunk, i, err)
+        if (chunk is None and died) or self.failures[i] > MAX_RESTARTS:
+            self.dead.add(i)
+            log.warning("behave: Ray worker %d for %s is dead for good; %d left", i, self.model, self.alive)
+        else:
+            self.cooldown[i] = time.monotonic() + _PROBE_S
 
 
 def _record(chunk, rows: pa.Table, info: dict, st: _WorkerStats, shard) -> tuple[int, int]:
