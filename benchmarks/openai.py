@@ -46,12 +46,12 @@ def measure(base_url: str, model: str = NAME, levels=LEVELS, n: int = N_REQUESTS
     for i, c in enumerate(levels):
         backend = OpenAIBackend(base_url, model, concurrency=c, retries=2, timeout_s=600)
         backend.generate(_requests(backend, plan.slice(0, N_WARMUP)))
-        backend.stats()
+        backend.take_stats()
         timed = _requests(backend, plan.slice(N_WARMUP + i * n, n))
         t0 = time.perf_counter()
         res = backend.generate(timed)
         dt = time.perf_counter() - t0
-        s = backend.stats()
+        s = backend.take_stats()
         out[c] = {"requests_per_s": len(res) / dt, "seconds": dt, "retries": s["retries"],
                   "tokens_per_s": (s["prompt_tokens"] + s["completion_tokens"]) / dt,
                   "latency_s": sum(r.latency_s for r in res) / len(res)}

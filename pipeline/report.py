@@ -40,7 +40,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import paths, published
+from . import keys, paths, published
 from .config import HUMAN, PARADIGMS, Config
 from .errors import PipelineError
 from .figures import (
@@ -56,6 +56,7 @@ from .figures import (
     svd_variant_order,
 )
 from .manifest import Manifest, atomic_write_bytes
+from .merge import summaries
 from .options import Options
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
     for name in _TABLES:
         path = paths.result_table(cfg, name)
         if path.exists():
-            rebuild = f"python -m pipeline {'regress' if name == 'regression' else 'rsa'} --config {cfg.source}"
+            rebuild = keys.command(cfg, keys.REGRESS if name == "regression" else keys.RSA)
             man.require(path, f"the {name} results table", rebuild)
             try:
                 df = pd.read_parquet(path)
@@ -127,19 +128,18 @@ def overlay_method(cfg: Config, rsa: pd.DataFrame) -> str:
 
 def compliance(cfg: Config) -> pd.DataFrame:
     """Behave summaries from the manifest: model, paradigm, n_trials, compliance (and extras)."""
-    stages = Manifest(cfg.run_dir).read().get("stages", {})
+    found = summaries(Manifest(cfg.run_dir), {(m.name, p): keys.behave(m.name, p) for m in cfg.models
+                                              for p in PARADIGMS})
     rows = []
-    for m in cfg.models:
-        for p in PARADIGMS:
-            summary = (stages.get(f"behave/{m.name}/{p}") or {}).get("summary") or {}
-            if summary.get("compliance") is not None:
-                row = {"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
-                       "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
-                       "full_compliance": summary.get("full_compliance"),
-                       "mean_associates": summary.get("mean_associates")}
-                if p == "fc_scored":
-                    row["candidate_mass"] = summary.get("mass")
-                rows.append(row)
+    for (model, p), summary in found.items():
+        if summary.get("compliance") is not None:
+            row = {"model": model, "paradigm": p, "n_trials": summary.get("n_trials"),
+                   "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
+                   "full_compliance": summary.get("full_compliance"),
+                   "mean_associates": summary.get("mean_associates")}
+            if p == "fc_scored":
+                row["candidate_mass"] = summary.get("mass")
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -148,7 +148,7 @@ def scored_agreement(cfg: Config) -> pd.DataFrame:
     man = Manifest(cfg.run_dir)
     rows = []
     for m in cfg.models:
-        agree = (man.summary(f"aggregate/{m.name}/fc_scored") or {}).get("agreement_fc")
+        agree = (man.summary(keys.aggregate(m.name, "fc_scored")) or {}).get("agreement_fc")
         if agree:
             rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
     return pd.DataFrame(rows)
@@ -159,7 +159,7 @@ def norms_coverage(cfg: Config) -> pd.DataFrame:
     man = Manifest(cfg.run_dir)
     rows = []
     for n in cfg.norms:
-        s = man.summary(f"norms/{n.name}")
+        s = man.summary(keys.norms(n.name))
         if s:
             rows.append({"reference": f"{HUMAN}{n.name}", "format": s.get("format"),
                          "words with norms": s.get("covered"),
@@ -177,7 +177,7 @@ def _count(v):
 def sentences_section(cfg: Config) -> list[str]:
     """The averaged strategy's sentences: source, rules and the words below `hidden.max_sentences`
     (from the `sentences` stage record)."""
-    s = Manifest(cfg.run_dir).summary("sentences") if "averaged" in cfg.hidden.strategies else None
+    s = Manifest(cfg.run_dir).summary(keys.SENTENCES) if "averaged" in cfg.hidden.strategies else None
     if not s:
         return []
     how = (f"harvested from {s.get('units_scanned')} of {s.get('units')} corpus units ({s.get('documents'):,} "
@@ -700,36 +700,36 @@ def _check_up_to_date(cfg: Config, man: Manifest) -> None:
     """
     from . import regress, rsa
 
-    for stage, table, settings in (("rsa", "rsa", rsa.result_settings), ("regress", "regression",
-                                                                        regress.result_settings)):
+    for stage, table, settings in ((keys.RSA, "rsa", rsa.result_settings),
+                                   (keys.REGRESS, "regression", regress.result_settings)):
         recorded = (man.summary(stage) or {}).get("settings")
         if recorded is not None and paths.result_table(cfg, table).exists() and recorded != settings(cfg):
             raise PipelineError(f"{paths.result_table(cfg, table)} was computed with other settings than "
                                 f"{cfg.source} has now (e.g. rsa.references, a [[norms]] entry, the {stage} "
-                                f"section); bring it up to date with `python -m pipeline {stage} --config {cfg.source} "
-                                f"--force`{' (then regress)' if stage == 'rsa' else ''}, then run report again")
+                                f"section); bring it up to date with `{keys.command(cfg, stage, force=True)}`"
+                                f"{' (then regress)' if stage == keys.RSA else ''}, then run report again")
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`report` stage: figures and report.md (rebuilt when the results change); refuses
     result tables older than the config's settings (`_check_up_to_date`)."""
     res = load_results(cfg)
     if not res:
-        raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `python -m pipeline rsa --config "
-                            f"{cfg.source}` (and regress) first")
+        raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `{keys.command(cfg, keys.RSA)}` "
+                            f"(and regress) first")
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
     _check_up_to_date(cfg, man)
     from .validity import TABLES as VALIDITY
 
-    step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
+    step = man.step(keys.REPORT, {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in (*_TABLES, *VALIDITY)),
                      "compliance": compliance(cfg).to_dict("records"),
                      **({"agreement": scored_agreement(cfg).to_dict("records")} if "fc_scored" in cfg.behave.paradigms
                         else {}),
-                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
-    if not Options.of(opts).force and step.done():
+                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, replace_stale=True)
+    if not opts.force and step.done():
         log.info("report: results unchanged, skipped")
         return
     step.start()

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, fingerprint, sha256_file
@@ -235,19 +235,18 @@ def _check_fc_sizes(cfg: Config, n_words: int) -> None:
                             f"{smallest} candidates would repeat orders; use at most {smallest}")
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`trials` stage: write the FC and FA plans of the paradigms in `behave.paradigms`.
 
     Needs only the run vocabulary (no model, no GPU). Each plan is its own manifest record
     (`trials.fc`, `trials.fa`), so changing `fa_runs` leaves the FC plan and its logs valid.
     """
     words = load_run_vocab(cfg)
-    o = Options.of(opts)
-    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if o.paradigm in (None, p)))
+    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if opts.paradigm in (None, p)))
     man = Manifest(cfg.run_dir)
-    force = o.force
+    force = opts.force
     for paradigm in wanted:
-        key = f"trials.{paradigm}"
+        key = keys.trials(paradigm)
         out = paths.trials_file(cfg, paradigm)
         step = man.step(key, plan_inputs(cfg, paradigm, words), force=force)
         if step.done():
@@ -283,18 +282,17 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
     path = paths.trials_file(cfg, paradigm)
     if not path.exists():
         raise PipelineError(f"{path}: the {paradigm.upper()} trial plan is missing; run "
-                            f"`make trials CONFIG={cfg.source}` (or `python -m pipeline trials "
-                            f"--config {cfg.source}`) first")
-    rec = Manifest(cfg.run_dir).stage(f"trials.{paradigm}")
+                            f"`make trials CONFIG={cfg.source}` (or `{keys.command(cfg, 'trials')}`) first")
+    rec = Manifest(cfg.run_dir).stage(keys.trials(paradigm))
     if rec is None or not rec.get("complete"):
         raise PipelineError(f"{path}: no completed record of this plan in {cfg.run_dir / 'manifest.json'}; "
                             f"run `make trials CONFIG={cfg.source}` again")
     if rec.get("inputs") != plan_fingerprint(cfg, paradigm):
         raise PipelineError(f"{path}: this {paradigm.upper()} plan was built from another vocabulary or "
                             f"other trial settings than {cfg.source} now gives; use a new "
-                            f"experiment.name, or rebuild it with `python -m pipeline trials --config "
-                            f"{cfg.source} --force` (logs of the old plan will no longer match)")
-    rebuild = f"python -m pipeline trials --config {cfg.source}"
+                            f"experiment.name, or rebuild it with `{keys.command(cfg, 'trials', force=True)}` "
+                            f"(logs of the old plan will no longer match)")
+    rebuild = keys.command(cfg, "trials")
     Manifest(cfg.run_dir).require(path, f"the {paradigm.upper()} trial plan", rebuild)
     try:
         table = pq.read_table(path)
@@ -303,5 +301,5 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
     expected = FC_SCHEMA if paradigm == "fc" else FA_SCHEMA
     if not table.schema.equals(expected):
         raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "
-                            f"rebuild it with `python -m pipeline trials --config {cfg.source} --force`")
+                            f"rebuild it with `{keys.command(cfg, 'trials', force=True)}`")
     return table

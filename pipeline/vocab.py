@@ -16,10 +16,11 @@ import io
 import logging
 from pathlib import Path
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes, fingerprint, sha256_file
+from .options import Options
 
 log = logging.getLogger(__name__)
 _MAX_LISTED = 10
@@ -121,8 +122,7 @@ def vocab_fingerprint(cfg: Config) -> str:
 
 def _missing(cfg: Config) -> PipelineError:
     return PipelineError(f"{paths.vocab_file(cfg)}: the run's vocabulary is missing; run "
-                         f"`make vocab CONFIG={cfg.source}` (or `python -m pipeline vocab --config "
-                         f"{cfg.source}`) first")
+                         f"`make vocab CONFIG={cfg.source}` (or `{keys.command(cfg, 'vocab')}`) first")
 
 
 def load_run_vocab(cfg: Config) -> list[str]:
@@ -137,13 +137,12 @@ def load_run_vocab(cfg: Config) -> list[str]:
     return load_words(path)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`vocab` stage: freeze the first `vocab.size` words of `vocab.source` into the run dir.
 
     Also records the run's config, versions, seeds and prompt hashes in the manifest, as
     the first stage of every run.
     """
-    from .options import Options
     from .prompts import prompt_hashes
 
     source = Path(cfg.vocab.source)
@@ -160,7 +159,7 @@ def run(cfg: Config, opts) -> None:
     check_words(cfg, source, words)
     data = ("\n".join(words) + "\n").encode("utf-8")
     man = Manifest(cfg.run_dir)
-    step = man.step("vocab", {"words": fingerprint(words), "size": size}, force=Options.of(opts).force)
+    step = man.step(keys.VOCAB, {"words": fingerprint(words), "size": size}, force=opts.force)
     out = paths.vocab_file(cfg)
     done = step.done()
     man.record_run(cfg, prompt_hashes())

@@ -10,10 +10,11 @@ from pipeline import paths, vocab
 from pipeline.cli import build_parser
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
+from pipeline.options import Options
 
 
 def _opts(*extra):
-    return build_parser().parse_args(["vocab", "--config", "test.toml", *extra])
+    return Options.of(build_parser().parse_args(["vocab", "--config", "test.toml", *extra]))
 
 
 def _write(tmp_path, name, text):
