@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _UPSTREAM = {
     "trials": ("vocab",),
+    "released": ("vocab", "trials"),
     "behave": ("vocab", "trials"),
     "aggregate": ("vocab", "trials", "behave"),
     "sentences": ("vocab",),
