@@ -290,6 +290,8 @@ NORMS_FORMATS = ("auto", "swow", "counts", "strength")
 SWOW_RESPONSES = ("R1", "R2", "R3")
 RELEASED_PARADIGMS = ("fc", "fa")
 """Paradigms of the authors' released dataset (`released`)."""
+RELEASED_BACKEND = "released"
+"""The backend of `[[released]]` models (`backends.released`); a `[[models]]` table cannot name it."""
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
                                    "see the README table 'Paper mode vs default')"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -539,7 +541,7 @@ def _validate_released(cfg: Config) -> None:
                 _fail(cfg, f"released[{i}].models", f"gives the model name '{full}', which another model already has; "
                       f"set released[{i}].prefix to tell them apart")
             taken.add(full)
-            cfg.models.append(ReleasedModelCfg(name=full, backend="released", entry=i, source=name))
+            cfg.models.append(ReleasedModelCfg(name=full, backend=RELEASED_BACKEND, entry=i, source=name))
 
 
 def _validate(cfg: Config) -> None:
@@ -568,7 +570,7 @@ def _validate(cfg: Config) -> None:
     b = cfg.behave
     from .backends import names
 
-    _choices(cfg, "behave.backend", [b.backend], tuple(names()))
+    _choices(cfg, "behave.backend", [b.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
     _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
     for key in ("chunk_size", "batch_size", "fc_max_tokens", "fa_max_tokens"):
         if getattr(b, key) < 1:
@@ -671,7 +673,7 @@ def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
     from .backends import backend_class, backend_keys, names
 
     if m.backend is not None:
-        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(names()))
+        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
     name = cfg.backend_of(m)
     cls = backend_class(name, cfg)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -131,7 +131,7 @@ def test_config_refuses_bad_entries(make_config, tmp_path, keys, needle):
 
 
 def test_config_refuses_released_backend_on_a_models_table(make_config):
-    with pytest.raises(ConfigError, match="belongs to the models of a \\[\\[released\\]\\] entry"):
+    with pytest.raises(ConfigError, match="'models\\[0\\].backend' has unknown value 'released'"):
         make_config(models=[{"name": "x", "backend": "released"}])
 
 

@@ -29,8 +29,3 @@ class ReleasedBackend(Backend):
         source = getattr(cfg, "source", "CONFIG")
         raise PipelineError(f"model '{name}' replays the authors' released trials and generates nothing; its trial "
                             f"logs come from `python -m pipeline released --config {source}`")
-
-    @classmethod
-    def check_config(cls, cfg, index: int, model_cfg, fail) -> None:
-        fail("backend", "'released' belongs to the models of a [[released]] entry (the authors' released trials, "
-                        "imported by `python -m pipeline released`); a [[models]] table uses vllm, hf or openai")
