@@ -63,8 +63,8 @@ FC_COLUMNS = ("trial_id", "input", "candidates", "output", "extracted_1", "extra
 FA_COLUMNS = ("run", "input", "association", "position")
 FOLDERS = {"fc": "forced_choice", "fa": "free_association"}
 _VERSION = 1
-_BATCH = 65_536
-_PART_ROWS = 262_144
+_BATCH = 16_384
+_PART_ROWS = 65_536
 _QUICK = 1 << 20
 _DATASET = ("the authors' dataset \"From Associations to Activations — LLM Behavioral Association Dataset\" "
             "(Hugging Face, CC BY 4.0; README \"The paper's released trials\")")
@@ -306,23 +306,37 @@ class _Parts:
 # ---------------------------------------------------------------- FC
 
 def _fc_plan(cfg: Config, vocab: pa.Array) -> dict:
-    """The FC plan as vocabulary indices: cue per trial, candidate offsets, candidates in plan
-    order and sorted within each trial."""
-    from .trials import load_trials
+    """The FC plan as vocabulary indices, read in batches: cue per trial, candidate offsets and
+    candidates in plan order (int16 where the vocabulary allows: 50 MB for the paper's plan)."""
+    from .trials import checked_plan_file
 
-    plan = load_trials(cfg, "fc")
-    n = plan.num_rows
-    if not np.array_equal(plan.column("trial_id").to_numpy(), np.arange(n)):
-        raise PipelineError(f"{paths.trials_file(cfg, 'fc')}: trial ids are not 0..{n - 1}; rebuild the plan with "
-                            f"`python -m pipeline trials --config {cfg.source} --force`")
-    cands = plan.column("candidates")
-    lengths = pc.list_value_length(cands).to_numpy().astype(np.int64)
-    flat = _index(pc.list_flatten(cands), vocab)
-    out = {"n": n, "cue": plan.column("cue_idx").to_numpy().astype(np.int64), "lengths": lengths,
-           "offsets": _offsets(lengths), "flat": flat}
-    del plan, cands
-    out["sorted"] = _sorted_rows(flat, lengths, len(vocab))
-    return out
+    path = checked_plan_file(cfg, "fc")
+    rebuild = f"python -m pipeline trials --config {cfg.source} --force"
+    n_words = len(vocab)
+    slots = n_words * (n_words - 1) * cfg.trials.fc_orders
+    try:
+        pf = pq.ParquetFile(path)
+        n = pf.metadata.num_rows
+        cue, lengths = np.empty(n, np.int32), np.empty(n, np.int32)
+        flat = np.empty(slots, np.int16 if n_words < np.iinfo(np.int16).max else np.int32)
+        at = pos = 0
+        for b in pf.iter_batches(batch_size=_BATCH, columns=["trial_id", "cue_idx", "candidates"]):
+            if not np.array_equal(b.column("trial_id").to_numpy(), np.arange(at, at + b.num_rows)):
+                raise PipelineError(f"{path}: trial ids are not 0..{n - 1} in order; rebuild the plan with "
+                                    f"`{rebuild}`")
+            cue[at:at + b.num_rows] = b.column("cue_idx").to_numpy()
+            lengths[at:at + b.num_rows] = pc.list_value_length(b.column("candidates")).to_numpy()
+            idx = _index(pc.list_flatten(b.column("candidates")), vocab)
+            if pos + idx.size > slots:
+                break
+            flat[pos:pos + idx.size] = idx
+            at, pos = at + b.num_rows, pos + idx.size
+    except (pa.ArrowException, OSError) as e:
+        raise PipelineError(f"{path}: unreadable trial plan ({e}); rebuild it with `{rebuild}`") from None
+    if at != n or pos != slots:
+        raise PipelineError(f"{path}: not a plan of {n_words} words (every other word once per cue); rebuild it "
+                            f"with `{rebuild}`")
+    return {"n": n, "cue": cue, "lengths": lengths, "offsets": _offsets(lengths), "flat": flat}
 
 
 def _import_fc(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str], out: Path) -> dict:
@@ -360,11 +374,11 @@ def _import_fc(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str
             lens = lengths[rows]
             mine = flat if rows.size == nb else flat[np.repeat(same_len, lengths)]
             within = np.arange(mine.size) - np.repeat(_offsets(lens)[:-1], lens)
-            at = np.repeat(plan["offsets"][ids[rows]], lens) + within
+            theirs = plan["flat"][np.repeat(plan["offsets"][ids[rows]], lens) + within].astype(np.int64)
             slot_row = np.repeat(np.arange(rows.size), lens)
-            differs = np.bincount(slot_row, weights=_sorted_rows(mine, lens, len(words)) != plan["sorted"][at],
-                                  minlength=rows.size) > 0
-            moved = np.bincount(slot_row, weights=mine != plan["flat"][at], minlength=rows.size) > 0
+            differs = _sorted_rows(mine, lens, len(words)) != _sorted_rows(theirs, lens, len(words))
+            differs = np.bincount(slot_row, weights=differs, minlength=rows.size) > 0
+            moved = np.bincount(slot_row, weights=mine != theirs, minlength=rows.size) > 0
             group_ok[rows] = ~differs
             in_order[rows] = ~moved
         _, first_of = np.unique(ids, return_index=True)
@@ -457,14 +471,20 @@ def _fc_rows(batch: pa.RecordBatch, ids: np.ndarray, cue: np.ndarray, lists: pa.
 # ---------------------------------------------------------------- FA
 
 def _import_fa(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str], out: Path) -> dict:
-    from .trials import load_trials
+    from .trials import checked_plan_file
 
     runs, k = cfg.trials.fa_runs, cfg.trials.fa_associates
     vocab = pa.array(words, pa.string())
-    plan = load_trials(cfg, "fa")
-    n_plan = plan.num_rows
-    seeds = plan.column("seed").to_numpy()
-    del plan
+    plan = checked_plan_file(cfg, "fa")
+    try:
+        seeds = pq.read_table(plan, columns=["seed"]).column("seed").to_numpy()
+    except (pa.ArrowException, OSError) as e:
+        raise PipelineError(f"{plan}: unreadable trial plan ({e}); rebuild it with `python -m pipeline trials "
+                            f"--config {cfg.source} --force`") from None
+    n_plan = len(seeds)
+    if n_plan != len(words) * runs:
+        raise PipelineError(f"{plan}: {n_plan} trials, not {len(words)} cues x {runs} runs; rebuild it with "
+                            f"`python -m pipeline trials --config {cfg.source} --force`")
     pf = _open(path, FA_COLUMNS)
     tids, positions, assocs = [], [], []
     stats = dict.fromkeys(("rows", "null_associations", "beyond_k", "trials_without_associates"), 0)
