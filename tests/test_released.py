@@ -358,3 +358,17 @@ def test_position_shares_come_from_the_released_order(e2e):
         assert not np.allclose(mine.share, plan_order / plan_order.sum())
     bias = pd.read_parquet(paths.result_table(cfg, "validity_bias")).query(f"model == '{NAME}'")
     assert bias.n_trials.item() == len(fc)
+
+
+def test_report_names_the_released_models(e2e):
+    from pipeline import report
+
+    cfg, _, _ = e2e
+    report.run(cfg, Options())
+    md = (paths.report_dir(cfg) / "report.md").read_text()
+    assert f"Released models (the authors' published trials, imported by the `released` stage; no weights here): " \
+           f"{NAME}." in md
+    comp = md.split("## Behavioral compliance", 1)[1].split("## ", 1)[0]
+    assert f"| {NAME} | fc |" in comp
+    section = md.split("## Behavioral geometry across models", 1)[1].split("\n## ", 1)[0]
+    assert f"| {NAME} (released) |" in section
