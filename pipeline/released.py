@@ -32,9 +32,10 @@ back to the same list.
 
 Files are read in streamed batches (`pyarrow.parquet.ParquetFile.iter_batches`) and written
 as parts of `_PART_ROWS` rows into a hidden directory that replaces the log only when the
-import is complete (an older import is moved aside, never deleted). The record's upstream is
-the file's identity (size, mtime, a hash of its first and last MiB), so a finished import is
-skipped until the file changes.
+import is complete. The record's upstream is the file's identity (size, mtime, a hash of its
+first and last MiB), so a finished import is skipped until the file changes (``--force``
+redoes it). An older import of another file or other settings is moved aside, never deleted;
+one of the same file (``--force``), which the file reproduces, is replaced.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
         return man.summary(key) or {}
     final = paths.behavior_dir(cfg, model.name, paradigm)
     with StageLock(final.parent / f".{paradigm}.import.lock", f"the import of {path}"):
+        old = man.stage(key) or {}
+        same = bool(old.get("complete")) and old.get("inputs") == step.fp and old.get("upstream") == step.up
         step.start()
         tmp = final.parent / f".{paradigm}.importing"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,10 +162,13 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if final.exists():
+        if final.exists() and same:
+            shutil.rmtree(final)
+        elif final.exists():
             aside = final.with_name(f"{paradigm}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.move(str(final), str(aside))
-            log.warning("released: %s: the previous import was moved to %s (not deleted)", key, aside)
+            log.warning("released: %s: the previous import (of another file or settings) was moved to %s (not "
+                        "deleted)", key, aside)
         os.replace(tmp, final)
         summary = summarize(final, paradigm, cfg.trials.fa_associates)
         summary.pop("ok_by_attempt", None)

@@ -208,6 +208,10 @@ def test_import_is_skipped_until_the_file_changes(make_config, tmp_path, caplog)
         released.run(cfg, Options(paradigm="fc"))
     assert any("skipping" in r.getMessage() for r in caplog.records)
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
+    released.run(cfg, Options(paradigm="fc", force=True))
+    again = logs.list_parts(paths.behavior_dir(cfg, NAME, "fc"))
+    assert [p.stat().st_mtime_ns for p in again] != mtimes
+    assert not [p for p in paths.behavior_dir(cfg, NAME, "fc").parent.iterdir() if ".stale-" in p.name]
     df.loc[0, "pick_1"] = df.loc[0, "candidates"][1]
     _write(tmp_path / "release", "fc", df)
     os.utime(path, ns=(1, 1))
