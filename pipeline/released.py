@@ -165,8 +165,10 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
         if final.exists() and same:
             shutil.rmtree(final)
         elif final.exists():
-            aside = final.with_name(f"{paradigm}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(final), str(aside))
+            stamp = time.strftime('%Y%m%d-%H%M%S')
+            aside = next(a for i in range(1, 10_000) if not (a := final.with_name(
+                f"{paradigm}.stale-{stamp}" + (f"-{i}" if i > 1 else ""))).exists())
+            os.rename(final, aside)
             log.warning("released: %s: the previous import (of another file or settings) was moved to %s (not "
                         "deleted)", key, aside)
         os.replace(tmp, final)

@@ -7,6 +7,7 @@ reliability and validity's position table (shares from the released candidate or
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -182,13 +183,27 @@ def test_fa_import_orders_by_position_and_logs_every_trial(make_config, tmp_path
     assert summary["released"]["trials_without_associates"] == 1
 
 
+def test_fa_keeps_the_first_k_associates_by_position(make_config, tmp_path):
+    cfg = _prepared(make_config, tmp_path)
+    df = _fa_frame(cfg)
+    extra = pd.DataFrame([{"run": 0, "input": syn.WORDS[7], "association": "early", "position": 0},
+                          {"run": 0, "input": syn.WORDS[7], "association": "late", "position": 6}])
+    _write(tmp_path / "release", "fa", pd.concat([extra, df], ignore_index=True))
+    released.run(cfg, Options(paradigm="fa"))
+    row = _final(cfg, "fa").iloc[7 * cfg.trials.fa_runs]
+    listed = [a for _, a in sorted((r.position, r.association) for r in df.itertuples()
+                                   if r.input == syn.WORDS[7] and r.run == 0)]
+    assert list(row.picks) == ["early", *listed[:4]]
+    assert Manifest(cfg.run_dir).summary(f"behave/{NAME}/fa")["released"]["beyond_k"] == 2
+
+
 def test_string_forms_of_candidates_give_the_same_logs(make_config, tmp_path):
     cfg = _prepared(make_config, tmp_path)
     df = _fc_frame(cfg)
     _write(tmp_path / "release", "fc", df)
     released.run(cfg, Options(paradigm="fc"))
     as_list = _final(cfg, "fc")
-    for form in (lambda c: str(list(c)), lambda c: "[" + ", ".join(c) + "]"):
+    for form in (lambda c: str(list(c)), lambda c: json.dumps(list(c)), lambda c: "[" + ", ".join(c) + "]"):
         text = df.assign(candidates=[form(c) for c in df.candidates])
         _write(tmp_path / "release", "fc", text)
         released.run(cfg, Options(paradigm="fc"))
@@ -238,6 +253,15 @@ def _broken(cfg, kind: str) -> tuple[str, pa.Table | pd.DataFrame, str]:
         df.loc[:k, "candidates"] = df.loc[:k, "candidates"].map(lambda c: ["dog", *c[1:]] if c[0] != "dog" else
                                                                 ["cat", *c[1:]])
         return "fc", df, "do not match the FC plan"
+    if kind == "trial ids as text":
+        return "fc", df.assign(trial_id=df.trial_id.astype(str)), "'trial_id' holds large_string, not integers"
+    if kind == "FA run beyond the plan":
+        fa = _fa_frame(cfg)
+        fa.loc[3, "run"] = cfg.trials.fa_runs
+        return "fa", fa, "outside the FA plan"
+    if kind == "FA position not an integer":
+        fa = _fa_frame(cfg)
+        return "fa", fa.assign(position=fa.position + 0.5), "'position' holds double, not integers"
     if kind == "FA cue outside the plan":
         fa = _fa_frame(cfg)
         fa.loc[3, "input"] = "zebra"
@@ -246,7 +270,8 @@ def _broken(cfg, kind: str) -> tuple[str, pa.Table | pd.DataFrame, str]:
 
 
 @pytest.mark.parametrize("kind", ["missing column", "candidates of another type", "candidates text without brackets",
-                                  "trial ids outside the plan", "off-plan groups", "FA cue outside the plan"])
+                                  "trial ids outside the plan", "off-plan groups", "trial ids as text",
+                                  "FA cue outside the plan", "FA run beyond the plan", "FA position not an integer"])
 def test_a_file_that_does_not_fit_is_one_line_and_loses_nothing(make_config, tmp_path, kind):
     cfg = _prepared(make_config, tmp_path)
     _write(tmp_path / "release", "fc", _fc_frame(cfg))
