@@ -65,10 +65,11 @@ def check(cfg: Config, stage: str, opts=None) -> None:
             if rec is None:
                 continue
             if rec.get("inputs") != expected:
+                redo = "released" if up == "behave" and key.split("/")[1] in _released(cfg) else up
                 raise StaleStageError(
                     f"{stage}: the {key} results in {cfg.run_dir} were made with other settings than "
                     f"{cfg.source} gives now ({_changed(cfg, data.get('config'))}); {stage} reads them and would "
-                    f"mix old and new. Re-run from that stage: `python -m pipeline {up} --config {cfg.source} "
+                    f"mix old and new. Re-run from that stage: `python -m pipeline {redo} --config {cfg.source} "
                     f"--force` and then the stages after it (or `python -m pipeline all --config {cfg.source} "
                     f"--force`), or use a new experiment.name to keep both runs")
             if up in ("vocab", "trials") and rec.get("complete"):
@@ -78,6 +79,13 @@ def check(cfg: Config, stage: str, opts=None) -> None:
                         f"{stage}: {cfg.run_dir}/{problems[0]} (written by the {key} stage), so {stage} would read "
                         f"other input than it was built from; run `python -m pipeline {up} --config {cfg.source}` "
                         f"to write it again (its settings are unchanged, so nothing else is redone), then {stage}")
+
+
+def _released(cfg: Config) -> set[str]:
+    """Models whose `behave/...` records the `released` stage writes (`[[released]]`)."""
+    from .config import ReleasedModelCfg
+
+    return {m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)}
 
 
 def _expected(cfg: Config, up: str, stages: dict, opts=None) -> list[tuple[str, str]]:

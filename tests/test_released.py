@@ -401,3 +401,30 @@ def test_report_names_the_released_models(e2e):
     assert f"| {NAME} | fc |" in comp
     section = md.split("## Behavioral geometry across models", 1)[1].split("\n## ", 1)[0]
     assert f"| {NAME} (released) |" in section
+
+
+def test_command_line_runs_released_beside_behave(tmp_path, capsys):
+    from pipeline import cli
+
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(syn.WORDS[:20]) + "\n")
+    config = tmp_path / "exp.toml"
+    config.write_text(f'[experiment]\nname = "t"\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'[vocab]\nsource = "{words}"\nsize = 20\n[trials]\nfc_candidates = 4\nfa_runs = 6\n'
+                      f'[behave]\nbackend = "fake"\n[[models]]\nname = "m"\n'
+                      f'[[released]]\npath = "{tmp_path / "release"}"\nmodels = ["{MODEL}"]\n'
+                      f'[rsa]\nreferences = ["fc", "fa", "fc:{NAME}"]\n')
+    for stage in ("vocab", "trials"):
+        assert cli.main([stage, "--config", str(config)]) == 0
+    assert cli.main(["released", "--config", str(config)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    cfg = from_dict(__import__("tomllib").loads(config.read_text()), source=str(config))
+    _write(tmp_path / "release", "fc", _fc_frame(cfg))
+    _write(tmp_path / "release", "fa", _fa_frame(cfg))
+    for stage in ("released", "behave", "aggregate", "released"):
+        assert cli.main([stage, "--config", str(config)]) == 0, capsys.readouterr().err
+    assert paths.matrix_file(cfg, NAME, "fc", "sim_ppmi").exists() and paths.matrix_file(cfg, "m", "fa").exists()
+    assert cli.main(["aggregate", "--config", str(config), "--set", "released[0].max_mismatch=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"behave/{NAME}/fc results" in err and "python -m pipeline released --config" in err
+    assert cli.main(["released", "--config", str(config), "--set", "released[0].max_mismatch=0.5"]) == 0
