@@ -400,7 +400,7 @@ def _import_fc(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str
         stats["order_differs"] += int((matches & fresh & ~in_order).sum())
         if example is None and not matches.all():
             i = int(np.argmin(matches))
-            example = (f"row {first + i}, trial {int(ids[i])}: cue {cue_text[i]} (plan: "
+            example = (f"row {first + i}, trial {int(ids[i])}: cue '{cue_text[i]}' (plan: "
                        f"{words[int(plan['cue'][ids[i]])]!r}), candidates {lists[i]}")
         off_plan = stats["cue_mismatch"] + stats["group_mismatch"]
         if off_plan > limit * total:
@@ -507,7 +507,7 @@ def _import_fa(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str
             i = int(np.argmax(outside))
             raise PipelineError(f"{path}: {int(outside.sum())} row(s) of a batch lie outside the FA plan of "
                                 f"{cfg.source} ({len(words)} cues x trials.fa_runs = {runs} runs), e.g. row "
-                                f"{first + i}: input {cue_text[i]}, run {int(run[i])}; the file belongs to another "
+                                f"{first + i}: input '{cue_text[i]}', run {int(run[i])}; the file belongs to another "
                                 f"vocabulary or more runs: use the [vocab] and [trials] of configs/paper.toml")
         assoc = _strings(batch, "association", path)
         has = pc.is_valid(assoc).to_numpy(zero_copy_only=False)
