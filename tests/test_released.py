@@ -328,6 +328,22 @@ def test_behave_runs_nothing_for_a_released_model(make_config, tmp_path, caplog)
         aggregate.aggregate_one(cfg, NAME, "fc", syn.WORDS[:cfg.vocab.size])
 
 
+def test_position_shares_by_hand(make_config, tmp_path):
+    """20 cues x 5 groups (4, 4, 4, 4, 3 candidates); every answer picks the first two listed;
+    the second pick is NA where trial_id % 3 == 0 or % 5 == 0. The 20 trials with 3 candidates
+    (trial_id = 5c + 4) lose their second pick for c = 1, 4, ..., 19 (7 trials): 20 picks at
+    position 1, 13 at position 2, none at 3."""
+    cfg = _prepared(make_config, tmp_path)
+    _write(tmp_path / "release", "fc", _fc_frame(cfg))
+    released.run(cfg, Options(paradigm="fc"))
+    validity.run(cfg, Options())
+    pos = pd.read_parquet(paths.result_table(cfg, "validity_position")).query(
+        f"model == '{NAME}' and n_candidates == 3").sort_values("position")
+    assert pos.n.tolist() == [20, 13, 0]
+    np.testing.assert_allclose(pos.share, [20 / 33, 13 / 33, 0], atol=1e-12)
+    np.testing.assert_allclose(pos.first_share, [1, 0, 0], atol=1e-12)
+
+
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
