@@ -153,7 +153,6 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
     with StageLock(final.parent / f".{paradigm}.import.lock", f"the import of {path}"):
         old = man.stage(key) or {}
         same = bool(old.get("complete")) and old.get("inputs") == step.fp and old.get("upstream") == step.up
-        step.start()
         tmp = final.parent / f".{paradigm}.importing"
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()
@@ -162,6 +161,7 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        step.start()
         if final.exists() and same:
             shutil.rmtree(final)
         elif final.exists():
@@ -411,7 +411,7 @@ def _import_fc(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str
         first += nb
         if keep.any():
             parts.add(_fc_rows(batch.filter(pa.array(keep)), ids[keep], cue[keep], lists.filter(pa.array(keep)),
-                               vocab, path, stats))
+                               flat[np.repeat(keep, lengths)], vocab, path, stats))
     parts.flush()
     off_plan = stats["cue_mismatch"] + stats["group_mismatch"]
     if off_plan:
@@ -438,14 +438,13 @@ def _off_plan(cfg: Config, model: ReleasedModelCfg, path: Path, n: int, total: i
                          f"configs/paper.toml")
 
 
-def _fc_rows(batch: pa.RecordBatch, ids: np.ndarray, cue: np.ndarray, lists: pa.ListArray, vocab: pa.Array,
-             path: Path, stats: dict) -> pa.Table:
+def _fc_rows(batch: pa.RecordBatch, ids: np.ndarray, cue: np.ndarray, lists: pa.ListArray, flat: np.ndarray,
+             vocab: pa.Array, path: Path, stats: dict) -> pa.Table:
     """Log rows of the FC rows that match the plan: the authors' valid picks (a pick that is
     not one of the trial's candidates, or is the cue, is dropped and counted), the extracted
     strings, and a status as `parse.parse_fc` would give it."""
     n = batch.num_rows
     lengths = pc.list_value_length(lists).to_numpy().astype(np.int64)
-    flat = _index(pc.list_flatten(lists), vocab)
     slot_row = np.repeat(np.arange(n), lengths)
     valid = []
     for name in ("pick_1", "pick_2"):

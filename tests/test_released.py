@@ -286,6 +286,7 @@ def test_a_file_that_does_not_fit_is_one_line_and_loses_nothing(make_config, tmp
     assert path in msg and needle in msg and "\n" not in msg
     after = {p: sorted(q.name for q in logs.list_parts(paths.behavior_dir(cfg, NAME, p))) for p in ("fc", "fa")}
     assert after == before
+    assert all(Manifest(cfg.run_dir).stage(f"behave/{NAME}/{p}")["complete"] for p in ("fc", "fa"))
     assert not list(paths.behavior_dir(cfg, NAME, paradigm).parent.glob(f".{paradigm}.importing"))
 
 
