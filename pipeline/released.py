@@ -173,8 +173,9 @@ def import_one(cfg: Config, model: ReleasedModelCfg, paradigm: str, words: list[
                         "deleted)", key, aside)
         os.replace(tmp, final)
         summary = summarize(final, paradigm, cfg.trials.fa_associates)
-        summary.pop("ok_by_attempt", None)
-        summary.update(first_try_ok=None, requests=None, prompt_tokens=None, output_tokens=None,
+        if paradigm == "fc":
+            summary.update(first_try_ok=None, ok_by_attempt=None)
+        summary.update(requests=None, prompt_tokens=None, output_tokens=None,
                        released={"file": str(path), **stats, "seconds": round(time.perf_counter() - t0, 2)})
         step.complete(logs.list_parts(final), summary)
     log.info("released: %s <- %s: %d trials (%s), compliance %.1f%%, in %.1f s", key, path, summary["n_trials"],
