@@ -228,8 +228,10 @@ def _strings(batch: pa.RecordBatch, name: str, path: Path) -> pa.Array:
 
 
 def _candidates(batch: pa.RecordBatch, path: Path, first_row: int) -> pa.ListArray:
-    """The `candidates` column as a list of stripped words, from a list or its string form
-    (``['a', 'b']``, ``["a", "b"]`` or ``[a, b]``)."""
+    """The `candidates` column as a list of stripped words, from a list or its string form: the
+    words joined by commas as the authors' CSV stored them (``a, b, c``), bracketed or not, quoted
+    or not (``[a, b]``, ``['a', 'b']``, ``["a", "b"]``). A string of fewer than two words is none
+    of these (every trial has at least two candidates)."""
     col = batch.column("candidates")
     kind = col.type
     if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and \
@@ -237,20 +239,22 @@ def _candidates(batch: pa.RecordBatch, path: Path, first_row: int) -> pa.ListArr
         lists = col
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.utf8_trim_whitespace(col.cast(pa.string()))
-        framed = pc.and_(pc.starts_with(text, "["), pc.ends_with(text, "]"))
-        bad = np.flatnonzero(~pc.fill_null(framed, False).to_numpy(zero_copy_only=False))
+        opened, closed = pc.starts_with(text, "["), pc.ends_with(text, "]")
+        inner = pc.if_else(pc.and_(opened, closed), pc.utf8_slice_codeunits(text, 1, -1), text)
+        lists = pc.split_pattern(inner, ",")
+        ok = pc.and_(pc.equal(opened, closed), pc.greater_equal(pc.list_value_length(lists), 2))
+        bad = np.flatnonzero(~pc.fill_null(ok, True).to_numpy(zero_copy_only=False))
         if bad.size:
-            raise PipelineError(f"{path}: 'candidates' of row {first_row + int(bad[0])} is {text[int(bad[0])]} "
+            raise PipelineError(f"{path}: 'candidates' of row {first_row + int(bad[0])} is '{text[int(bad[0])]}' "
                                 f"({bad.size} such rows in this batch): neither a list of words nor its string "
-                                f"form ['a', 'b', ...]")
-        lists = pc.split_pattern(pc.utf8_slice_codeunits(text, 1, -1), ",")
+                                f"form 'a, b, ...' (or ['a', 'b', ...])")
     else:
         raise PipelineError(f"{path}: column 'candidates' holds {kind}: neither a list of words nor its string form "
-                            f"['a', 'b', ...]")
+                            f"'a, b, ...' (or ['a', 'b', ...])")
     if lists.null_count:
         row = first_row + int(np.flatnonzero(pc.is_null(lists).to_numpy(zero_copy_only=False))[0])
         raise PipelineError(f"{path}: 'candidates' of row {row} is empty (null): neither a list of words nor its "
-                            f"string form ['a', 'b', ...]")
+                            f"string form 'a, b, ...'")
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     words = pc.utf8_trim(pc.list_flatten(lists).cast(pa.string()), " \t\n'\"")
     return pa.ListArray.from_arrays(pa.array(_offsets(lengths), pa.int32()), words)

@@ -203,7 +203,8 @@ def test_string_forms_of_candidates_give_the_same_logs(make_config, tmp_path):
     _write(tmp_path / "release", "fc", df)
     released.run(cfg, Options(paradigm="fc"))
     as_list = _final(cfg, "fc")
-    for form in (lambda c: str(list(c)), lambda c: json.dumps(list(c)), lambda c: "[" + ", ".join(c) + "]"):
+    for form in (lambda c: ", ".join(c), lambda c: str(list(c)), lambda c: json.dumps(list(c)),
+                 lambda c: "[" + ", ".join(c) + "]"):
         text = df.assign(candidates=[form(c) for c in df.candidates])
         _write(tmp_path / "release", "fc", text)
         released.run(cfg, Options(paradigm="fc"))
@@ -242,8 +243,11 @@ def _broken(cfg, kind: str) -> tuple[str, pa.Table | pd.DataFrame, str]:
         return "fc", df.drop(columns=["pick_2"]), "'pick_2' missing"
     if kind == "candidates of another type":
         return "fc", df.assign(candidates=list(range(len(df)))), "neither a list of words nor its string form"
-    if kind == "candidates text without brackets":
-        return "fc", df.assign(candidates=[", ".join(c) for c in df.candidates]), \
+    if kind == "candidates text of one word":
+        return "fc", df.assign(candidates=[" ".join(c) for c in df.candidates]), \
+            "neither a list of words nor its string form"
+    if kind == "candidates text half bracketed":
+        return "fc", df.assign(candidates=["[" + ", ".join(c) for c in df.candidates]), \
             "neither a list of words nor its string form"
     if kind == "trial ids outside the plan":
         df.loc[7, "trial_id"] = 10_000
@@ -269,7 +273,8 @@ def _broken(cfg, kind: str) -> tuple[str, pa.Table | pd.DataFrame, str]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing column", "candidates of another type", "candidates text without brackets",
+@pytest.mark.parametrize("kind", ["missing column", "candidates of another type", "candidates text of one word",
+                                  "candidates text half bracketed",
                                   "trial ids outside the plan", "off-plan groups", "trial ids as text",
                                   "FA cue outside the plan", "FA run beyond the plan", "FA position not an integer"])
 def test_a_file_that_does_not_fit_is_one_line_and_loses_nothing(make_config, tmp_path, kind):
