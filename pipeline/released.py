@@ -119,6 +119,10 @@ def run(cfg: Config, opts) -> None:
         return
     words = load_run_vocab(cfg)
     for m in models:
+        left = [p for p in cfg.released[m.entry].paradigms if p not in cfg.behave.paradigms]
+        if left:
+            log.info("released %s: %s not imported: behave.paradigms does not include %s", m.name,
+                     ", ".join(left), "it" if len(left) == 1 else "them")
         for paradigm in cfg.paradigms_of(m):
             if o.paradigm in (None, paradigm):
                 import_one(cfg, m, paradigm, words, force=o.force)
