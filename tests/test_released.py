@@ -450,3 +450,12 @@ def test_command_line_runs_released_beside_behave(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"behave/{NAME}/fc results" in err and "python -m pipeline released --config" in err
     assert cli.main(["released", "--config", str(config), "--set", "released[0].max_mismatch=0.5"]) == 0
+
+
+def test_export_writes_the_released_matrices(e2e):
+    from pipeline import export
+
+    cfg, _, _ = e2e
+    export.run(cfg, Options())
+    exported = {p.name.split(".")[0] for p in (paths.export_dir(cfg) / NAME).iterdir()}
+    assert {"fc_ppmi", "fa_ppmi"} <= exported
