@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from . import keys, paths
-from .config import PARADIGMS, Config
+from .config import PARADIGMS, Config, ReleasedModelCfg
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
@@ -105,7 +105,8 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
         raise PipelineError(f"unknown paradigm '{paradigm}'; use one of {', '.join(PARADIGMS)}")
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
-    behave_cmd = keys.command(cfg, "behave", model=model, paradigm=paradigm)
+    stage = "released" if any(m.name == model and isinstance(m, ReleasedModelCfg) for m in cfg.models) else "behave"
+    behave_cmd = keys.command(cfg, stage, model=model, paradigm=paradigm)
     parts = list_parts(src) if src.exists() else []
     if not parts:
         raise PipelineError(f"{src}: no trial log parts for model '{model}', paradigm '{paradigm}'; run "

@@ -46,7 +46,13 @@ _FORMAT = 1
 
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
+    from .config import ReleasedModelCfg
     from .trials import plan_fingerprint
+
+    if isinstance(model_cfg, ReleasedModelCfg):
+        from .released import log_inputs
+
+        return log_inputs(cfg, model_cfg, paradigm)
 
     b = cfg.behave
     hashes = prompt_hashes()

@@ -24,6 +24,7 @@ from .upstream import check as check_upstream
 STAGES: dict[str, str] = {
     "vocab": "Copy the configured vocabulary slice to data/<experiment>/vocab.txt (and build vocab lists).",
     "trials": "Build the FC and FA trial plans (pure function of vocabulary and seeds).",
+    "released": "Import the authors' released FC/FA trials ([[released]]) as the trial logs of behavior-only models.",
     "behave": "Run trials through the LLM backend into resumable Parquet trial logs.",
     "aggregate": "Count matrices, PPMI and cosine similarity from the trial logs.",
     "sentences": "Corpus sentences per word for the averaged strategy (hidden.harvest -> hidden.sentences).",
@@ -36,8 +37,8 @@ STAGES: dict[str, str] = {
     "export": "Analysis-ready exports of the similarity matrices.",
     "plan-trials": "Print the reliability planner: trials per cue (and GPU-hours) that reach the target r_SB.",
 }
-DAG = ["vocab", "trials", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity", "regress",
-       "report"]
+DAG = ["vocab", "trials", "released", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity",
+       "regress", "report"]
 COMMANDS = {"plan-trials": "pipeline.validity:plan_trials"}
 ENGINES = {"ray": {"behave": "pipeline.distributed.behave:run", "hidden": "pipeline.distributed.hidden:run",
                    "sentences": "pipeline.distributed.sentences:run"}}

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import keys, paths, published
-from .config import HUMAN, PARADIGMS, Config
+from .config import HUMAN, PARADIGMS, Config, ReleasedModelCfg
 from .errors import PipelineError
 from .figures import (
     METHOD_LABELS,
@@ -485,18 +485,24 @@ def behavior_matrix(beh: pd.DataFrame, rel: pd.DataFrame | None, paradigm: str, 
 
 def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     """Markdown: which models are behavior-only, and every model's behavioral geometry against every other's."""
-    api = [m.name for m in cfg.models if m.behavior_only]
+    api = [m.name for m in cfg.models if m.behavior_only and not isinstance(m, ReleasedModelCfg)]
+    imported = [m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)]
     lines = []
     if api:
         lines += ["", f"Behavior-only models (no weights, answered through an API): {', '.join(api)}. They have no "
                       f"hidden-state, consensus or regression rows; their behavior is compared below and enters the "
                       f"RSA tables as the references `fc:MODEL` / `fa:MODEL` where rsa.references lists them."]
+    if imported:
+        lines += ["", f"Released models (the authors' published trials, imported by the `released` stage; no weights "
+                      f"here): {', '.join(imported)}. They have no hidden-state, consensus or regression rows; their "
+                      f"behavior is compared below and enters the RSA tables as `fc:MODEL` / `fa:MODEL` where "
+                      f"rsa.references lists them."]
     if "behavior_rsa" not in res:
         return lines
     beh, rel = res["behavior_rsa"], res.get("reliability")
     method = primary_method(cfg, beh)
     models = [m.name for m in cfg.models if m.name in set(beh.model_a) | set(beh.model_b)]
-    label = {m: f"{m} (API)" if m in api else m for m in models}
+    label = {m: f"{m} (API)" if m in api else f"{m} (released)" if m in imported else m for m in models}
     lines += ["", f"## Behavioral geometry across models ({METHOD_LABELS.get(method, method)})", "",
               "RSA between two models' behavioral PPMI-cosine matrices over the words both answered for; the "
               "diagonal is the model's own split-half reliability r_SB (its noise ceiling; – when not computed). "

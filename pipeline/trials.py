@@ -278,6 +278,27 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
     Raises:
         PipelineError: the plan is missing, unreadable, or was built from other inputs.
     """
+    path = checked_plan_file(cfg, paradigm)
+    paradigm = plan_of(paradigm)
+    rebuild = keys.command(cfg, "trials")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PipelineError(f"{path}: unreadable trial plan ({e}); rebuild it with `{rebuild}`") from None
+    expected = FC_SCHEMA if paradigm == "fc" else FA_SCHEMA
+    if not table.schema.equals(expected):
+        raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "
+                            f"rebuild it with `{keys.command(cfg, 'trials', force=True)}`")
+    return table
+
+
+def checked_plan_file(cfg: Config, paradigm: str) -> Path:
+    """The file of the plan `paradigm` runs, checked as `load_trials` checks it (complete record,
+    same inputs, content as written), for readers that stream it instead of loading it whole.
+
+    Raises:
+        PipelineError: the plan is missing, changed, or was built from other inputs.
+    """
     paradigm = plan_of(paradigm)
     path = paths.trials_file(cfg, paradigm)
     if not path.exists():
@@ -294,12 +315,4 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
                             f"(logs of the old plan will no longer match)")
     rebuild = keys.command(cfg, "trials")
     Manifest(cfg.run_dir).require(path, f"the {paradigm.upper()} trial plan", rebuild)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise PipelineError(f"{path}: unreadable trial plan ({e}); rebuild it with `{rebuild}`") from None
-    expected = FC_SCHEMA if paradigm == "fc" else FA_SCHEMA
-    if not table.schema.equals(expected):
-        raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "
-                            f"rebuild it with `{keys.command(cfg, 'trials', force=True)}`")
-    return table
+    return path

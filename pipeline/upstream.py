@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _UPSTREAM = {
     "trials": ("vocab",),
+    "released": ("vocab", "trials"),
     "behave": ("vocab", "trials"),
     "aggregate": ("vocab", "trials", "behave"),
     "sentences": ("vocab",),
@@ -66,10 +67,11 @@ def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
             if rec is None:
                 continue
             if rec.get("inputs") != expected:
+                redo = "released" if up == "behave" and key.split("/")[1] in _released(cfg) else up
                 raise StaleStageError(
                     f"{stage}: the {key} results in {cfg.run_dir} were made with other settings than "
                     f"{cfg.source} gives now ({_changed(cfg, data.get('config'))}); {stage} reads them and would "
-                    f"mix old and new. Re-run from that stage: `{keys.command(cfg, up, force=True)}` and then the "
+                    f"mix old and new. Re-run from that stage: `{keys.command(cfg, redo, force=True)}` and then the "
                     f"stages after it (or `{keys.command(cfg, 'all', force=True)}`), or use a new experiment.name to "
                     f"keep both runs")
             if up in ("vocab", "trials") and rec.get("complete"):
@@ -79,6 +81,13 @@ def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
                         f"{stage}: {cfg.run_dir}/{problems[0]} (written by the {key} stage), so {stage} would read "
                         f"other input than it was built from; run `{keys.command(cfg, up)}` "
                         f"to write it again (its settings are unchanged, so nothing else is redone), then {stage}")
+
+
+def _released(cfg: Config) -> set[str]:
+    """Models whose `behave/...` records the `released` stage writes (`[[released]]`)."""
+    from .config import ReleasedModelCfg
+
+    return {m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)}
 
 
 def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -> list[tuple[str, str]]:
