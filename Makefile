@@ -2,7 +2,7 @@
 # re-running after a crash or Ctrl-C continues where it stopped.
 #   make demo                  whole pipeline on the embedded default (configs/demo.toml)
 #   make test                  lint (ruff) and the test suite
-#   make STAGE CONFIG=FILE     one stage (vocab trials behave aggregate sentences hidden baselines rsa validity regress report export)
+#   make STAGE CONFIG=FILE     one stage (vocab trials released behave aggregate sentences hidden baselines rsa validity regress report export)
 #   make all CONFIG=FILE       the DAG for any config
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -17,7 +17,7 @@ STAMPS := $(VENV)/.stamps
 SMOLLM2 := data/models/smollm2-135m-instruct
 RUN = $(PY) -m pipeline $(1) --config $(CONFIG) --engine $(ENGINE) $(foreach s,$(SET),--set $(s)) $(ARGS)
 
-STAGES := vocab trials behave aggregate sentences hidden baselines rsa validity regress report export
+STAGES := vocab trials released behave aggregate sentences hidden baselines rsa validity regress report export
 .PHONY: install deps model lint test test-fast demo all bench clean-demo $(STAGES) vocab-build help
 
 help:
@@ -68,8 +68,9 @@ deps: install model
 # rsa needs and on a finished run only checks it.
 vocab: deps
 trials: vocab
+released: trials
 behave: trials
-aggregate: behave
+aggregate: behave released
 sentences: vocab
 hidden: sentences
 baselines: hidden
@@ -86,13 +87,13 @@ all: deps
 	$(call RUN,all)
 
 vocab-build: install
-	$(PY) -m pipeline.vocab build --out vocab/nouns-5000.txt --size 5000
+	$(PY) -m pipeline.nouns build --out vocab/nouns-5000.txt --size 5000
 
 demo: deps
 	$(PY) -m pipeline.demo --config $(CONFIG) $(foreach s,$(SET),--set $(s))
 
 lint: install
-	$(PY) -m ruff check pipeline tests
+	$(PY) -m ruff check pipeline benchmarks tests
 
 test: deps lint
 	$(PY) -m pytest -q -ra tests
@@ -101,7 +102,7 @@ test-fast: deps lint
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
 bench: deps
-	$(PY) -m pipeline.bench
+	$(PY) -m benchmarks
 
 clean-demo:
 	rm -rf data/demo

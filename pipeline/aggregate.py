@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from . import paths
-from .config import Config
+from . import keys, paths
+from .config import Config, ReleasedModelCfg
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
@@ -56,24 +56,23 @@ log = logging.getLogger(__name__)
 _VERSION = 1
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """Aggregate every (model, paradigm) log of the config, or the ones `opts` selects.
 
     A pair whose logs have not been written yet fails with the command that writes them.
     A pair already aggregated from the same log parts is skipped; new or changed parts
     (a resumed or extended behave run) trigger a recomputation.
     """
-    o = Options.of(opts)
-    sel = select(cfg, o)
+    sel = select(cfg, opts)
     words = load_run_vocab(cfg)
     for model in sel.models:
         for paradigm in model_paradigms(cfg, model, sel.paradigms, "aggregate"):
-            aggregate_one(cfg, model, paradigm, words, force=o.force)
-    if o.model is None and o.paradigm is None:
+            aggregate_one(cfg, model, paradigm, words, force=opts.force)
+    if opts.model is None and opts.paradigm is None:
         from .norms import import_norms
 
         for norms_cfg in cfg.norms:
-            import_norms(cfg, norms_cfg, words, force=o.force)
+            import_norms(cfg, norms_cfg, words, force=opts.force)
 
 
 def settings(cfg: Config, words: list[str], paradigm: str) -> dict:
@@ -102,14 +101,15 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     par = get_paradigm(paradigm)
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
-    behave_cmd = (f"python -m pipeline behave --config {cfg.source} --model {model} --paradigm {paradigm}")
+    stage = "released" if any(m.name == model and isinstance(m, ReleasedModelCfg) for m in cfg.models) else "behave"
+    behave_cmd = keys.command(cfg, stage, model=model, paradigm=paradigm)
     parts = list_parts(src) if src.exists() else []
     if not parts:
         raise PipelineError(f"{src}: no trial log parts for model '{model}', paradigm '{paradigm}'; run "
                             f"`{behave_cmd}` first")
     man = Manifest(cfg.run_dir)
-    key = f"aggregate/{model}/{paradigm}"
-    behave = man.stage(f"behave/{model}/{paradigm}")
+    key = keys.aggregate(model, paradigm)
+    behave = man.stage(keys.behave(model, paradigm))
     if behave and behave.get("complete"):
         lost = [rel for rel in (behave.get("outputs") or {}) if not (cfg.run_dir / rel).exists()]
         if lost:
@@ -209,7 +209,7 @@ def count_picks(src: str | Path, words: list[str], paradigm: str, rules: Rules, 
     return counter.result()
 
 
-def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list[dict]:
+def split_half(cfg: Config, model: str, paradigm: str, words: list[str], pairs=None) -> list[dict]:
     """Split-half reliability of one behavioral PPMI-cosine matrix, one row per `rsa.methods`.
 
     Each half is counted by `count_matrix` (the same cleaning, NA strings and row masking as
@@ -217,6 +217,10 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
     corrected, 2r/(1+r). FC halves: the parity of the candidate group,
     ``trial_id mod m`` with m groups per cue (`trials`: ``trial_id = cue_idx * m + group``),
     for FC and scored FC alike. FA halves: the parity of the run.
+
+    Args:
+        pairs: the 'paper' method's pairs when the caller drew them for its table
+            (`similarity.draw_paper_pairs`); drawn here when None.
 
     Returns:
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
@@ -237,7 +241,8 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str]) -> list
         return []
     rows = []
     for method in [m for m in METHODS if m in cfg.rsa.methods]:
-        r = compare(sims[0], sims[1], method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words)
+        r = compare(sims[0], sims[1], method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words,
+                    pairs=pairs)
         rel = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else np.nan
         n_pairs = min(cfg.rsa.paper_pairs, n * (n - 1) // 2) if method == "paper" else n * (n - 1) // 2
         rows.append({"model": model, "paradigm": paradigm, "method": method, "n_words": n, "n_pairs": n_pairs,
@@ -260,8 +265,8 @@ def load_matrices(cfg: Config, model: str, paradigm: str) -> dict:
     d = paths.matrices_dir(cfg, model, paradigm)
     missing = [f for f in OUTPUT_FILES if not (d / f).exists()]
     if missing:
-        raise PipelineError(f"{d}: {', '.join(missing)} missing; run `python -m pipeline aggregate --config "
-                            f"{cfg.source} --model {model} --paradigm {paradigm}`")
+        raise PipelineError(f"{d}: {', '.join(missing)} missing; run "
+                            f"`{keys.command(cfg, 'aggregate', model=model, paradigm=paradigm)}`")
     return {
         "counts": sp.load_npz(d / "counts.npz").tocsr(),
         "ppmi": sp.load_npz(d / "ppmi.npz").tocsr(),

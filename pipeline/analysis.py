@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .comparison import METHODS, Ranker, overlaps, rank, standardize, standardize_rows, topk, triu_mask
-from .similarity import HIDDEN_GEOMETRIES, alphabetical_pairs, sample_pairs
+from .similarity import HIDDEN_GEOMETRIES, draw_paper_pairs, sample_pairs
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,8 @@ class Cell:
         self.tri = triu_mask(n)
         if "paper" not in self.methods:
             self.pi = self.pj = None
-        elif words is not None:
-            self.pi, self.pj = alphabetical_pairs(list(words), paper_pairs, seed)
         else:
-            self.pi, self.pj = sample_pairs(n, paper_pairs, seed)
+            self.pi, self.pj = draw_paper_pairs(n, paper_pairs, seed, words)
         self.boot = _BootPlan(n, bootstrap, seed) if bootstrap else None
         self.boot_h = np.empty((n_layers, self.boot.pi.size), dtype=np.float32) if self.boot else None
         self.values: dict[tuple[str, str, int], float] = {}

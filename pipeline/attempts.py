@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -211,6 +212,20 @@ class Protocol:
 _COLUMNS = [f.name for f in logs.SCHEMA]
 
 
+class Attempt(NamedTuple):
+    """One request of one trial, handed out by `ChunkRun.take`; its answer goes back with
+    `ChunkRun.record` (the driver sends ``request`` to the engine and keeps the rest)."""
+
+    run: "ChunkRun"
+    pos: int
+    """The trial's position in its chunk."""
+    attempt: int
+    """0 main, 1 repair, 2... retries (`Protocol.kind`)."""
+    request: GenRequest
+    prompt_sha: str
+    seed: int | None
+
+
 class ChunkRun:
     """The attempts of one chunk of trials, from first request to log rows.
 
@@ -236,18 +251,20 @@ class ChunkRun:
     def done(self) -> bool:
         return self.final == len(self.trials)
 
-    def take(self, limit: int | None = None) -> list[tuple["ChunkRun", int, int, GenRequest, str, int | None]]:
+    def take(self, limit: int | None = None) -> list[Attempt]:
         n = len(self.ready) if limit is None else min(limit, len(self.ready))
         taken, self.ready = self.ready[:n], self.ready[n:]
         out = []
         for pos in taken:
             attempt = self.next[pos]
             req, sha, seed = self.proto.request(self.trials[pos], attempt, self.latest[pos])
-            out.append((self, pos, attempt, req, sha, seed))
+            out.append(Attempt(self, pos, attempt, req, sha, seed))
         self.outstanding += len(out)
         return out
 
-    def record(self, pos: int, attempt: int, sha: str, seed, res, latency: float) -> None:
+    def record(self, item: Attempt, res, latency: float) -> None:
+        """Log the answer `res` to `item` (one of this run's `take`) and queue the trial's next attempt."""
+        pos, attempt, sha, seed = item.pos, item.attempt, item.prompt_sha, item.seed
         t = self.trials[pos]
         parsed = self.proto.parse(t, res.text)
         r = self.rows

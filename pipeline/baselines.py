@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write_bytes
@@ -325,15 +325,14 @@ def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """Static vectors, encoder vectors, and consensus for every model x strategy."""
     from .vocab import vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
-    o = Options.of(opts)
-    force = o.force
+    force = opts.force
     b = cfg.baselines
     if b.static:
         _static_stage(cfg, man, words, vfp, force)
@@ -343,7 +342,7 @@ def run(cfg: Config, opts) -> None:
         _encoder_stage(cfg, man, words, vfp, force)
     else:
         log.info("baselines: no baselines.encoder configured; encoder reference skipped")
-    sel = select(cfg, o) if cfg.models else None
+    sel = select(cfg, opts) if cfg.models else None
     _consensus_stage(cfg, man, vfp, force, sel)
 
 
@@ -352,7 +351,7 @@ def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force:
     from .rules import Rules
 
     b = cfg.baselines
-    key = f"baselines/static/{b.static_name}"
+    key = keys.static(b.static_name)
     target = paths.static_file(cfg)
     src = Path(resolve(b.static))
     stat = [src.stat().st_size, src.stat().st_mtime_ns] if src.is_file() else None
@@ -380,7 +379,7 @@ def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force:
 
 def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
     b = cfg.baselines
-    key = f"baselines/encoder/{b.encoder_name}"
+    key = keys.encoder(b.encoder_name)
     target = paths.encoder_file(cfg)
     step = man.step(key, {"version": _VERSION, "vocab": vfp, "spec": b.encoder, "template": b.encoder_template,
                           "special": "by id", "rules": Rules.of(cfg).name}, force=force)
@@ -410,9 +409,8 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
 
 
 def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> None:
-    from .hidden import load_hidden, rebuild_command
+    from .hidden import load_hidden
 
-    key_root = "baselines/consensus"
     models = [m for m in cfg.models if not m.behavior_only]
     if len(models) < len(cfg.models):
         log.info("baselines: behavior-only model(s) %s have no hidden states: no consensus for them, and they are "
@@ -420,7 +418,7 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> 
     if len(models) < 2:
         log.info("baselines: cross-model consensus needs >= 2 models with weights; %s has %d, so it is unavailable",
                  cfg.source, len(models))
-        step = man.step(key_root, {"models": [m.name for m in cfg.models]}, force=True)
+        step = man.step(keys.CONSENSUS, {"models": [m.name for m in cfg.models]}, replace_stale=True)
         if not step.done():
             step.complete([], {"available": False,
                                "reason": f"needs >= 2 models with weights, config has {len(models)}"})
@@ -431,14 +429,14 @@ def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> 
     for strategy in strategies:
         records = {}
         for m in models:
-            rec = man.stage(f"hidden/{m.name}/{strategy}")
+            rec = man.stage(keys.hidden(m.name, strategy))
+            rebuild = keys.command(cfg, "hidden", model=m.name, strategy=strategy)
             if not rec or not rec.get("complete"):
                 raise PipelineError(f"consensus for strategy '{strategy}' needs the hidden states of every model; "
-                                    f"'{m.name}' is missing them: run `{rebuild_command(cfg, m.name, strategy)}`")
+                                    f"'{m.name}' is missing them: run `{rebuild}`")
             records[m.name] = man.require(paths.hidden_file(cfg, m.name, strategy),
-                                          f"hidden states of {m.name}/{strategy}",
-                                          rebuild_command(cfg, m.name, strategy))
-        steps = {t: man.step(f"{key_root}/{t}/{strategy}", {"version": _VERSION, "vocab": vfp},
+                                          f"hidden states of {m.name}/{strategy}", rebuild)
+        steps = {t: man.step(keys.consensus(t, strategy), {"version": _VERSION, "vocab": vfp},
                              {"hidden": records}, force) for t in targets}
         todo = [t for t in targets if not steps[t].done()]
         if not todo:
@@ -491,5 +489,5 @@ def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 
     path = paths.static_file(cfg)
     v = np.asarray(load_npy(path, f"the {cfg.baselines.static_name} static vectors",
-                            f"python -m pipeline baselines --config {cfg.source}", ndim=2, finite="rows"))
+                            keys.command(cfg, "baselines"), ndim=2, finite="rows"))
     return v, ~np.isnan(v).any(axis=1)

@@ -23,17 +23,18 @@ import logging
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import logs, paths
+from . import keys, logs, paths
 from .attempts import run_chunk
 from .backends import backend_class, get_backend
 from .config import Config, ModelCfg
-from .manifest import Manifest, fingerprint
+from .manifest import Manifest, Step
 from .options import Options, model_paradigms, select
 from .paradigms import get as get_paradigm
 from .parse import STATUSES
@@ -45,7 +46,13 @@ _FORMAT = 1
 
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
+    from .config import ReleasedModelCfg
     from .trials import plan_fingerprint
+
+    if isinstance(model_cfg, ReleasedModelCfg):
+        from .released import log_inputs
+
+        return log_inputs(cfg, model_cfg, paradigm)
 
     backend = cfg.backend_of(model_cfg)
     d = {"format": _FORMAT, "plan": plan_fingerprint(cfg, paradigm), "backend": backend,
@@ -119,18 +126,17 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True, mininterval=1.0, disable=None)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`behave` stage entry point (see the module docstring).
 
     Args:
         cfg: experiment config.
         opts: CLI options (`options.Options`); uses ``model``, ``paradigm``, ``shard`` (I, N),
             ``limit`` and ``force``. ``--engine ray`` is dispatched by the CLI to
-            `distributed.run_behave` instead.
+            `distributed.behave.run` instead.
     """
-    o = Options.of(opts)
-    sel = select(cfg, o)
-    shard, limit, force = o.shard, o.limit, o.force
+    sel = select(cfg, opts)
+    shard, limit, force = opts.shard, opts.limit, opts.force
     man = Manifest(cfg.run_dir)
     for model_cfg in (cfg.model(name) for name in sel.models):
         paradigms = model_paradigms(cfg, model_cfg.name, sel.paradigms, "behave")
@@ -140,55 +146,72 @@ def run(cfg: Config, opts) -> None:
                 job = open_log(cfg, man, model_cfg, paradigm, force)
                 if job is None:
                     continue
-                key, directory, _ = job
-                with logs.WriterLock(directory, shard):
+                with logs.WriterLock(job.directory, shard):
                     todo = pending_trials(cfg, model_cfg.name, paradigm, shard)
                     if limit is not None:
                         todo = todo.slice(0, max(limit, 0))
                     if todo.num_rows:
                         if backend is None:
                             backend = get_backend(cfg.backend_of(model_cfg), model_cfg, cfg)
-                        run_stats = _run_pending(backend, cfg, model_cfg, paradigm, todo, directory, shard, key)
+                        run_stats = _run_pending(backend, cfg, job, todo, shard)
                     else:
                         run_stats = None
-                finalize(cfg, model_cfg, paradigm, run_stats)
+                finalize(cfg, job, run_stats)
         finally:
             if backend is not None:
                 backend.close()
 
 
-def open_log(cfg: Config, man: Manifest, model_cfg, paradigm: str, force: bool) -> tuple[str, Path, str] | None:
+@dataclass(frozen=True)
+class LogJob:
+    """One model/paradigm trial log opened for writing (`open_log`): where its parts go and
+    its manifest record, started. The local stage and the Ray engine both fill one and hand
+    it to `finalize`."""
+
+    model_cfg: ModelCfg
+    paradigm: str
+    directory: Path
+    step: Step
+
+    @property
+    def key(self) -> str:
+        return self.step.key
+
+
+def open_log(cfg: Config, man: Manifest, model_cfg: ModelCfg, paradigm: str, force: bool) -> LogJob | None:
     """Get one model/paradigm log ready for writing, or None when it is already complete.
 
     Shared by the local and the Ray drivers so both skip, refuse (changed inputs) and
     move stale logs aside (``--force``) the same way.
 
     Returns:
-        ``(stage key, log directory, inputs fingerprint)``, with the stage recorded as started.
+        The log, its stage recorded as started.
     """
-    key = stage_key(model_cfg.name, paradigm)
     directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
-    fp = fingerprint(behave_inputs(cfg, model_cfg, paradigm))
-    rec = man.stage(key)
-    if man.check(key, fp, force, partial=bool(logs.list_parts(directory)) if directory.exists() else False):
-        log.info("behave: %s is complete, skipping", key)
+    step = man.step(keys.behave(model_cfg.name, paradigm), behave_inputs(cfg, model_cfg, paradigm), force=force,
+                    partial=lambda: bool(logs.list_parts(directory)) if directory.exists() else False)
+    rec = man.stage(step.key)
+    if step.done():
+        log.info("behave: %s is complete, skipping", step.key)
         return None
-    if force and rec is not None and rec.get("inputs") != fp:
+    if force and rec is not None and rec.get("inputs") != step.fp:
         with logs.WriterLock(directory, (0, 1)):
-            _move_stale(directory, key)
-    man.start(key, fp)
-    return key, directory, fp
+            _move_stale(directory, step.key)
+    step.start()
+    return LogJob(model_cfg, paradigm, directory, step)
 
 
-def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, shard, key) -> dict:
+def _run_pending(backend, cfg: Config, job: LogJob, todo: pa.Table, shard) -> dict:
     """Run the pending trials; returns this invocation's rates for the summary."""
     from .driver import run_pipelined
     from .vocab import load_run_vocab
 
+    model_cfg, paradigm, directory, key = job.model_cfg, job.paradigm, job.directory, job.key
+
     par = get_paradigm(paradigm)
     proto = par.protocol(backend, cfg, model_cfg, load_run_vocab(cfg)) if par.pipelined else None
     size = cfg.behave.chunk_size
-    backend.stats()
+    backend.take_stats()
     done = ok = tokens = requests = 0
     t0 = last_log = time.perf_counter()
     pipelined = backend.batch_invariant and par.pipelined
@@ -228,46 +251,44 @@ def _run_pending(backend, cfg, model_cfg, paradigm, todo: pa.Table, directory, s
              "trials_per_s": round(done / dt, 3) if dt else None,
              "requests_per_s": round(requests / dt, 3) if dt else None,
              "tokens_per_s": round(tokens / dt, 1) if dt else None}
-    extra = backend.stats()
+    extra = backend.take_stats()
     return {**rates, "backend": extra} if extra else rates
 
 
-def stage_key(model: str, paradigm: str) -> str:
-    """Manifest key of one model/paradigm log."""
-    return f"behave/{model}/{paradigm}"
-
-
-def finalize(cfg: Config, model_cfg: ModelCfg, paradigm: str, run_stats: dict | None = None) -> dict | None:
+def finalize(cfg: Config, job: LogJob, run_stats: dict | None = None, engine: dict | None = None) -> dict | None:
     """Mark a model/paradigm complete in the manifest once every planned trial has a final row.
 
     Called after each local run (or by a distributed driver after its last chunk); with shards,
     the run that finishes last completes the record.
 
     Args:
+        job: the log (`open_log`).
         run_stats: rates of the invocation that ran the last trials (`_run_pending`: trials and
             requests per second, and the backend's own counters such as an API's retries and
             protocol), recorded as the summary's ``last_run``.
+        engine: how a distributed engine ran it (workers, their rates and failures), recorded
+            as the summary's ``engine``.
 
     Returns:
         The summary (`summarize`) when complete, else None.
     """
     from .trials import load_trials
 
-    key = stage_key(model_cfg.name, paradigm)
-    directory = paths.behavior_dir(cfg, model_cfg.name, paradigm)
+    key, directory, paradigm = job.key, job.directory, job.paradigm
     plan_ids = load_trials(cfg, paradigm).column("trial_id").to_numpy()
     have = logs.finished_ids(directory)
     missing = int((~np.isin(plan_ids, have)).sum())
     summary = summarize(directory, paradigm, cfg)
     if run_stats:
         summary["last_run"] = run_stats
+    if engine:
+        summary["engine"] = engine
     status = ", ".join(f"{s} {c}" for s, c in summary["status"].items())
     if missing:
         log.info("behave: %s has %d of %d trials (%s); %d still to run (other shards, or --limit)",
                  key, len(have), len(plan_ids), status, missing)
         return None
-    Manifest(cfg.run_dir).complete(key, fingerprint(behave_inputs(cfg, model_cfg, paradigm)), summary,
-                                   outputs=logs.list_parts(directory))
+    job.step.complete(logs.list_parts(directory), summary)
     log.info("behave: %s complete, %d trials: %s; compliance %.1f%%", key, summary["n_trials"], status,
              100 * (summary["compliance"] or 0))
     return summary

@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline STAGE --config FILE`, every stage option in one parser.
 
 Stages are looked up by name in `STAGES`; each stage module exposes `run(cfg, opts)` and
-runs in this process. ``--engine ray`` hands the stages that fan out (`ENGINES`) to the Ray
+runs in this process. The command line becomes one `options.Options` here, once, and every
+stage gets that object. ``--engine ray`` hands the stages that fan out (`ENGINES`) to the Ray
 drivers in `distributed` instead, so no stage knows which engine runs it. Modules are
 imported only when their stage runs, so `trials` works without torch or vLLM.
 """
@@ -17,11 +18,13 @@ import time
 
 from .config import PARADIGMS, load_config
 from .errors import PipelineError
+from .options import Options
 from .upstream import check as check_upstream
 
 STAGES: dict[str, str] = {
     "vocab": "Copy the configured vocabulary slice to data/<experiment>/vocab.txt (and build vocab lists).",
     "trials": "Build the FC and FA trial plans (pure function of vocabulary and seeds).",
+    "released": "Import the authors' released FC/FA trials ([[released]]) as the trial logs of behavior-only models.",
     "behave": "Run trials through the LLM backend into resumable Parquet trial logs.",
     "aggregate": "Count matrices, PPMI and cosine similarity from the trial logs.",
     "sentences": "Corpus sentences per word for the averaged strategy (hidden.harvest -> hidden.sentences).",
@@ -34,11 +37,11 @@ STAGES: dict[str, str] = {
     "export": "Analysis-ready exports of the similarity matrices.",
     "plan-trials": "Print the reliability planner: trials per cue (and GPU-hours) that reach the target r_SB.",
 }
-DAG = ["vocab", "trials", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity", "regress",
-       "report"]
+DAG = ["vocab", "trials", "released", "behave", "aggregate", "sentences", "hidden", "baselines", "rsa", "validity",
+       "regress", "report"]
 COMMANDS = {"plan-trials": "pipeline.validity:plan_trials"}
-ENGINES = {"ray": {"behave": "pipeline.distributed:run_behave", "hidden": "pipeline.distributed:run_hidden",
-                   "sentences": "pipeline.distributed:run_sentences"}}
+ENGINES = {"ray": {"behave": "pipeline.distributed.behave:run", "hidden": "pipeline.distributed.hidden:run",
+                   "sentences": "pipeline.distributed.sentences:run"}}
 
 log = logging.getLogger("pipeline")
 _MAX_SHARDS = 2**31 - 1
@@ -120,11 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_stage(name: str, cfg, opts) -> None:
+def run_stage(name: str, cfg, opts: Options) -> None:
     """Run stage `name`: `pipeline.<name>.run(cfg, opts)`, or its driver for ``--engine``."""
-    from .options import Options
-
-    target = ENGINES.get(Options.of(opts).engine, {}).get(name, COMMANDS.get(name, f"pipeline.{name}:run"))
+    target = ENGINES.get(opts.engine, {}).get(name, COMMANDS.get(name, f"pipeline.{name}:run"))
     module, func = target.split(":")
     check_upstream(cfg, name, opts)
     t0 = time.perf_counter()
@@ -134,17 +135,18 @@ def run_stage(name: str, cfg, opts) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        opts = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    opts = Options.of(args)
     logging.basicConfig(level=logging.DEBUG if opts.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(opts.config, opts.overrides)
+        cfg = load_config(args.config, args.overrides)
         check_run_dir(cfg)
-        stages = DAG if opts.stage == "all" else [opts.stage]
+        stages = DAG if args.stage == "all" else [args.stage]
         for name in stages:
             run_stage(name, cfg, opts)
     except PipelineError as e:

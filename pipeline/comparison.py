@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from .similarity import alphabetical_pairs, sample_pairs
+from .similarity import draw_paper_pairs
 
 METHODS = ("spearman", "pearson", "paper")
 NN_CHUNK = 1024
 
 
 def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int = 0,
-            words: list[str] | None = None) -> float:
+            words: list[str] | None = None, pairs: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Correlate two similarity structures, in the spirit of `rsatoolbox.rdm.compare`.
 
     Args:
@@ -33,6 +33,8 @@ def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int
         n_pairs: sample size of 'paper' mode (the paper uses 500,000).
         seed: pair-sampling seed of 'paper' mode (the paper uses 0).
         words: the words of the rows ('paper' mode draws its pairs over them sorted).
+        pairs: 'paper' mode's pairs already drawn (`similarity.draw_paper_pairs`, once per
+            table); `n_pairs`, `seed` and `words` are then not used.
 
     Returns:
         The correlation over pairs where both inputs are finite (NaN marks a missing pair);
@@ -45,12 +47,8 @@ def compare(a, b, method: str = "spearman", *, n_pairs: int = 500_000, seed: int
     if n != nb:
         raise ValueError(f"inputs cover different numbers of words ({n} and {nb})")
     if method == "paper":
-        if words is not None:
-            i, j = alphabetical_pairs(list(words), n_pairs, seed)
-            i, j = np.minimum(i, j), np.maximum(i, j)
-        else:
-            i, j = sample_pairs(n, n_pairs, seed)
-        k = pair_index(i, j, n)
+        i, j = pairs if pairs is not None else draw_paper_pairs(n, n_pairs, seed, words)
+        k = pair_index(np.minimum(i, j), np.maximum(i, j), n)
         va, vb = va[k], vb[k]
     keep = np.isfinite(va) & np.isfinite(vb)
     if not keep.all():

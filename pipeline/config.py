@@ -203,6 +203,24 @@ class NormsCfg:
 
 
 @dataclass
+class ReleasedCfg:
+    """The authors' released trials (`released`): a local copy of their dataset; nothing is shipped."""
+    path: str  # the folder holding forced_choice/, free_association/ (and meta_data/)
+    models: list[str] = field(default_factory=list)  # the dataset's model names (its file stems)
+    prefix: str = "paper"  # each model runs as "<prefix>:<model>" ("" = the bare model name)
+    paradigms: list[str] = field(default_factory=lambda: ["fc", "fa"])
+    max_mismatch: float = 0.01  # FC rows off the plan (cue or candidate group) skipped; above this share: refused
+
+
+@dataclass
+class ReleasedModelCfg(ModelCfg):
+    """A behavior-only model whose trials are imported from a `[[released]]` entry (`released`), not
+    generated; built by the config from that entry, never written as a `[[models]]` table."""
+    entry: int = 0  # index of its [[released]] entry
+    source: str = ""  # the dataset's model name (its file stem)
+
+
+@dataclass
 class RegressCfg:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_size: float = 0.2
@@ -235,6 +253,7 @@ class Config:
     rsa: RsaCfg = field(default_factory=RsaCfg)
     regress: RegressCfg = field(default_factory=RegressCfg)
     norms: list[NormsCfg] = field(default_factory=list)
+    released: list[ReleasedCfg] = field(default_factory=list)
     validity: ValidityCfg = field(default_factory=ValidityCfg)
     source: str = "<memory>"
 
@@ -255,6 +274,8 @@ class Config:
         from .backends import backend_class
 
         m = self.model(model) if isinstance(model, str) else model
+        if isinstance(m, ReleasedModelCfg):
+            return [p for p in self.behave.paradigms if p in self.released[m.entry].paradigms]
         if any(_paradigms.get(p).scoring for p in self.behave.paradigms) \
                 and not backend_class(self.backend_of(m), self).scores:
             return [p for p in self.behave.paradigms if not _paradigms.get(p).scoring]
@@ -277,6 +298,7 @@ class Config:
             d[section].update({k: getattr(getattr(self, section), k)
                                for p in self.behave.paradigms if p in PARADIGMS
                                for k in _paradigms.get(p).config_keys.get(section, {})})
+        d["models"] = [m for m, cfg in zip(d["models"], self.models) if not isinstance(cfg, ReleasedModelCfg)]
         return d
 
 
@@ -294,6 +316,10 @@ HUMAN = "human:"
 SCORED_COUNTS = ("debiased", "expected", "top")
 NORMS_FORMATS = ("auto", "swow", "counts", "strength")
 SWOW_RESPONSES = ("R1", "R2", "R3")
+RELEASED_PARADIGMS = _paradigms.paper_names()
+"""Paradigms of the authors' released dataset (`released`): the paper's own, FC and FA."""
+RELEASED_BACKEND = "released"
+"""The backend of `[[released]]` models (`backends.released`); a `[[models]]` table cannot name it."""
 _RENAMED = {"hidden.paper_compat": "'experiment.paper_mode' (one switch for every rule of the authors' code; "
                                    "see the README table 'Paper mode vs default')"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -519,6 +545,37 @@ def _validate_norms(cfg: Config) -> None:
         _choices(cfg, f"norms[{i}].responses", n.responses, SWOW_RESPONSES)
 
 
+def _validate_released(cfg: Config) -> None:
+    """Check each `[[released]]` entry and add its models to `cfg.models` as behavior-only
+    `ReleasedModelCfg`s, so every stage after behave treats them as any model."""
+    taken = {m.name for m in cfg.models}
+    for i, r in enumerate(cfg.released):
+        if not r.path:
+            _fail(cfg, f"released[{i}].path", "must name the folder of your local copy of the authors' dataset "
+                  "(the one holding forced_choice/ and free_association/; nothing is downloaded)")
+        if not r.models:
+            _fail(cfg, f"released[{i}].models", "must list the dataset's models to import (its file names without "
+                  ".parquet), e.g. [\"Llama-3.1-8B-Instruct\"]")
+        for j, name in enumerate(r.models):
+            if not _NAME_RE.match(name):
+                _fail(cfg, f"released[{i}].models[{j}]", f"= {name!r} must be a plain name (letters, digits, . _ -)")
+        if r.prefix and not _NAME_RE.match(r.prefix):
+            _fail(cfg, f"released[{i}].prefix", f"= {r.prefix!r} must be a plain name (letters, digits, . _ -) or \"\"")
+        if not r.paradigms or len(set(r.paradigms)) != len(r.paradigms):
+            _fail(cfg, f"released[{i}].paradigms", f"= {r.paradigms} must list distinct paradigms, e.g. "
+                  f"[\"fc\", \"fa\"]")
+        _choices(cfg, f"released[{i}].paradigms", r.paradigms, RELEASED_PARADIGMS)
+        if not 0 <= r.max_mismatch < 1:
+            _fail(cfg, f"released[{i}].max_mismatch", f"= {r.max_mismatch} must be in [0, 1) (a share of FC rows)")
+        for name in r.models:
+            full = f"{r.prefix}:{name}" if r.prefix else name
+            if full in taken:
+                _fail(cfg, f"released[{i}].models", f"gives the model name '{full}', which another model already has; "
+                      f"set released[{i}].prefix to tell them apart")
+            taken.add(full)
+            cfg.models.append(ReleasedModelCfg(name=full, backend=RELEASED_BACKEND, entry=i, source=name))
+
+
 def _validate(cfg: Config) -> None:
     if not _NAME_RE.match(cfg.experiment.name):
         _fail(cfg, "experiment.name", f"= {cfg.experiment.name!r} must be a plain name (letters, digits, . _ -)")
@@ -543,7 +600,7 @@ def _validate(cfg: Config) -> None:
     b = cfg.behave
     from .backends import names
 
-    _choices(cfg, "behave.backend", [b.backend], tuple(names()))
+    _choices(cfg, "behave.backend", [b.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
     _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
     for key in ("chunk_size", "batch_size", "fc_max_tokens", "fa_max_tokens"):
         if getattr(b, key) < 1:
@@ -571,6 +628,7 @@ def _validate(cfg: Config) -> None:
             _choices(cfg, f"models[{i}].fix_mistral_regex", m.fix_mistral_regex, FIX_STAGES)
         if isinstance(m.extra_eos, dict):
             _choices(cfg, f"models[{i}].extra_eos", list(m.extra_eos), PARADIGMS)
+    _validate_released(cfg)
     _validate_scored(cfg)
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
@@ -645,7 +703,7 @@ def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
     from .backends import backend_class, backend_keys, names
 
     if m.backend is not None:
-        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(names()))
+        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
     name = cfg.backend_of(m)
     cls = backend_class(name, cfg)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -13,10 +13,11 @@ import logging
 import sys
 import time
 
-from .cli import DAG, build_parser, run_stage
+from .cli import DAG, run_stage
 from .config import load_config
 from .errors import PipelineError
 from .manifest import Manifest
+from .options import Options
 
 
 def _fmt_seconds(s: float) -> str:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    opts = build_parser().parse_args(["all", "--config", args.config])
+    opts = Options()
     timings: dict[str, float] = {}
     try:
         cfg = load_config(args.config, args.overrides)

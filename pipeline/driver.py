@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
-from .attempts import ChunkRun, Protocol, generate
+from .attempts import Attempt, ChunkRun, Protocol, generate
 from .backends import Backend
 
 LOOKAHEAD = 8
@@ -49,7 +49,7 @@ class _Engine(threading.Thread):
             if items is None:
                 return
             try:
-                results, latency = generate(self.backend, [it[3] for it in items])
+                results, latency = generate(self.backend, [it.request for it in items])
             except BaseException as e:  # handed to the driver thread, which raises it
                 self.out.put((items, e, 0.0))
                 return
@@ -76,9 +76,9 @@ def run_pipelined(backend: Backend, proto: Protocol, chunks: Iterator[pa.Table],
     exhausted = False
     in_flight = 0
 
-    def next_call() -> list:
+    def next_call() -> list[Attempt]:
         nonlocal exhausted
-        items: list = []
+        items: list[Attempt] = []
         for run in open_runs:
             if len(items) >= call_size:
                 return items
@@ -107,8 +107,8 @@ def run_pipelined(backend: Backend, proto: Protocol, chunks: Iterator[pa.Table],
             in_flight -= 1
             if isinstance(results, BaseException):
                 raise results
-            for (run, pos, attempt, _, sha, seed), res in zip(items, results):
-                run.record(pos, attempt, sha, seed, res, latency)
+            for it, res in zip(items, results):
+                it.run.record(it, res, latency)
             while open_runs and open_runs[0].done:
                 publish(open_runs.popleft().table())
     finally:

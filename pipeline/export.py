@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, atomic_write_bytes
@@ -112,12 +112,12 @@ class _Source:
 
 
 def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
-    from .hidden import load_hidden, rebuild_command
+    from .hidden import load_hidden
 
     out = []
     for p in [p for p in names() if get_paradigm(p).paper
               or (get_paradigm(p).exported and p in cfg.paradigms_of(model))]:
-        rebuild = f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {p}"
+        rebuild = keys.command(cfg, "aggregate", model=model, paradigm=p)
         for kind in KINDS:
             out.append(_Source(f"{p}_{kind}", paths.matrix_file(cfg, model, p, f"sim_{kind}"),
                                f"the {p.upper()} {kind}-cosine matrix of {model}", rebuild))
@@ -128,7 +128,8 @@ def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
                 if not 1 <= layer <= n_layers:
                     raise PipelineError(f"--layers {layer}: {model}/{strategy} has layers 1..{n_layers}")
                 out.append(_Source(f"hidden_{strategy}_layer{layer}", paths.hidden_file(cfg, model, strategy),
-                                   f"hidden states of {model}/{strategy}", rebuild_command(cfg, model, strategy),
+                                   f"hidden states of {model}/{strategy}",
+                                   keys.command(cfg, "hidden", model=model, strategy=strategy),
                                    layer, strategy))
     return out
 
@@ -139,23 +140,22 @@ def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
     import json
 
     paradigm = src.name.rsplit("_", 1)[0]
-    rec = man.stage(f"behave/{model}/{paradigm}") or {}
+    rec = man.stage(keys.behave(model, paradigm)) or {}
     if rec.get("complete"):
         return {}
-    planned = ((man.stage(f"trials.{paradigm}") or {}).get("summary") or {}).get("n_trials")
+    planned = ((man.stage(keys.trials(get_paradigm(paradigm).plan_name)) or {}).get("summary") or {}).get("n_trials")
     try:
         done = json.loads((src.path.parent / "stats.json").read_text())["trials"]
     except (OSError, ValueError, KeyError, TypeError):
         done = None
     log.warning("export %s/%s: partial matrix: the %s log holds %s of %s planned trials (behave has not completed: "
-                "--limit, an interrupted run or shards still running); run `python -m pipeline behave --config %s "
-                "--model %s --paradigm %s`, then aggregate and export again", model, src.name, paradigm.upper(),
-                done if done is not None else "some", planned if planned is not None else "its", cfg.source, model,
-                paradigm)
+                "--limit, an interrupted run or shards still running); run `%s`, then aggregate and export again",
+                model, src.name, paradigm.upper(), done if done is not None else "some",
+                planned if planned is not None else "its", keys.command(cfg, "behave", model=model, paradigm=paradigm))
     return {"partial": True, "behave_trials": done, "planned_trials": planned}
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
     from .hidden import load_hidden
     from .store import load_npy
@@ -163,7 +163,6 @@ def run(cfg: Config, opts) -> None:
 
     words = load_run_vocab(cfg)
     n = len(words)
-    o = Options.of(opts)
     man = Manifest(cfg.run_dir)
     root = paths.export_dir(cfg)
     listing = "".join(w + "\n" for w in words).encode("utf-8")
@@ -171,13 +170,13 @@ def run(cfg: Config, opts) -> None:
         atomic_write_bytes(root / "words.txt", listing)
     vfp = vocab_fingerprint(cfg)
     count = 0
-    for model in select(cfg, o).models:
-        hidden = o.hidden and not cfg.model(model).behavior_only
-        if o.hidden and not hidden:
+    for model in select(cfg, opts).models:
+        hidden = opts.hidden and not cfg.model(model).behavior_only
+        if opts.hidden and not hidden:
             log.info("export %s: behavior-only model (no weights): no hidden layers to export", model)
-        for src in _sources(cfg, model, hidden, o.layers):
-            step = man.step(f"export/{model}/{src.name}", {"version": _VERSION, "vocab": vfp, "layer": src.layer},
-                            man.require(src.path, src.what, src.rebuild), o.force)
+        for src in _sources(cfg, model, hidden, opts.layers):
+            step = man.step(keys.export(model, src.name), {"version": _VERSION, "vocab": vfp, "layer": src.layer},
+                            man.require(src.path, src.what, src.rebuild), opts.force)
             if step.done():
                 continue
             step.start()

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths
+from . import keys, paths
 from .config import Config, ModelCfg
 from .errors import PipelineError
 from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha256_file
@@ -61,7 +61,7 @@ STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """Extract hidden states for every model x strategy of the config (or those `opts` picks).
 
     Completed outputs are skipped; an interrupted extraction continues at its next word
@@ -69,7 +69,7 @@ def run(cfg: Config, opts) -> None:
     loaded only when some strategy still has work.
     """
     words, todo, sentences = pending(cfg, opts)
-    force = Options.of(opts).force
+    force = opts.force
     for name in dict.fromkeys(n for n, _, _ in todo):
         tok, model = load_model(cfg.model(name), cfg.hidden.dtype, cfg.hidden.device)
         pooler = make_pooler(cfg, tok, model)
@@ -86,7 +86,7 @@ def make_pooler(cfg: Config, tok, model) -> Pooler:
                   sink_prefix=h.sink_prefix)
 
 
-def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
+def pending(cfg: Config, opts: Options) -> tuple[list[str], list[tuple[str, str, str]], list[list[str]] | None]:
     """The run's words, the (model, strategy, fingerprint) cells still to extract, and the
     sentences per word when the averaged strategy is selected (the `sentences` stage runs first
     if the file is missing,
@@ -97,15 +97,14 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
     """
     from .vocab import load_run_vocab, vocab_fingerprint
 
-    o = Options.of(opts)
-    sel = select(cfg, o)
+    sel = select(cfg, opts)
     models, strategies = sel.models, sel.strategies
     words = load_run_vocab(cfg)
     resolve_device(cfg.hidden.device)
     sentences = sentences_for(cfg, words) if "averaged" in strategies else None
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
-    force = o.force
+    force = opts.force
     todo = []
     for name in models:
         mcfg = cfg.model(name)
@@ -115,21 +114,11 @@ def pending(cfg: Config, opts) -> tuple[list[str], list[tuple[str, str, str]], l
             continue
         for strategy in strategies:
             fp = _fingerprint(cfg, mcfg, strategy, vfp)
-            if man.step(stage_key(name, strategy), fp, force=force).done():
+            if man.step(keys.hidden(name, strategy), fp, force=force).done():
                 log.info("hidden %s/%s: complete, skipping", name, strategy)
                 continue
             todo.append((name, strategy, fp))
     return words, todo, sentences
-
-
-def stage_key(model: str, strategy: str) -> str:
-    """Manifest key of one model x strategy extraction."""
-    return f"hidden/{model}/{strategy}"
-
-
-def rebuild_command(cfg: Config, model: str, strategy: str) -> str:
-    """The command that (re)writes `hidden/<model>/<strategy>.npy`."""
-    return f"python -m pipeline hidden --config {cfg.source} --model {model} --strategy {strategy}"
 
 
 def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
@@ -204,7 +193,7 @@ def extract(cfg: Config, model_name: str, strategy: str, words: list[str], poole
     """
     out = paths.hidden_file(cfg, model_name, strategy)
     man = Manifest(cfg.run_dir)
-    step = man.step(stage_key(model_name, strategy), fp, force=force)
+    step = man.step(keys.hidden(model_name, strategy), fp, force=force)
     with StageLock(out.with_name(f".{out.stem}.lock"), f"hidden states of {model_name}/{strategy}"):
         _remove_stale_temps(out)
         if step.done(quiet=True):
@@ -351,7 +340,7 @@ def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_wor
     from .store import load_npy
 
     path = paths.hidden_file(cfg, model, strategy)
-    rebuild = rebuild_command(cfg, model, strategy)
+    rebuild = keys.command(cfg, "hidden", model=model, strategy=strategy)
     Manifest(cfg.run_dir).require(path, f"hidden states of {model}/{strategy}", rebuild)
     arr = load_npy(path, f"hidden states of {model}/{strategy}", rebuild, shape=(None, n_words, None),
                    mmap=mmap)

@@ -118,17 +118,25 @@ class Step:
     change makes old results stale, the content of what it reads) and then asks `done()`,
     calls `start()` before working and `complete(outputs, summary)` after, instead of
     passing fingerprints to three manifest calls. Made by `Manifest.step`.
+
+    Two things let a record made with other settings be replaced instead of refused:
+    ``force`` (the CLI's ``--force``: the user accepts losing those results) and
+    ``replace_stale`` (the stage's own choice for outputs that are a cheap, pure function of
+    other records, such as merged tables or the report, which nothing is lost by rebuilding).
     """
 
-    def __init__(self, man: "Manifest", key: str, settings, upstream=None, force: bool = False, partial=None):
+    def __init__(self, man: "Manifest", key: str, settings, upstream=None, force: bool = False, partial=None,
+                 replace_stale: bool = False):
         self.man, self.key, self.force, self.partial = man, key, force, partial
+        self.replace_stale = replace_stale
         self.fp = settings if isinstance(settings, str) else fingerprint(settings)
         self.up = None if upstream is None else upstream if isinstance(upstream, str) else fingerprint(upstream)
 
     def done(self, quiet: bool = False) -> bool:
         """`Manifest.check`: complete, same settings and upstream, outputs intact."""
         partial = self.partial() if callable(self.partial) else self.partial
-        return self.man.check(self.key, self.fp, self.force, upstream=self.up, quiet=quiet, partial=partial)
+        return self.man.check(self.key, self.fp, self.force or self.replace_stale, upstream=self.up, quiet=quiet,
+                              partial=partial)
 
     def start(self) -> None:
         self.man.start(self.key, self.fp, self.up)
@@ -298,11 +306,13 @@ class Manifest:
             m["stages"][key] = rec
             m.setdefault("artifacts", {}).update(ids)
 
-    def step(self, key: str, settings, upstream=None, force: bool = False, partial=None) -> Step:
+    def step(self, key: str, settings, upstream=None, force: bool = False, partial=None, *,
+             replace_stale: bool = False) -> Step:
         """A `Step` for record `key`: `settings` and `upstream` are fingerprints or the
         objects to fingerprint; `partial` (a bool or a callable returning one) says whether an
-        unfinished run left work behind (`check`)."""
-        return Step(self, key, settings, upstream, force, partial)
+        unfinished run left work behind (`check`); `force` is ``--force`` and `replace_stale`
+        marks outputs rebuilt, not refused, under other settings (`Step`)."""
+        return Step(self, key, settings, upstream, force, partial, replace_stale)
 
     def invalidate(self, key: str) -> None:
         """Mark `key` incomplete (its outputs are being rebuilt), keeping its settings."""

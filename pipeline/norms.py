@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import paths
+from . import keys, paths
 from .config import Config, NormsCfg
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
@@ -82,7 +82,7 @@ def import_norms(cfg: Config, norms: NormsCfg, words: list[str], force: bool = F
     layout = detect(path, norms, idx, cfg.source)
     man = Manifest(cfg.run_dir)
     out = paths.norms_dir(cfg, norms.name)
-    key = f"norms/{norms.name}"
+    key = keys.norms(norms.name)
     step = man.step(key, {"vocab": fingerprint(words), "format": layout.format, "responses": layout.responses,
                           "version": _VERSION}, {"file": man.ids([path])[man.rel(path)]}, force)
     if step.done():
@@ -298,4 +298,4 @@ def describe(cfg: Config, ref: str) -> tuple[str, str]:
     """(what the file of reference ``human:<name>`` holds, the command that rebuilds it)."""
     name = ref.split(":", 1)[1]
     return (f"the human association norms '{name}' (PPMI-cosine)",
-            f"python -m pipeline aggregate --config {cfg.source}")
+            keys.command(cfg, "aggregate"))

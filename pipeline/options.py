@@ -81,12 +81,20 @@ def select(cfg: Config, opts=None) -> Selection:
 
 def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool = False) -> list[str]:
     """`paradigms` less those `model` does not run (`Config.paradigms_of`: fc_scored on a
-    backend that cannot score), with one line per stage for each left out.
+    backend that cannot score; in behave, every paradigm of a released model, whose logs are
+    imported), with one line per stage for each left out.
 
     Args:
         stage: the stage name that prefixes the line.
         quiet: leave the line out (a second pass over the same model in one stage).
     """
+    from .config import ReleasedModelCfg
+
+    if stage == "behave" and isinstance(cfg.model(model), ReleasedModelCfg):
+        if not quiet:
+            log.info("behave %s: the authors' released trials, imported by `python -m pipeline released`; nothing "
+                     "to run", model)
+        return []
     runs = cfg.paradigms_of(model)
     keep = [p for p in paradigms if p in runs or p not in cfg.behave.paradigms]
     left = [p for p in paradigms if p not in keep]

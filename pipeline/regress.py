@@ -53,10 +53,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from . import paths
+from . import keys, paths
 from .config import HUMAN, Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
+from .merge import finished, merge
 from .options import Options, select
 from .paradigms import paper_names
 from .rules import Rules
@@ -265,7 +266,7 @@ def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zer
                   ) -> tuple[np.ndarray, np.ndarray]:
     from .store import load_npy
 
-    rebuild = f"python -m pipeline baselines --config {cfg.source}"
+    rebuild = keys.command(cfg, "baselines")
     if not path.exists():
         raise PipelineError(f"{path}: {what} is missing; the regression needs it: run `{rebuild}` (and configure "
                             f"baselines.static / baselines.encoder)")
@@ -281,9 +282,9 @@ def _counts_file(cfg: Config, model: str, feature: str) -> tuple[Path, str, str]
     if feature.startswith(HUMAN):
         return (paths.norms_file(cfg, feature[len(HUMAN):], "sim_counts"),
                 f"the counts-cosine matrix of the human norms '{feature[len(HUMAN):]}'",
-                f"python -m pipeline aggregate --config {cfg.source}")
+                keys.command(cfg, "aggregate"))
     return (paths.matrix_file(cfg, model, feature, "sim_counts"), f"the {feature.upper()} counts-cosine matrix of "
-            f"{model}", f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {feature}")
+            f"{model}", keys.command(cfg, "aggregate", model=model, paradigm=feature))
 
 
 def extra_features(cfg: Config) -> list[str]:
@@ -320,15 +321,13 @@ def _pairs(m: np.ndarray, split: Split) -> tuple[np.ndarray, np.ndarray]:
 
 def _upstream(cfg: Config, man: Manifest, model: str, strategy: str, paradigms, models, static_path,
               encoder_path) -> str:
-    from .hidden import rebuild_command
-
-    base = f"python -m pipeline baselines --config {cfg.source}"
+    base = keys.command(cfg, "baselines")
     ids = {"static": man.require(static_path, "the static baseline vectors", base),
            "encoder": man.require(encoder_path, "the encoder baseline vectors", base)}
     for p in paradigms:
         ids[p] = man.require(*_counts_file(cfg, model, p))
     ids["hidden"] = {m: man.require(paths.hidden_file(cfg, m, strategy), f"hidden states of {m}/{strategy}",
-                                    rebuild_command(cfg, m, strategy)) for m in models}
+                                    keys.command(cfg, "hidden", model=m, strategy=strategy)) for m in models}
     return fingerprint(ids)
 
 
@@ -367,7 +366,7 @@ class _Stage:
                         int((~self.static_valid).sum()))
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`regress` stage: held-out-words regression for every model x strategy x layer x seed.
 
     Word sets follow `rules.Rules`: by default every vocabulary word enters the split and
@@ -377,7 +376,7 @@ def run(cfg: Config, opts) -> None:
     """
     from .vocab import load_run_vocab, vocab_fingerprint
 
-    force = Options.of(opts).force
+    force = opts.force
     sel = select(cfg, opts)
     all_models = [m.name for m in cfg.models if not m.behavior_only]
     for name in sel.models:
@@ -399,7 +398,7 @@ def run(cfg: Config, opts) -> None:
         for model in (m for m in sel.models if m in all_models):
             up = _upstream(cfg, st.man, model, strategy, paradigms, all_models if st.consensus else [model],
                            paths.static_file(cfg), paths.encoder_file(cfg))
-            step = st.man.step(f"regress/{model}/{strategy}", settings, up, force)
+            step = st.man.step(keys.regress_cell(model, strategy), settings, up, force)
             if step.done():
                 log.info("regress %s/%s: complete, skipped", model, strategy)
                 continue
@@ -517,18 +516,10 @@ def result_settings(cfg: Config) -> str:
 
 
 def _merge(cfg: Config, man: Manifest) -> None:
-    stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
-    done = [(m, s) for m, s in cells if (stages.get(f"regress/{m}/{s}") or {}).get("complete")]
+    done = finished(man, {c: keys.regress_cell(*c) for c in cells})
     sources = [paths.result_part(cfg, "regression", m, s) for m, s in done]
     current = result_settings(cfg)
-    step = man.step("regress", {"cells": done, "version": _VERSION, "settings": current},
-                    man.ids([p for p in sources if p.exists()]), force=True)
-    complete = len(done) == len(cells)
-    if complete and step.done():
-        return
-    frames = [pd.read_parquet(p) for p in sources if p.exists()]
-    out = paths.result_table(cfg, "regression")
-    write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_COLUMNS), out)
-    if complete:
-        step.complete([out], {"cells": len(done), "settings": current})
+    merge(man, keys.REGRESS, {"cells": done, "version": _VERSION, "settings": current},
+          man.ids([p for p in sources if p.exists()]), {paths.result_table(cfg, "regression"): (sources, _COLUMNS)},
+          len(done), len(cells), {"cells": len(done), "settings": current})

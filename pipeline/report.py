@@ -1,4 +1,4 @@
-"""`report` stage: figures (PNG) and `report.md` from the result tables.
+"""`report` stage: figures (PNG, drawn by `figures`) and `report.md` from the result tables.
 
 Reads `results/rsa.parquet`, `nn.parquet`, `reliability.parquet`, `regression.parquet` and
 the behave summaries in the manifest, and writes under `report/`:
@@ -34,54 +34,36 @@ needed) and skipped when they have not.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
 import numpy as np
 import pandas as pd
 
-from . import paths, published
-from .config import HUMAN, PARADIGMS, Config
+from . import keys, paths, published
+from .config import HUMAN, PARADIGMS, Config, ReleasedModelCfg
 from .errors import PipelineError
+from .figures import (
+    METHOD_LABELS,
+    fig_nn,
+    fig_regression,
+    fig_rsa_by_depth,
+    fig_rsa_by_layer,
+    fig_svd,
+    fig_validity,
+    pyplot,
+    ref_order,
+    svd_variant_order,
+)
 from .manifest import Manifest, atomic_write_bytes
+from .merge import summaries
 from .options import Options
 from .paradigms import get as get_paradigm
 from .paradigms import paper_names
 
 log = logging.getLogger(__name__)
 
-REF_ORDER = [*PARADIGMS, "static", "encoder", "consensus"]
-_CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
-
-
-class _Styles(dict):
-    """Labels or colors of the references, extended on first use to names that come from the
-    config: another model's behavior (`fc:MODEL`, `fa:MODEL`) and human norms (`human:NAME`),
-    so every reference a result table holds can be drawn."""
-
-    def __init__(self, base: dict, make):
-        super().__init__(base)
-        self._make = make
-
-    def __missing__(self, ref: str):
-        value = self[ref] = self._make(ref, len(self) - len(REF_ORDER))
-        return value
-
-
-def _label(ref: str, i: int) -> str:
-    kind, _, name = ref.partition(":")
-    return f"human norms: {name}" if kind == "human" else f"{kind.upper()} of {name} (behavior)"
-
-
-REF_LABELS = _Styles({**{p: get_paradigm(p).label for p in PARADIGMS},
-                      "static": "static vectors", "encoder": "encoder", "consensus": "cross-model consensus"}, _label)
-REF_COLORS = _Styles({**{p: get_paradigm(p).color for p in PARADIGMS}, "static": "#2ca02c",
-                      "encoder": "#9467bd", "consensus": "#7f7f7f"},
-                     lambda ref, i: _CROSS_COLORS[i % len(_CROSS_COLORS)])
-METHOD_LABELS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "paper": "Pearson r, sampled pairs (paper)"}
 FIGURES = ("rsa_by_layer.png", "rsa_by_depth.png", "regression_by_layer.png", "nn_overlap.png", "validity.png")
-R2_FLOOR = -0.25
 SVD_FIGURE = "svd_variants.png"
 _TABLES = ("rsa", "nn", "reliability", "regression", "behavior_rsa", "behavior_norms", "svd_variants")
 _VERSION = 3
@@ -109,7 +91,7 @@ def load_results(cfg: Config) -> dict[str, pd.DataFrame]:
     for name in _TABLES:
         path = paths.result_table(cfg, name)
         if path.exists():
-            rebuild = f"python -m pipeline {'regress' if name == 'regression' else 'rsa'} --config {cfg.source}"
+            rebuild = keys.command(cfg, keys.REGRESS if name == "regression" else keys.RSA)
             man.require(path, f"the {name} results table", rebuild)
             try:
                 df = pd.read_parquet(path)
@@ -147,19 +129,18 @@ def overlay_method(cfg: Config, rsa: pd.DataFrame) -> str:
 
 def compliance(cfg: Config) -> pd.DataFrame:
     """Behave summaries from the manifest: model, paradigm, n_trials, compliance (and extras)."""
-    stages = Manifest(cfg.run_dir).read().get("stages", {})
+    found = summaries(Manifest(cfg.run_dir), {(m.name, p): keys.behave(m.name, p) for m in cfg.models
+                                              for p in PARADIGMS})
     rows = []
-    for m in cfg.models:
-        for p in PARADIGMS:
-            summary = (stages.get(f"behave/{m.name}/{p}") or {}).get("summary") or {}
-            if summary.get("compliance") is not None:
-                row = {"model": m.name, "paradigm": p, "n_trials": summary.get("n_trials"),
-                       "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
-                       "full_compliance": summary.get("full_compliance"),
-                       "mean_associates": summary.get("mean_associates")}
-                if get_paradigm(p).scoring:
-                    row["candidate_mass"] = summary.get("mass")
-                rows.append(row)
+    for (model, p), summary in found.items():
+        if summary.get("compliance") is not None:
+            row = {"model": model, "paradigm": p, "n_trials": summary.get("n_trials"),
+                   "compliance": summary.get("compliance"), "first_try_ok": summary.get("first_try_ok"),
+                   "full_compliance": summary.get("full_compliance"),
+                   "mean_associates": summary.get("mean_associates")}
+            if get_paradigm(p).scoring:
+                row["candidate_mass"] = summary.get("mass")
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -168,7 +149,7 @@ def norms_coverage(cfg: Config) -> pd.DataFrame:
     man = Manifest(cfg.run_dir)
     rows = []
     for n in cfg.norms:
-        s = man.summary(f"norms/{n.name}")
+        s = man.summary(keys.norms(n.name))
         if s:
             rows.append({"reference": f"{HUMAN}{n.name}", "format": s.get("format"),
                          "words with norms": s.get("covered"),
@@ -186,7 +167,7 @@ def _count(v):
 def sentences_section(cfg: Config) -> list[str]:
     """The averaged strategy's sentences: source, rules and the words below `hidden.max_sentences`
     (from the `sentences` stage record)."""
-    s = Manifest(cfg.run_dir).summary("sentences") if "averaged" in cfg.hidden.strategies else None
+    s = Manifest(cfg.run_dir).summary(keys.SENTENCES) if "averaged" in cfg.hidden.strategies else None
     if not s:
         return []
     how = (f"harvested from {s.get('units_scanned')} of {s.get('units')} corpus units ({s.get('documents'):,} "
@@ -204,20 +185,6 @@ def sentences_section(cfg: Config) -> list[str]:
 
 
 # ---------------------------------------------------------------- summaries
-
-def ref_order(names) -> list[str]:
-    """References in display order: the paper's five and scored FC, then the ones named in the
-    config (other models' behavior `fc:M`, `fa:M`; human norms `human:NAME`)."""
-    names = set(names)
-    cross = sorted((r for r in names if r not in REF_ORDER),
-                   key=lambda r: (r.partition(":")[2], REF_ORDER.index(r.partition(":")[0])
-                                  if r.partition(":")[0] in REF_ORDER else len(REF_ORDER), r))
-    return [r for r in REF_ORDER if r in names] + cross
-
-
-def _refs(df: pd.DataFrame) -> list[str]:
-    return ref_order(df.reference)
-
 
 def rsa_summary(rsa: pd.DataFrame, method: str) -> pd.DataFrame:
     """Per model x strategy x reference: mean over layers, peak value and its layer."""
@@ -341,139 +308,6 @@ def _validity_headline(cfg: Config) -> dict:
     return {"validity": "; ".join(parts) + " (section Validity)"}
 
 
-# ---------------------------------------------------------------- figures
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
-                         "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _save(fig, path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _grid(plt, n_rows: int, n_cols: int, w: float = 3.6, h: float = 2.7):
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 0.6, h * n_rows + 0.9), squeeze=False,
-                             sharey=True)
-    return fig, axes
-
-
-def _integer_x(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _grid_cell(ax, title: str, last_row: bool, first_col: bool, xlabel: str, ylabel: str) -> None:
-    """Title and integer layer axis of one cell of a model × strategy grid; axis labels only
-    on the outer cells, since the grid shares them."""
-    ax.set_title(title)
-    _integer_x(ax)
-    if last_row:
-        ax.set_xlabel(xlabel)
-    if first_col:
-        ax.set_ylabel(ylabel)
-
-
-def _legend(fig, handles_labels: dict, ncol: int | None = None) -> None:
-    if handles_labels:
-        fig.legend(list(handles_labels.values()), list(handles_labels), loc="upper center",
-                   ncol=ncol or min(len(handles_labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0))
-
-
-def _fig_rsa_by_layer(plt, rsa: pd.DataFrame, rel: pd.DataFrame | None, method: str, models, strategies, path,
-                      matched: dict[str, str] | None = None) -> int:
-    """Returns the number of published curves drawn (dashed) beside this run's."""
-    d = rsa[rsa.method == method]
-    fig, axes = _grid(plt, len(models), len(strategies))
-    handles = {}
-    drawn = 0
-    pub = published.rsa() if matched else None
-    for i, model in enumerate(models):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = d[(d.model == model) & (d.strategy == strategy)]
-            for ref in _refs(cell):
-                g = cell[cell.reference == ref].sort_values("layer")
-                (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.6)
-                handles.setdefault(REF_LABELS[ref], line)
-                if g.ci_low.notna().any():
-                    ax.fill_between(g.layer, g.ci_low, g.ci_high, color=REF_COLORS[ref], alpha=0.18, lw=0)
-                if rel is not None and ref in PARADIGMS:
-                    r = rel[(rel.model == model) & (rel.paradigm == ref) & (rel.method == method)]
-                    if not r.empty and np.isfinite(r.ceiling_high.iloc[0]):
-                        lo, hi = r.ceiling_low.iloc[0], r.ceiling_high.iloc[0]
-                        ax.axhspan(lo, hi, color=REF_COLORS[ref], alpha=0.07, lw=0)
-                        for y in (lo, hi):
-                            edge = ax.axhline(y, color=REF_COLORS[ref], lw=0.9, ls="--")
-                        handles.setdefault(f"{REF_LABELS[ref].partition(' (')[0]} noise ceiling (split-half)", edge)
-            if matched and model in matched:
-                theirs = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)]
-                for ref in _refs(cell):
-                    g = theirs[theirs.reference == ref].sort_values("layer")
-                    if g.empty:
-                        continue
-                    (line,) = ax.plot(g.layer, g.rsa, color=REF_COLORS[ref], lw=1.2, ls="--")
-                    handles.setdefault("published (paper: Pearson, 500k pairs), dashed", line)
-                    drawn += 1
-            ax.axhline(0, color="black", lw=0.5)
-            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer",
-                       f"RSA ({METHOD_LABELS.get(method, method)})")
-    _legend(fig, handles, ncol=4)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
-    _save(fig, path)
-    return drawn
-
-
-def _fig_validity(plt, v: dict[str, pd.DataFrame], path, threshold: float) -> bool:
-    """Position profiles (one panel per model x paradigm) and norm ratio by layer (one per model)."""
-    prof, hid = v.get("validity_position"), v.get("validity_hidden")
-    panels = [] if prof is None else list(prof.groupby(["model", "paradigm"], sort=False))
-    models = [] if hid is None else list(hid.groupby("model", sort=False))
-    if not panels and not models:
-        return False
-    n = len(panels) + len(models)
-    fig, axes = plt.subplots(1, n, figsize=(3.8 * n + 0.6, 3.2), squeeze=False)
-    for ax, ((model, paradigm), g) in zip(axes[0], panels):
-        scored = get_paradigm(paradigm).position_profile == "probs"
-        s = int(g.n_candidates.max()) if scored else int(g.groupby("n_candidates").n.sum().idxmax())
-        g = g[g.n_candidates == s].sort_values("position")
-        label = "mean first-pick probability" if scored else "share of picks"
-        ax.bar(g.position, g.share, color=REF_COLORS[paradigm], alpha=0.8, label=label)
-        if g.share_debiased.notna().any():
-            ax.plot(g.position, g.share_debiased, color="black", marker="o", ms=3, lw=1.2, label="after debiasing")
-        ax.axhline(1 / s, color="grey", ls="--", lw=1, label="uniform")
-        ax.set_title(f"{model} · {REF_LABELS[paradigm].partition(' (')[0]} ({s} candidates)")
-        ax.set_xlabel("list position")
-        ax.set_ylabel("share")
-        _integer_x(ax)
-        ax.legend(frameon=False, fontsize=8)
-    for ax, (model, g) in zip(axes[0][len(panels):], models):
-        for strategy, h in g.groupby("strategy", sort=False):
-            h = h.sort_values("layer")
-            ax.plot(h.layer, h.norm_ratio, marker="o", ms=3, lw=1.4, label=strategy)
-        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"{threshold:g}x (outlier)")
-        ax.set_yscale("log")
-        ax.set_title(f"{model} · largest / median word-vector norm")
-        ax.set_xlabel("layer")
-        _integer_x(ax)
-        ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    return True
-
-
 def _validity_section(cfg: Config) -> list[str]:
     """Markdown: the artifacts named in sentences, position bias, reliability ceiling, hidden norms, planner."""
     from . import validity
@@ -522,98 +356,6 @@ def _validity_section(cfg: Config) -> list[str]:
                       "`python -m pipeline plan-trials --config ...`)", ""]
         lines += [f"- {t}" for t in validity.plan_lines(cfg, v["validity_plan"])]
     return lines
-
-
-def _fig_rsa_by_depth(plt, rsa: pd.DataFrame, method: str, strategies, path):
-    d = rsa[rsa.method == method]
-    grid = np.linspace(0, 1, 21)[1:]
-    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
-                             sharey=True)
-    handles = {}
-    for j, strategy in enumerate(strategies):
-        ax = axes[0, j]
-        cell = d[d.strategy == strategy]
-        for ref in _refs(cell):
-            curves = []
-            for _, g in cell[cell.reference == ref].groupby("model"):
-                g = g.sort_values("layer")
-                curves.append(np.interp(grid, g.layer / g.n_layers, g.rsa))
-            curves = np.array(curves)
-            mean = curves.mean(axis=0)
-            (line,) = ax.plot(grid, mean, color=REF_COLORS[ref], lw=1.8)
-            handles.setdefault(REF_LABELS[ref], line)
-            if len(curves) > 1:
-                sd = curves.std(axis=0)
-                ax.fill_between(grid, mean - sd, mean + sd, color=REF_COLORS[ref], alpha=0.15, lw=0)
-        n_models = cell.model.nunique()
-        ax.set_title(f"{strategy} (mean of {n_models} model{'s' if n_models != 1 else ''})")
-        ax.set_xlabel("relative depth (layer / L)")
-        ax.set_xlim(0, 1)
-        ax.axhline(0, color="black", lw=0.5)
-        if j == 0:
-            ax.set_ylabel(f"RSA ({METHOD_LABELS.get(method, method)})")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    _save(fig, path)
-
-
-def _fig_regression(plt, reg: pd.DataFrame, models, strategies, path):
-    sets = list(dict.fromkeys(reg.feature_set))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(sets)))
-    fig, axes = _grid(plt, len(models), len(strategies))
-    handles = {}
-    for i, model in enumerate(models):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = reg[(reg.model == model) & (reg.strategy == strategy)]
-            for s, color in zip(sets, colors):
-                g = cell[cell.feature_set == s].groupby("layer").r2_test.agg(["mean", "min", "max"])
-                if g.empty:
-                    continue
-                lw = 2.2 if s == sets[-1] else 1.3
-                (line,) = ax.plot(g.index, g["mean"], color=color, lw=lw)
-                handles.setdefault(s, line)
-                if cell.seed.nunique() > 1 and s == sets[-1]:
-                    band = ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
-                    handles.setdefault(f"{s}: range over seeds", band)
-            _grid_cell(ax, f"{model} · {strategy}", i == len(models) - 1, j == 0, "layer", "held-out test R²")
-    low = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.min().min()
-    if low < R2_FLOOR:
-        high = reg.groupby(["model", "strategy", "layer", "feature_set"]).r2_test.max().max()
-        axes[0, 0].set_ylim(R2_FLOOR, min(1.0, high) + 0.05)
-        fig.text(0.99, 0.005, f"y axis clipped at {R2_FLOOR} (lowest R² {low:.2f})", ha="right", va="bottom",
-                 fontsize=8, color="0.4")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
-    _save(fig, path)
-
-
-def _fig_nn(plt, nn: pd.DataFrame, strategies, path):
-    fig, axes = plt.subplots(1, len(strategies), figsize=(4.0 * len(strategies) + 0.6, 3.4), squeeze=False,
-                             sharey=True)
-    handles = {}
-    for j, strategy in enumerate(strategies):
-        ax = axes[0, j]
-        cell = nn[nn.strategy == strategy]
-        for ref in _refs(cell):
-            g = cell[cell.reference == ref].groupby("k").overlap.mean()
-            (line,) = ax.plot(g.index, g.values, marker="o", ms=4, color=REF_COLORS[ref], lw=1.6)
-            handles.setdefault(REF_LABELS[ref], line)
-        ks = sorted(cell.k.unique())
-        n_words = int(cell.n_words.max())
-        (chance,) = ax.plot(ks, [k / (n_words - 1) for k in ks], color="0.5", lw=1, ls=":")
-        handles.setdefault("chance, k / (N - 1)", chance)
-        ax.set_xscale("log")
-        ax.set_xticks(ks)
-        ax.set_xticklabels([str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set_title(f"{strategy} (mean over layers and models)")
-        ax.set_xlabel("k (neighbours)")
-        if j == 0:
-            ax.set_ylabel("NN@k overlap")
-    _legend(fig, handles)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    _save(fig, path)
 
 
 # ---------------------------------------------------------------- markdown
@@ -737,18 +479,24 @@ def behavior_matrix(beh: pd.DataFrame, rel: pd.DataFrame | None, paradigm: str, 
 
 def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     """Markdown: which models are behavior-only, and every model's behavioral geometry against every other's."""
-    api = [m.name for m in cfg.models if m.behavior_only]
+    api = [m.name for m in cfg.models if m.behavior_only and not isinstance(m, ReleasedModelCfg)]
+    imported = [m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)]
     lines = []
     if api:
         lines += ["", f"Behavior-only models (no weights, answered through an API): {', '.join(api)}. They have no "
                       f"hidden-state, consensus or regression rows; their behavior is compared below and enters the "
                       f"RSA tables as the references `fc:MODEL` / `fa:MODEL` where rsa.references lists them."]
+    if imported:
+        lines += ["", f"Released models (the authors' published trials, imported by the `released` stage; no weights "
+                      f"here): {', '.join(imported)}. They have no hidden-state, consensus or regression rows; their "
+                      f"behavior is compared below and enters the RSA tables as `fc:MODEL` / `fa:MODEL` where "
+                      f"rsa.references lists them."]
     if "behavior_rsa" not in res:
         return lines
     beh, rel = res["behavior_rsa"], res.get("reliability")
     method = primary_method(cfg, beh)
     models = [m.name for m in cfg.models if m.name in set(beh.model_a) | set(beh.model_b)]
-    label = {m: f"{m} (API)" if m in api else m for m in models}
+    label = {m: f"{m} (API)" if m in api else f"{m} (released)" if m in imported else m for m in models}
     lines += ["", f"## Behavioral geometry across models ({METHOD_LABELS.get(method, method)})", "",
               "RSA between two models' behavioral PPMI-cosine matrices over the words both answered for; the "
               "diagonal is the model's own split-half reliability r_SB (its noise ceiling; – when not computed). "
@@ -794,17 +542,10 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def _svd_variant_order(names) -> list[str]:
-    from .svd import variant_names
-
-    dims = sorted({int(v[3:].split("_")[0]) for v in names if v.startswith("svd")})
-    return [v for v in variant_names(dims) if v in set(names)]
-
-
 def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
     """The SVD / weighting ablation (`svd`): mean over layers 0..L per variant, the clipped
     dimensions, and the published values beside a paper model's."""
-    variants = _svd_variant_order(svd.variant)
+    variants = svd_variant_order(svd.variant)
     wide = (svd.groupby(["model", "strategy", "paradigm", "variant"], sort=False).rsa.mean()
             .unstack("variant")[variants].reset_index())
     lines = ["", "## SVD / weighting ablation (Pearson r, sampled pairs, mean over layers 0..L)", "",
@@ -834,47 +575,6 @@ def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
                       "`pipeline/published/svd_variants/`, CC BY 4.0):", "",
                   _md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy cells."]
     return lines
-
-
-def _fig_svd(plt, svd: pd.DataFrame, models, strategies, path, matched: dict[str, str]) -> int:
-    """Ablation by layer (0..L): one panel per model x paradigm x strategy, one line per
-    variant, the published values dashed beside a paper model's. Returns the dashed curves drawn."""
-    variants = _svd_variant_order(svd.variant)
-    colors = dict(zip(variants, _plt_colors(len(variants))))
-    rows = [(m, p) for m in models for p in paper_names() if ((svd.model == m) & (svd.paradigm == p)).any()]
-    fig, axes = _grid(plt, len(rows), len(strategies))
-    pub = published.svd_variants() if matched else None
-    handles, drawn = {}, 0
-    for i, (model, paradigm) in enumerate(rows):
-        for j, strategy in enumerate(strategies):
-            ax = axes[i, j]
-            cell = svd[(svd.model == model) & (svd.paradigm == paradigm) & (svd.strategy == strategy)]
-            for v in variants:
-                g = cell[cell.variant == v].sort_values("layer")
-                if not g.empty:
-                    (line,) = ax.plot(g.layer, g.rsa, color=colors[v], lw=1.5)
-                    handles.setdefault(v, line)
-                if model in matched:
-                    t = pub[(pub.paper_model == matched[model]) & (pub.strategy == strategy)
-                            & (pub.paradigm == paradigm) & (pub.variant == v)].sort_values("layer")
-                    if not t.empty:
-                        (line,) = ax.plot(t.layer, t.rsa, color=colors[v], lw=1.0, ls="--")
-                        handles.setdefault("published (paper), dashed", line)
-                        drawn += 1
-            ax.axhline(0, color="black", lw=0.5)
-            _grid_cell(ax, f"{model} · {get_paradigm(paradigm).short} · {strategy}", i == len(rows) - 1, j == 0,
-                       "layer (0 = embeddings)", "RSA (Pearson r, sampled pairs)")
-    _legend(fig, handles, ncol=5)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
-    _save(fig, path)
-    return drawn
-
-
-def _plt_colors(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
 
 
 def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
@@ -965,66 +665,66 @@ def _check_up_to_date(cfg: Config, man: Manifest) -> None:
     """
     from . import regress, rsa
 
-    for stage, table, settings in (("rsa", "rsa", rsa.result_settings), ("regress", "regression",
-                                                                        regress.result_settings)):
+    for stage, table, settings in ((keys.RSA, "rsa", rsa.result_settings),
+                                   (keys.REGRESS, "regression", regress.result_settings)):
         recorded = (man.summary(stage) or {}).get("settings")
         if recorded is not None and paths.result_table(cfg, table).exists() and recorded != settings(cfg):
             raise PipelineError(f"{paths.result_table(cfg, table)} was computed with other settings than "
                                 f"{cfg.source} has now (e.g. rsa.references, a [[norms]] entry, the {stage} "
-                                f"section); bring it up to date with `python -m pipeline {stage} --config {cfg.source} "
-                                f"--force`{' (then regress)' if stage == 'rsa' else ''}, then run report again")
+                                f"section); bring it up to date with `{keys.command(cfg, stage, force=True)}`"
+                                f"{' (then regress)' if stage == keys.RSA else ''}, then run report again")
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`report` stage: figures and report.md (rebuilt when the results change); refuses
     result tables older than the config's settings (`_check_up_to_date`)."""
     res = load_results(cfg)
     if not res:
-        raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `python -m pipeline rsa --config "
-                            f"{cfg.source}` (and regress) first")
+        raise PipelineError(f"{paths.results_dir(cfg)}: no results to report; run `{keys.command(cfg, keys.RSA)}` "
+                            f"(and regress) first")
     out = paths.report_dir(cfg)
     man = Manifest(cfg.run_dir)
     _check_up_to_date(cfg, man)
     from .validity import TABLES as VALIDITY
 
-    step = man.step("report", {"version": _VERSION, "models": [m.name for m in cfg.models],
+    step = man.step(keys.REPORT, {"version": _VERSION, "models": [m.name for m in cfg.models],
                                "strategies": cfg.hidden.strategies},
                     {"results": man.ids(paths.result_table(cfg, t) for t in (*_TABLES, *VALIDITY)),
                      "compliance": compliance(cfg).to_dict("records"),
                      **{k: v for p in PARADIGMS for k, v in get_paradigm(p).report_inputs(cfg).items()},
-                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, force=True)
-    if not Options.of(opts).force and step.done():
+                     **({"norms": norms_coverage(cfg).to_dict("records")} if cfg.norms else {})}, replace_stale=True)
+    if not opts.force and step.done():
         log.info("report: results unchanged, skipped")
         return
     step.start()
-    plt = _plt()
+    plt = pyplot()
     figures = []
     if "rsa" in res:
         rsa = res["rsa"]
         models, strategies = _order(cfg, rsa)
         method = primary_method(cfg, rsa)
         layer_method = overlay_method(cfg, rsa)
-        overlay = _fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
+        overlay = fig_rsa_by_layer(plt, rsa, res.get("reliability"), layer_method, models, strategies,
                                     out / FIGURES[0], published.match(cfg.models))
-        _fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
+        fig_rsa_by_depth(plt, rsa, method, strategies, out / FIGURES[1])
         figures += FIGURES[:2]
     if "regression" in res:
         models, strategies = _order(cfg, res["regression"])
-        _fig_regression(plt, res["regression"], models, strategies, out / FIGURES[2])
+        fig_regression(plt, res["regression"], models, strategies, out / FIGURES[2])
         figures.append(FIGURES[2])
     if "nn" in res:
         _, strategies = _order(cfg, res["nn"])
-        _fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
+        fig_nn(plt, res["nn"], strategies, out / FIGURES[3])
         figures.append(FIGURES[3])
     svd_curves = 0
     if "svd_variants" in res:
         models, strategies = _order(cfg, res["svd_variants"])
-        svd_curves = _fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
+        svd_curves = fig_svd(plt, res["svd_variants"], models, strategies, out / SVD_FIGURE,
                               published.match(cfg.models))
         figures.append(SVD_FIGURE)
     from . import validity
 
-    if _fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
+    if fig_validity(plt, validity.load(cfg), out / FIGURES[4], cfg.validity.norm_ratio):
         figures.append(FIGURES[4])
     atomic_write_bytes(out / "report.md", _markdown(cfg, res, list(figures)).encode())
     step.complete([out / "report.md", *(out / f for f in figures)],

@@ -26,7 +26,7 @@ Methods (`rsa.methods`), all computed by `comparison.compare` (per layer by `ana
 
 - `spearman` (default): Spearman on all upper-triangle pairs, average ranks for ties;
 - `pearson`: Pearson on all upper-triangle pairs;
-- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.alphabetical_pairs`:
+- `paper`: Pearson on `rsa.paper_pairs` pairs drawn by `similarity.draw_paper_pairs`:
   `np.random.default_rng(rsa.seed).choice` over the upper triangle of the words sorted
   alphabetically, as the authors' matrices are; the same pairs for every layer, reference
   and model (METHOD.md §6).
@@ -86,16 +86,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paths
+from . import keys, paths
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
 from .config import HUMAN, PARADIGMS, Config, cross_reference
 from .manifest import Manifest
+from .merge import finished, merge
 from .options import Options, select
 from .paradigms import get as get_paradigm
 from .paradigms import paper_names
 from .rules import Rules
-from .similarity import alphabetical_pairs, cosine
+from .similarity import cosine, draw_paper_pairs
 from .store import load_npy, write_parquet
 
 log = logging.getLogger(__name__)
@@ -175,14 +176,13 @@ def describe(cfg: Config, name: str, model: str = "", strategy: str = "") -> tup
         name, model = cross
     if name in _BEHAVIORAL:
         return (f"the {name.upper()} PPMI-cosine matrix of {model}",
-                f"python -m pipeline aggregate --config {cfg.source} --model {model} --paradigm {name}")
+                keys.command(cfg, "aggregate", model=model, paradigm=name))
     if name == "consensus":
         return (f"the cross-model consensus matrix of {model}/{strategy}",
-                f"python -m pipeline baselines --config {cfg.source} --model {model} --strategy {strategy}")
+                keys.command(cfg, "baselines", model=model, strategy=strategy))
     if name == "hidden":
-        from .hidden import rebuild_command
-        return f"hidden states of {model}/{strategy}", rebuild_command(cfg, model, strategy)
-    return f"the {name} baseline vectors", f"python -m pipeline baselines --config {cfg.source}"
+        return f"hidden states of {model}/{strategy}", keys.command(cfg, "hidden", model=model, strategy=strategy)
+    return f"the {name} baseline vectors", keys.command(cfg, "baselines")
 
 
 def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", strategy: str = "") -> Reference:
@@ -204,14 +204,14 @@ def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", 
 
 # ---------------------------------------------------------------- stage
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`rsa` stage: RSA, NN@k and CIs per model x strategy cell, split-half reliability per model."""
     from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     rules = Rules.of(cfg)
-    force = Options.of(opts).force
+    force = opts.force
     man = Manifest(cfg.run_dir)
     sel = select(cfg, opts)
     cell_settings = {k: v for k, v in asdict(cfg.rsa).items() if not k.startswith("svd_")}
@@ -252,7 +252,7 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
                                       *describe(cfg, "hidden", model, strategy))}
     for name, path in use.items():
         upstream[name] = man.require(path, *describe(cfg, name, model, strategy))
-    step = man.step(f"rsa/{model}/{strategy}", {**settings, "skipped": skipped}, upstream, force)
+    step = man.step(keys.rsa_cell(model, strategy), {**settings, "skipped": skipped}, upstream, force)
     part_rsa = paths.result_part(cfg, "rsa", model, strategy)
     part_nn = paths.result_part(cfg, "nn", model, strategy)
     if step.done():
@@ -325,7 +325,7 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
     from .aggregate import split_half
     from .logs import list_parts
 
-    key = f"rsa/reliability/{model}"
+    key = keys.reliability(model)
     paradigms = [p for p in _BEHAVIORAL if p in cfg.paradigms_of(model)]
     settings = {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs, "seed": cfg.rsa.seed,
                 "vocab": vfp, "version": _VERSION, "rules": Rules.of(cfg).name, "paradigms": paradigms,
@@ -339,8 +339,9 @@ def _reliability(cfg: Config, man: Manifest, model: str, words: list[str], vfp: 
         return
     step.start()
     rows = []
+    pairs = _paper_pairs(cfg, words)
     for paradigm in paradigms:
-        got = split_half(cfg, model, paradigm, words)
+        got = split_half(cfg, model, paradigm, words, pairs)
         if not got:
             log.warning("rsa %s: no final trials in %s; no split-half reliability for %s", model,
                         paths.behavior_dir(cfg, model, paradigm), paradigm.upper())
@@ -362,7 +363,7 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
         return
     upstream = {f"{p}/{m}": man.require(path, *describe(cfg, p, m)) for (p, m), path in found.items()}
     out = paths.result_table(cfg, "behavior_rsa")
-    step = man.step("rsa/behavior", settings, upstream, force)
+    step = man.step(keys.BEHAVIOR_RSA, settings, upstream, force)
     if step.done():
         log.info("rsa: behavior_rsa complete, skipped")
         return
@@ -373,7 +374,7 @@ def _behavior_rsa(cfg: Config, man: Manifest, words: list[str], settings: dict, 
     for paradigm, models in per_paradigm.items():
         refs = {m: load_reference(cfg, paradigm, found[paradigm, m], n, m) for m in models}
         for a, b in combinations(models, 2):
-            for method, k, n_pairs, value in _compare_on_common(refs[a], refs[b], cfg.rsa.methods, cfg, words, pairs):
+            for method, k, n_pairs, value in _compare_on_common(refs[a], refs[b], cfg.rsa.methods, pairs):
                 rows.append({"paradigm": paradigm, "model_a": a, "model_b": b, "method": method, "n_words": k,
                              "n_pairs": n_pairs, "rsa": value})
         del refs
@@ -394,7 +395,7 @@ def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str],
     files = {name: paths.matrix_file(cfg, model, name, "sim_ppmi") for name in paradigms}
     files.update({name: paths.norms_file(cfg, name[len(HUMAN):], "sim_ppmi") for name in humans})
     upstream = {name: man.require(path, *describe(cfg, name, model)) for name, path in files.items()}
-    step = man.step(f"rsa/behavior_norms/{model}", {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs,
+    step = man.step(keys.behavior_norms(model), {"methods": cfg.rsa.methods, "paper_pairs": cfg.rsa.paper_pairs,
                                                     "seed": cfg.rsa.seed, "vocab": vfp, "version": _VERSION},
                     upstream, force)
     if step.done():
@@ -407,7 +408,7 @@ def _behavior_vs_norms(cfg: Config, man: Manifest, model: str, words: list[str],
     rows = []
     for p in paradigms:
         for h in humans:
-            for method, k, n_pairs, value in _compare_on_common(refs[p], refs[h], methods, cfg, words, pairs):
+            for method, k, n_pairs, value in _compare_on_common(refs[p], refs[h], methods, pairs):
                 rows.append({"model": model, "paradigm": p, "reference": h, "method": method, "n_words": k,
                              "n_pairs": n_pairs, "rsa": value})
     write_parquet(pd.DataFrame(rows, columns=_BN_COLUMNS), part)
@@ -418,12 +419,12 @@ def _paper_pairs(cfg: Config, words: list[str]) -> tuple[np.ndarray, np.ndarray]
     """The 'paper' method's pairs (alphabetical order), drawn once per table; None without it."""
     if "paper" not in cfg.rsa.methods:
         return None
-    return alphabetical_pairs(list(words), cfg.rsa.paper_pairs, cfg.rsa.seed)
+    return draw_paper_pairs(len(words), cfg.rsa.paper_pairs, cfg.rsa.seed, words)
 
 
-def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: list[str], pairs
-                       ) -> list[tuple[str, int, int, float]]:
-    """Two similarity matrices compared on the words valid in both, with each method.
+def _compare_on_common(x: Reference, y: Reference, methods, pairs) -> list[tuple[str, int, int, float]]:
+    """Two similarity matrices compared on the words valid in both, with each method ('paper'
+    on `pairs`, the table's `_paper_pairs`).
 
     Returns:
         (method, n_words, n_pairs, rsa) per method; rsa is NaN below 3 common words.
@@ -434,8 +435,7 @@ def _compare_on_common(x: Reference, y: Reference, methods, cfg: Config, words: 
     out = []
     for method in methods:
         n_pairs = int((valid[pairs[0]] & valid[pairs[1]]).sum()) if method == "paper" else k * (k - 1) // 2
-        value = compare(sx, sy, method, n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words) if k > 2 \
-            else np.nan
+        value = compare(sx, sy, method, pairs=pairs) if k > 2 else np.nan
         out.append((method, k, n_pairs, value))
     return out
 
@@ -456,29 +456,17 @@ def _merge(cfg: Config, man: Manifest) -> None:
 
     Skipped when the cells, their settings and the tables are what the last merge recorded.
     """
-    stages = man.read()["stages"]
     cells = [(m.name, s) for m in cfg.models if not m.behavior_only for s in cfg.hidden.strategies]
-    done = [(m, s) for m, s in cells if (stages.get(f"rsa/{m}/{s}") or {}).get("complete")]
+    done = finished(man, {c: keys.rsa_cell(*c) for c in cells})
     sources = {"rsa": [paths.result_part(cfg, "rsa", m, s) for m, s in done],
                "nn": [paths.result_part(cfg, "nn", m, s) for m, s in done],
                "reliability": [p for m in cfg.models if (p := paths.result_part(cfg, "reliability", m.name)).exists()]}
     if any(r.startswith(HUMAN) for r in cfg.rsa.references):
         sources["behavior_norms"] = [p for m in cfg.models
                                      if (p := paths.result_part(cfg, "behavior_norms", m.name)).exists()]
+    columns = {"rsa": _RSA_COLUMNS, "nn": _NN_COLUMNS, "reliability": _REL_COLUMNS, "behavior_norms": _BN_COLUMNS}
     current = result_settings(cfg)
-    step = man.step("rsa", {"cells": done, "version": _VERSION, "settings": current},
-                    {k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()}, force=True)
-    if len(done) == len(cells) and step.done():
-        return
-    names = [("rsa", _RSA_COLUMNS), ("nn", _NN_COLUMNS), ("reliability", _REL_COLUMNS),
-             ("behavior_norms", _BN_COLUMNS)]
-    names = [(t, c) for t, c in names if t in sources]
-    for table, columns in names:
-        frames = [f for p in sources[table] if p.exists() and not (f := pd.read_parquet(p)).empty]
-        write_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns),
-                      paths.result_table(cfg, table))
-    tables = [paths.result_table(cfg, t) for t, _ in names]
-    if len(done) == len(cells):
-        step.complete(tables, {"cells": len(done), "settings": current})
-    else:
-        log.info("rsa: %d of %d model x strategy cells finished; tables hold those", len(done), len(cells))
+    merge(man, keys.RSA, {"cells": done, "version": _VERSION, "settings": current},
+          {k: man.ids([p for p in v if p.exists()]) for k, v in sources.items()},
+          {paths.result_table(cfg, t): (sources[t], columns[t]) for t in columns if t in sources},
+          len(done), len(cells), {"cells": len(done), "settings": current})

@@ -51,8 +51,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import keys
 from .errors import PipelineError
 from .manifest import fingerprint
+from .options import Options
 from .rules import Rules
 from .store import atomic_write_bytes, sha256_file
 
@@ -195,7 +197,7 @@ def harvest(words: list[str], corpora: Iterable[str], out: str | Path, max_per_w
 
 # ---------------------------------------------------------------- the sentences stage
 
-STAGE_KEY = "sentences"
+STAGE_KEY = keys.SENTENCES
 _VERSION = 1
 _CHECKPOINT_DOCS = 50_000
 _CHECKPOINT_S = 30.0
@@ -674,10 +676,6 @@ def _pool_task(spec: ScanSpec, unit: Unit, part: str, budget, closed) -> dict:
 
 # ---------------------------------------------------------------- stage
 
-def rebuild_command(cfg) -> str:
-    return f"python -m pipeline sentences --config {cfg.source}"
-
-
 def provenance_file(path: str | Path) -> Path:
     """``<stem>.json`` beside the sentence file: what it was harvested from and for which words."""
     return Path(path).with_suffix(".json")
@@ -689,7 +687,7 @@ def scan_spec(cfg, words: list[str]) -> ScanSpec:
                     h.harvest_field, h.harvest_max_documents)
 
 
-def run(cfg, opts=None) -> dict | None:
+def run(cfg, opts: Options | None = None) -> dict | None:
     """`sentences` stage: build `hidden.sentences` from `hidden.harvest` (module docstring).
 
     Skipped when the stage is complete for the same vocabulary, sources and rules. Without
@@ -698,9 +696,9 @@ def run(cfg, opts=None) -> dict | None:
     return build(cfg, opts)
 
 
-def build(cfg, opts=None, submit_factory=None) -> dict | None:
+def build(cfg, opts: Options | None = None, submit_factory=None) -> dict | None:
     """The stage's work; `submit_factory(workers) -> (submit, close, n)` fans units out
-    (`distributed.run_sentences` passes Ray's), else a process pool when ``--workers`` > 1.
+    (`distributed.sentences.run` passes Ray's), else a process pool when ``--workers`` > 1.
 
     Returns:
         The manifest summary, or None when the config uses no sentence file.
@@ -710,11 +708,10 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
             an existing sentence file that was harvested for other settings (without --force).
     """
     from .manifest import Manifest, StageLock
-    from .options import Options
     from .vocab import load_run_vocab, vocab_fingerprint
 
+    opts = opts or Options()
     h = cfg.hidden
-    o = Options.of(opts)
     if not h.sentences:
         log.info("sentences: hidden.sentences is not set (no 'averaged' strategy); nothing to do")
         return None
@@ -724,7 +721,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     spec = scan_spec(cfg, words)
     vfp = vocab_fingerprint(cfg)
     side = provenance_file(path)
-    if not h.harvest or (path.exists() and not o.force and _read_json(side) is None):
+    if not h.harvest or (path.exists() and not opts.force and _read_json(side) is None):
         if not path.exists():
             if "averaged" not in h.strategies:
                 return None
@@ -738,7 +735,8 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
                     f"missing), and {len(bare)} of this run's {len(words)} words ({', '.join(bare[:8])}"
                     f"{', ...' if len(bare) > 8 else ''}) have no sentence in it: it was probably harvested for "
                     f"another vocabulary. Give this experiment its own file (--set hidden.sentences="
-                    f"{cfg.run_dir / 'sentences.txt'}), or run `{rebuild_command(cfg)} --force` to harvest over it")
+                    f"{cfg.run_dir / 'sentences.txt'}), or run `{keys.command(cfg, 'sentences', force=True)}` to "
+                    f"harvest over it")
             log.warning("sentences: %s exists without a provenance file (%s): it is used as supplied; delete it or "
                         "run with --force to harvest it from hidden.harvest", path, side.name)
         return _supplied(man, path, words, spec, vfp)
@@ -746,17 +744,17 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
     settings = {"version": _VERSION, "vocab": vfp, "file": str(path), **spec.settings(),
                 "sources": [{k: v for k, v in u.identity.items() if k != "mtime_ns"} for u in units]}
     was_supplied = (man.summary(STAGE_KEY) or {}).get("source") == "supplied"
-    step = man.step(STAGE_KEY, settings, force=o.force or was_supplied)
+    step = man.step(STAGE_KEY, settings, force=opts.force, replace_stale=was_supplied)
     if step.done():
         log.info("sentences: complete, skipping (%s)", path)
         return man.summary(STAGE_KEY)
     with StageLock(cfg.run_dir / "sentences" / ".lock", f"the sentence harvest into {path}"):
-        prov = _read_json(side) if path.exists() and not o.force else None
+        prov = _read_json(side) if path.exists() and not opts.force else None
         if prov is not None and prov.get("settings") != step.fp:
             raise PipelineError(
                 f"hidden.sentences = {path} exists and was harvested for other settings (another vocabulary, corpus "
                 f"or rules; see {side}); it is not overwritten: set hidden.sentences to a new file, or run "
-                f"`{rebuild_command(cfg)} --force` to harvest again over it")
+                f"`{keys.command(cfg, 'sentences', force=True)}` to harvest again over it")
         if prov is not None and prov.get("sha256") == sha256_file(path):
             log.info("sentences: %s was harvested with the same settings (%s); using it", path, side)
             step.start()
@@ -768,7 +766,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
         t0 = time.perf_counter()
         if spec.rules.sentence_splitter == "punkt" and any(u.kind != "wordnet" for u in units):
             punkt_tokenizer()
-        comb, records = _scan_with(spec, units, cfg.run_dir / "sentences" / "parts", o.workers, submit_factory)
+        comb, records = _scan_with(spec, units, cfg.run_dir / "sentences" / "parts", opts.workers, submit_factory)
         wall = time.perf_counter() - t0
         lines = [f"{w}\t{s}\n" for w, sents in zip(words, comb.lists) for s in sents]
         blob = "".join(lines).encode("utf-8")
@@ -796,7 +794,7 @@ def build(cfg, opts=None, submit_factory=None) -> dict | None:
 def _supplied(man, path: Path, words: list[str], spec: ScanSpec, vfp: str) -> dict:
     """Record a sentence file the user supplied: its hash and each word's coverage."""
     step = man.step(STAGE_KEY, {"version": _VERSION, "supplied": sha256_file(path), "vocab": vfp, "cap": spec.cap,
-                                "rules": spec.rules.name}, force=True)
+                                "rules": spec.rules.name}, replace_stale=True)
     if step.done(quiet=True):
         return man.summary(STAGE_KEY)
     step.start()
@@ -879,7 +877,8 @@ def missing_file_error(cfg) -> PipelineError:
     return PipelineError(
         f"hidden.sentences = {h.sentences}: file not found; the 'averaged' strategy needs up to {h.max_sentences} "
         f"sentences per word. Set hidden.harvest to the corpus to harvest them from (\"wordnet\", C4 shards "
-        f"\"/data/c4/en/c4-train.000*-of-01024.json.gz\", text or JSON-lines files) and run `{rebuild_command(cfg)}`, "
+        f"\"/data/c4/en/c4-train.000*-of-01024.json.gz\", text or JSON-lines files) and run "
+        f"`{keys.command(cfg, 'sentences')}`, "
         f"or supply the file (one sentence per line, or word<TAB>sentence)")
 
 

@@ -216,3 +216,19 @@ def alphabetical_pairs(words: list[str], size: int, seed: int) -> tuple[np.ndarr
     order = np.array(sorted(range(len(words)), key=words.__getitem__), dtype=np.int64)
     a, b = sample_pairs(len(words), size, seed)
     return order[a], order[b]
+
+
+def draw_paper_pairs(n: int, size: int, seed: int, words: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of the 'paper' RSA method (``rsa.paper_pairs``, ``rsa.seed``), drawn in this one place.
+
+    Over `words` sorted alphabetically when given, the paper's order (`alphabetical_pairs`),
+    else over the n rows in their order (`sample_pairs`). A table draws them once and hands
+    them to every comparison it makes (`comparison.compare` ``pairs=``), so all its cells
+    use the same sample and the draw is not repeated per cell.
+
+    Returns:
+        (i, j) row positions; with `words`, the alphabetically first word of a pair first.
+    """
+    if words is not None:
+        return alphabetical_pairs(list(words), size, seed)
+    return sample_pairs(n, size, seed)

@@ -4,7 +4,7 @@ Hidden centered cosine of every layer, layer 0 (the embeddings) included, agains
 FA geometry of the same model in 8 variants: cosine of the count rows (``counts``), of the
 PPMI rows (``ppmi``), and of TruncatedSVD embeddings of each (``svd<d>_counts``,
 ``svd<d>_ppmi`` for d in `rsa.svd_dims`, `random_state = rsa.svd_seed`; the paper: 100, 300,
-600 and 42). The statistic is Pearson on the `paper` pairs (`similarity.alphabetical_pairs`,
+600 and 42). The statistic is Pearson on the `paper` pairs (`similarity.draw_paper_pairs`,
 `rsa.paper_pairs`, `rsa.seed`), the one the paper's ablation reports. Runs with the `rsa`
 stage when `rsa.svd_variants = true`.
 
@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import paths
+from . import keys, paths
 from .comparison import standardize
 from .config import Config
 from .manifest import Manifest
 from .paradigms import paper_names
-from .similarity import alphabetical_pairs, centered_cosine, cosine, ppmi
+from .similarity import centered_cosine, cosine, draw_paper_pairs, ppmi
 from .store import write_parquet
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def analyse_model(cfg: Config, model: str, strategies, words: list[str]) -> dict
         keep &= ~np.isnan(np.asarray(load_matrices(cfg, model, p)["sim_ppmi"])).all(axis=1)
     common = np.flatnonzero(keep)
     cell_words = [words[i] for i in common]
-    pi, pj = alphabetical_pairs(cell_words, cfg.rsa.paper_pairs, cfg.rsa.seed)
+    pi, pj = draw_paper_pairs(len(cell_words), cfg.rsa.paper_pairs, cfg.rsa.seed, cell_words)
     refs = {p: _reference_pairs(cfg, model, p, words, common, pi, pj) for p in paradigms}
     z = {(p, v): standardize(vals) for p, r in refs.items() for v, (vals, _) in r.items()}
     out = {}
@@ -162,7 +162,7 @@ def run(cfg: Config, man: Manifest, models, strategies, words: list[str], vocab_
         steps = {}
         for strategy in strategies:
             hidden = man.require(paths.hidden_file(cfg, model, strategy), *describe(cfg, "hidden", model, strategy))
-            steps[strategy] = man.step(f"rsa/svd_variants/{model}/{strategy}", settings,
+            steps[strategy] = man.step(keys.svd_variants(model, strategy), settings,
                                        {**upstream, "hidden": hidden}, force)
         todo = [s for s in strategies if not steps[s].done()]
         if not todo:

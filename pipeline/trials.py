@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import paths
+from . import keys, paths
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, atomic_write, fingerprint, sha256_file
@@ -229,19 +229,18 @@ def check_fc_sizes(cfg: Config, n_words: int) -> None:
                             f"{smallest} candidates would repeat orders; use at most {smallest}")
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`trials` stage: write the plans of the paradigms in `behave.paradigms` (`Paradigm.build_plan`).
 
     Needs only the run vocabulary (no model, no GPU). Each plan is its own manifest record
     (`trials.fc`, `trials.fa`, ...), so changing `fa_runs` leaves the FC plan and its logs valid.
     """
     words = load_run_vocab(cfg)
-    o = Options.of(opts)
-    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if o.paradigm in (None, p)))
+    wanted = list(dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms if opts.paradigm in (None, p)))
     man = Manifest(cfg.run_dir)
-    force = o.force
+    force = opts.force
     for paradigm in wanted:
-        key = f"trials.{paradigm}"
+        key = keys.trials(paradigm)
         out = paths.trials_file(cfg, paradigm)
         step = man.step(key, plan_inputs(cfg, paradigm, words), force=force)
         if step.done():
@@ -265,23 +264,9 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
     Raises:
         PipelineError: the plan is missing, unreadable, or was built from other inputs.
     """
+    path = checked_plan_file(cfg, paradigm)
     paradigm = plan_of(paradigm)
-    path = paths.trials_file(cfg, paradigm)
-    if not path.exists():
-        raise PipelineError(f"{path}: the {paradigm.upper()} trial plan is missing; run "
-                            f"`make trials CONFIG={cfg.source}` (or `python -m pipeline trials "
-                            f"--config {cfg.source}`) first")
-    rec = Manifest(cfg.run_dir).stage(f"trials.{paradigm}")
-    if rec is None or not rec.get("complete"):
-        raise PipelineError(f"{path}: no completed record of this plan in {cfg.run_dir / 'manifest.json'}; "
-                            f"run `make trials CONFIG={cfg.source}` again")
-    if rec.get("inputs") != plan_fingerprint(cfg, paradigm):
-        raise PipelineError(f"{path}: this {paradigm.upper()} plan was built from another vocabulary or "
-                            f"other trial settings than {cfg.source} now gives; use a new "
-                            f"experiment.name, or rebuild it with `python -m pipeline trials --config "
-                            f"{cfg.source} --force` (logs of the old plan will no longer match)")
-    rebuild = f"python -m pipeline trials --config {cfg.source}"
-    Manifest(cfg.run_dir).require(path, f"the {paradigm.upper()} trial plan", rebuild)
+    rebuild = keys.command(cfg, "trials")
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -289,5 +274,31 @@ def load_trials(cfg: Config, paradigm: str) -> pa.Table:
     expected = get_paradigm(paradigm).plan_schema()
     if not table.schema.equals(expected):
         raise PipelineError(f"{path}: unexpected columns {table.schema.names} (want {expected.names}); "
-                            f"rebuild it with `python -m pipeline trials --config {cfg.source} --force`")
+                            f"rebuild it with `{keys.command(cfg, 'trials', force=True)}`")
     return table
+
+
+def checked_plan_file(cfg: Config, paradigm: str) -> Path:
+    """The file of the plan `paradigm` runs, checked as `load_trials` checks it (complete record,
+    same inputs, content as written), for readers that stream it instead of loading it whole.
+
+    Raises:
+        PipelineError: the plan is missing, changed, or was built from other inputs.
+    """
+    paradigm = plan_of(paradigm)
+    path = paths.trials_file(cfg, paradigm)
+    if not path.exists():
+        raise PipelineError(f"{path}: the {paradigm.upper()} trial plan is missing; run "
+                            f"`make trials CONFIG={cfg.source}` (or `{keys.command(cfg, 'trials')}`) first")
+    rec = Manifest(cfg.run_dir).stage(keys.trials(paradigm))
+    if rec is None or not rec.get("complete"):
+        raise PipelineError(f"{path}: no completed record of this plan in {cfg.run_dir / 'manifest.json'}; "
+                            f"run `make trials CONFIG={cfg.source}` again")
+    if rec.get("inputs") != plan_fingerprint(cfg, paradigm):
+        raise PipelineError(f"{path}: this {paradigm.upper()} plan was built from another vocabulary or "
+                            f"other trial settings than {cfg.source} now gives; use a new "
+                            f"experiment.name, or rebuild it with `{keys.command(cfg, 'trials', force=True)}` "
+                            f"(logs of the old plan will no longer match)")
+    rebuild = keys.command(cfg, "trials")
+    Manifest(cfg.run_dir).require(path, f"the {paradigm.upper()} trial plan", rebuild)
+    return path

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 
+from . import keys
 from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, StaleStageError, fingerprint
+from .options import Options
 
 log = logging.getLogger(__name__)
 
 _UPSTREAM = {
     "trials": ("vocab",),
+    "released": ("vocab", "trials"),
     "behave": ("vocab", "trials"),
     "aggregate": ("vocab", "trials", "behave"),
     "sentences": ("vocab",),
@@ -35,7 +38,7 @@ _UPSTREAM = {
 }
 
 
-def check(cfg: Config, stage: str, opts=None) -> None:
+def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
     """Refuse to run `stage` on upstream results that the current config would not produce.
 
     Only records that exist, of the models, paradigms and strategies that ``--model``,
@@ -64,29 +67,35 @@ def check(cfg: Config, stage: str, opts=None) -> None:
             if rec is None:
                 continue
             if rec.get("inputs") != expected:
+                redo = "released" if up == "behave" and key.split("/")[1] in _released(cfg) else up
                 raise StaleStageError(
                     f"{stage}: the {key} results in {cfg.run_dir} were made with other settings than "
                     f"{cfg.source} gives now ({_changed(cfg, data.get('config'))}); {stage} reads them and would "
-                    f"mix old and new. Re-run from that stage: `python -m pipeline {up} --config {cfg.source} "
-                    f"--force` and then the stages after it (or `python -m pipeline all --config {cfg.source} "
-                    f"--force`), or use a new experiment.name to keep both runs")
+                    f"mix old and new. Re-run from that stage: `{keys.command(cfg, redo, force=True)}` and then the "
+                    f"stages after it (or `{keys.command(cfg, 'all', force=True)}`), or use a new experiment.name to "
+                    f"keep both runs")
             if up in ("vocab", "trials") and rec.get("complete"):
                 problems = man.output_problems(rec)
                 if problems:
                     raise PipelineError(
                         f"{stage}: {cfg.run_dir}/{problems[0]} (written by the {key} stage), so {stage} would read "
-                        f"other input than it was built from; run `python -m pipeline {up} --config {cfg.source}` "
+                        f"other input than it was built from; run `{keys.command(cfg, up)}` "
                         f"to write it again (its settings are unchanged, so nothing else is redone), then {stage}")
 
 
-def _expected(cfg: Config, up: str, stages: dict, opts=None) -> list[tuple[str, str]]:
-    """(record key, the settings fingerprint the config gives now) of each record of `up`."""
-    from .options import Options
+def _released(cfg: Config) -> set[str]:
+    """Models whose `behave/...` records the `released` stage writes (`[[released]]`)."""
+    from .config import ReleasedModelCfg
 
-    o = Options.of(opts)
+    return {m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)}
+
+
+def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -> list[tuple[str, str]]:
+    """(record key, the settings fingerprint the config gives now) of each record of `up`."""
+    o = opts or Options()
     if up == "vocab":
         words = _config_words(cfg)
-        return [] if words is None else [("vocab", fingerprint({"words": fingerprint(words), "size": len(words)}))]
+        return [] if words is None else [(keys.VOCAB, fingerprint({"words": fingerprint(words), "size": len(words)}))]
     from .vocab import load_run_vocab
 
     if not (cfg.run_dir / "vocab.txt").exists():
@@ -95,28 +104,28 @@ def _expected(cfg: Config, up: str, stages: dict, opts=None) -> list[tuple[str, 
         from .trials import plan_fingerprint, plan_of
 
         words = load_run_vocab(cfg)
-        return [(f"trials.{p}", plan_fingerprint(cfg, p, words))
+        return [(keys.trials(p), plan_fingerprint(cfg, p, words))
                 for p in dict.fromkeys(plan_of(p) for p in cfg.behave.paradigms)]
     if up == "behave":
-        from .behave import behave_inputs, stage_key
+        from .behave import behave_inputs
 
         out = []
         for m in cfg.models:
             for p in cfg.behave.paradigms:
-                key = stage_key(m.name, p)
+                key = keys.behave(m.name, p)
                 if o.model not in (None, m.name) or o.paradigm not in (None, p):
                     continue
                 if key in stages:
                     out.append((key, fingerprint(behave_inputs(cfg, m, p))))
         return out
-    from .hidden import _fingerprint, stage_key
+    from .hidden import _fingerprint
     from .vocab import vocab_fingerprint
 
     vfp = vocab_fingerprint(cfg)
     out = []
     for m in cfg.models:
         for s in cfg.hidden.strategies:
-            key = stage_key(m.name, s)
+            key = keys.hidden(m.name, s)
             if o.strategy not in (None, s):
                 continue
             if key in stages and not m.behavior_only:

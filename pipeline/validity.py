@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from . import paths
+from . import keys, paths
 from .config import PARADIGMS, Config
 from .errors import PipelineError
 from .manifest import Manifest
@@ -233,6 +233,7 @@ def hidden_rows(cfg: Config, model: str, strategy: str, words: list[str]) -> lis
 def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
     """Split-half reliability beside each behavioral geometry's RSA (hidden layers, encoder, static)."""
     from .comparison import compare
+    from .similarity import draw_paper_pairs
 
     rel_path, rsa_path = paths.result_table(cfg, "reliability"), paths.result_table(cfg, "rsa")
     if not rel_path.exists():
@@ -250,6 +251,8 @@ def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
             sim[~valid, :] = np.nan
             sim[:, ~valid] = np.nan
             baselines[name] = sim
+    pairs = draw_paper_pairs(len(words), cfg.rsa.paper_pairs, cfg.rsa.seed, words) if "paper" in set(rel.method) \
+        else None
     rows = []
     for r in rel.itertuples():
         g = rsa[(rsa.model == r.model) & (rsa.reference == r.paradigm) & (rsa.method == r.method)]
@@ -264,7 +267,7 @@ def ceiling_rows(cfg: Config, words: list[str]) -> list[dict]:
             row[f"rsa_{name}"] = math.nan
             if name in baselines and mat.exists():
                 row[f"rsa_{name}"] = compare(np.asarray(np.load(mat), dtype=np.float64), baselines[name], r.method,
-                                             n_pairs=cfg.rsa.paper_pairs, seed=cfg.rsa.seed, words=words)
+                                             pairs=pairs)
         rows.append(row)
     return rows
 
@@ -322,7 +325,7 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
     v = cfg.validity
     out = []
     for r in df.itertuples():
-        key = f"trials.{r.unit}"
+        key = keys.trials(r.unit)
         name = _name(r.paradigm)
         head = f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {key} = {int(r.units_now)}"
         if not math.isfinite(r.factor):
@@ -358,7 +361,7 @@ def _inputs(cfg: Config, man: Manifest) -> dict:
     return man.ids(files)
 
 
-def run(cfg: Config, opts) -> None:
+def run(cfg: Config, opts: Options) -> None:
     """`validity` stage: write the five validity tables.
 
     A view of what it reads, like the report: recomputed whenever its settings or inputs
@@ -368,11 +371,12 @@ def run(cfg: Config, opts) -> None:
 
     words = load_run_vocab(cfg)
     man = Manifest(cfg.run_dir)
-    step = man.step("validity", {"version": _VERSION, "settings": asdict(cfg.validity), "trials": asdict(cfg.trials),
-                                 "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
-                                 "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
-                                 "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), force=True)
-    if not Options.of(opts).force and step.done():
+    step = man.step(keys.VALIDITY, {"version": _VERSION, "settings": asdict(cfg.validity),
+                                    "trials": asdict(cfg.trials),
+                                    "scored": [cfg.behave.scored_counts, cfg.behave.scored_prior],
+                                    "models": [m.name for m in cfg.models], "strategies": cfg.hidden.strategies,
+                                    "rsa": asdict(cfg.rsa)}, _inputs(cfg, man), replace_stale=True)
+    if not opts.force and step.done():
         log.info("validity: inputs unchanged, skipped")
         return
     step.start()
@@ -455,14 +459,14 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
     return out
 
 
-def plan_trials(cfg: Config, opts) -> None:
+def plan_trials(cfg: Config, opts: Options) -> None:
     """`plan-trials` command: print the reliability planner from this run's split-half reliability."""
     from .vocab import load_run_vocab
 
     rel_path = paths.result_table(cfg, "reliability")
     if not rel_path.exists():
-        raise PipelineError(f"{rel_path}: no split-half reliability yet; run `python -m pipeline rsa --config "
-                            f"{cfg.source}` (with rsa.split_half = true) first")
+        raise PipelineError(f"{rel_path}: no split-half reliability yet; run `{keys.command(cfg, 'rsa')}` "
+                            f"(with rsa.split_half = true) first")
     df = plan(cfg, pd.read_parquet(rel_path), len(load_run_vocab(cfg)))
     for line in plan_lines(cfg, df):
         print(line)

@@ -7,7 +7,6 @@ only allowed answers. The vLLM engine starts once per module (about a minute on 
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ from pipeline import attempts, behave, logs, paths, trials, vocab
 from pipeline.backends import GenRequest, get_backend
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest
+from pipeline.options import Options
 from pipeline.parse import parse_fa, parse_fc
 from pipeline.prompts import chat_messages, fc_prompt
 
@@ -196,8 +196,7 @@ def test_vllm_behave_stage_end_to_end(vllm_backend, smollm2_dir, make_config, mo
         def close(self):
             pass
     monkeypatch.setattr(behave, "get_backend", lambda *a, **k: Shared())
-    ns = argparse.Namespace(model=None, paradigm=None, strategy=None, shard=(0, 1), engine="local",
-                            address=None, limit=None, force=False)
+    ns = Options()
     vocab.run(cfg, ns)
     trials.run(cfg, ns)
     behave.run(cfg, ns)

@@ -21,9 +21,11 @@ import pytest
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
-from pipeline import behave, distributed, hidden, logs, paths, trials, vocab  # noqa: E402
+from pipeline import behave, hidden, logs, paths, trials, vocab  # noqa: E402
 from pipeline.cli import run_stage
 from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.distributed import behave as ray_behave  # noqa: E402
+from pipeline.distributed import cluster as ray_cluster  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.manifest import Manifest  # noqa: E402
 from pipeline.options import Options
@@ -122,25 +124,29 @@ def reference(tmp_path_factory, tiny_llama_dir):
 
 
 def test_plan_workers_gpu_and_cpu_clusters():
-    r = distributed.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=2, workers=None)
+    r = ray_cluster.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=2, workers=None)
     assert (r.n, r.num_gpus, r.num_cpus) == (4, 2, 1)
-    r = distributed.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=1, workers=3)
+    r = ray_cluster.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=1, workers=3)
     assert (r.n, r.num_gpus) == (3, 1)
-    assert distributed.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=4, workers=5).n == 2
-    r = distributed.plan_workers({"CPU": 2}, gpus_per_worker=1, workers=None)
+    assert ray_cluster.plan_workers({"CPU": 64, "GPU": 8}, gpus_per_worker=4, workers=5).n == 2
+    r = ray_cluster.plan_workers({"CPU": 2}, gpus_per_worker=1, workers=None)
     assert (r.n, r.num_cpus, r.num_gpus) == (2, 1, 0)
-    r = distributed.plan_workers({"CPU": 8, "GPU": 2}, gpus_per_worker=0, workers=2)
+    r = ray_cluster.plan_workers({"CPU": 8, "GPU": 2}, gpus_per_worker=0, workers=2)
     assert (r.n, r.num_cpus, r.num_gpus) == (2, 4, 0)
     with pytest.raises(PipelineError, match="needs 4 GPUs"):
-        distributed.plan_workers({"CPU": 8, "GPU": 2}, gpus_per_worker=4, workers=None)
+        ray_cluster.plan_workers({"CPU": 8, "GPU": 2}, gpus_per_worker=4, workers=None)
     with pytest.raises(PipelineError, match="--workers 0"):
-        distributed.plan_workers({"CPU": 8}, gpus_per_worker=1, workers=0)
+        ray_cluster.plan_workers({"CPU": 8}, gpus_per_worker=1, workers=0)
 
 
 @pytest.mark.slow
-def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path):
+def test_ray_run_equals_single_process_run(cluster, reference, tiny_llama_dir, tmp_path, monkeypatch):
     cfg = build(tmp_path, tiny_llama_dir)
+    completes = []
+    real = Manifest.complete
+    monkeypatch.setattr(Manifest, "complete", lambda self, k, *a, **kw: (completes.append(k), real(self, k, *a, **kw)))
     run_stage("behave", cfg, Options(engine="ray", workers=2))
+    assert sorted(completes) == ["behave/m/fa", "behave/m/fc"]  # each record completed once, engine included
     man = Manifest(cfg.run_dir)
     for paradigm in PARADIGMS:
         assert_complete_without_duplicates(cfg, paradigm)
@@ -234,28 +240,34 @@ def test_ray_shard_and_local_shard_fill_one_run(cluster, tmp_path, smollm2_dir):
     assert Manifest(cfg.run_dir).stage("behave/m/fc")["complete"]
 
 
+def _job(directory: Path, todo: int) -> "ray_behave._Job":
+    """A Ray driver's job on a log at `directory` (its record started under a made-up fingerprint)."""
+    step = Manifest(directory.parent).step("behave/m/fc", "fp")
+    return ray_behave._Job(behave.LogJob(None, "fc", directory, step), todo, todo)
+
+
 def test_requeue_gives_up_on_a_chunk_that_keeps_killing_workers(tmp_path):
-    job = distributed._Job("m", "fc", "behave/m/fc", "fp", tmp_path, 3, 3)
-    chunk = distributed._Chunk(job, pa.table({"trial_id": pa.array([7, 8, 9], pa.int64())}))
-    queue = distributed.deque()
-    for _ in range(distributed.MAX_CHUNK_ATTEMPTS - 1):
-        distributed._requeue(queue, chunk, 0, RuntimeError("worker died"))
+    job = _job(tmp_path / "log", 3)
+    chunk = ray_behave._Chunk(job, pa.table({"trial_id": pa.array([7, 8, 9], pa.int64())}))
+    queue = ray_behave.deque()
+    for _ in range(ray_behave.MAX_CHUNK_ATTEMPTS - 1):
+        ray_behave._requeue(queue, chunk, 0, RuntimeError("worker died"))
         assert queue.popleft() is chunk
     with pytest.raises(PipelineError, match=r"trial_ids 7\.\.9"):
-        distributed._requeue(queue, chunk, 0, RuntimeError("worker died"))
+        ray_behave._requeue(queue, chunk, 0, RuntimeError("worker died"))
 
 
 def test_publish_never_writes_a_trial_twice(tmp_path, caplog):
-    job = distributed._Job("m", "fc", "behave/m/fc", "fp", tmp_path / "log", 4, 4)
+    job = _job(tmp_path / "log", 4)
     recs = [{"trial_id": t, "cue_idx": 0, "cue": "dog", "candidates": ["cat"], "run": None, "attempt": a,
              "attempt_kind": "main", "raw_output": "x", "picks": [], "extracted": [], "status": "empty",
              "final": a == 1, "seed": None, "prompt_sha": "s", "n_prompt_tokens": 1, "n_output_tokens": 1,
              "latency_s": 0.1} for t in (1, 2) for a in (0, 1)]
     first = pa.Table.from_pylist(recs, schema=logs.SCHEMA)
-    assert distributed._publish(job, first, (0, 1)) == 2
+    assert ray_behave._publish(job, first, (0, 1)) == 2
     again = pa.Table.from_pylist(recs[2:] + [{**recs[0], "trial_id": 3}, {**recs[1], "trial_id": 3}],
                                  schema=logs.SCHEMA)
-    assert distributed._publish(job, again, (0, 1)) == 1
+    assert ray_behave._publish(job, again, (0, 1)) == 1
     t = pa.concat_tables([pq.read_table(p) for p in logs.list_parts(job.directory)])
     assert sorted(t.column("trial_id").to_pylist()) == [1, 1, 2, 2, 3, 3]
     assert "already written dropped" in caplog.text
@@ -284,3 +296,31 @@ def test_hidden_fan_out_writes_the_local_files(cluster, tiny_llama_dir, tmp_path
         np.testing.assert_array_equal(got, want)
         assert man.stage(f"hidden/m/{strategy}")["complete"]
         assert man.stage(f"hidden/m/{strategy}")["inputs"] == Manifest(local.run_dir).stage(f"hidden/m/{strategy}")["inputs"]
+
+
+def test_ray_driver_completes_a_log_record_once_with_its_engine_figures(tmp_path, smollm2_dir, monkeypatch):
+    """The Ray driver finishes a log through `behave.finalize` like a local run: one complete
+    of the record, its summary carrying the engine (it used to complete the record, then
+    complete it again with the engine added)."""
+    cfg = build(tmp_path, smollm2_dir, backend="fake", paradigms=("fc",))
+    behave.run(cfg, Options())
+    man = Manifest(cfg.run_dir)
+    key = "behave/m/fc"
+    local = man.summary(key)
+    man.start(key, man.stage(key)["inputs"])
+    trial_log = behave.open_log(cfg, man, cfg.model("m"), "fc", force=False)
+    assert trial_log is not None and trial_log.key == key
+    completes = []
+    real = Manifest.complete
+
+    def spy(self, k, *a, **kw):
+        completes.append(k)
+        return real(self, k, *a, **kw)
+
+    monkeypatch.setattr(Manifest, "complete", spy)
+    ray_behave._finish(cfg, ray_behave._Job(trial_log, 0, 0), {"name": "ray", "workers": []})
+    assert completes == [key]
+    rec = man.stage(key)
+    assert rec["complete"] and rec["summary"]["engine"] == {"name": "ray", "workers": []}
+    assert {k: v for k, v in rec["summary"].items() if k != "engine"} == {k: v for k, v in local.items()
+                                                                          if k != "last_run"}

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from _synthetic import prepare
 
+from benchmarks import legacy_driver
 from pipeline import behave, driver, logs, paradigms, paths, trials, vocab
 from pipeline.backends.fake import FakeBackend
-from pipeline.benchmarks import legacy_driver
 from pipeline.options import Options
 
 

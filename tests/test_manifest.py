@@ -84,6 +84,21 @@ def test_force_reruns_and_resets_the_record(tmp_path):
     assert man.check("vocab", "new") is True and man.summary("vocab") == {"n": 2}
 
 
+def test_replace_stale_rebuilds_a_derived_record_that_force_alone_would_refuse(tmp_path):
+    """A record of outputs derived from others (merged tables, the report) is rebuilt under
+    other settings without --force; an ordinary record is refused."""
+    man = Manifest(tmp_path)
+    for key in ("rsa", "aggregate/m/fc"):
+        man.start(key, "old")
+        man.complete(key, "old")
+    step = man.step("rsa", "new", replace_stale=True)
+    assert step.done() is False and step.force is False
+    with pytest.raises(StaleStageError):
+        man.step("aggregate/m/fc", "new").done()
+    assert man.step("aggregate/m/fc", "new", force=True).done() is False
+    assert man.step("rsa", "old", replace_stale=True).done() is True
+
+
 def test_restart_with_same_inputs_keeps_start_time(tmp_path):
     man = Manifest(tmp_path)
     man.start("hidden.m.meaning", "fp")

@@ -178,7 +178,7 @@ def test_requests_carry_the_trial_settings_and_answers_keep_order(make_config, s
     seeds = sorted(b["seed"] for b in stub.bodies if "seed" in b)
     assert seeds == [2**62, 2**62 + 1, 2**62 + 2]
     assert all(b["temperature"] == 0.7 and b["top_p"] == 0.95 for b in stub.bodies if "seed" in b)
-    assert backend.stats()["requests"] == 9
+    assert backend.take_stats()["requests"] == 9
 
 
 def test_render_is_the_canonical_json_of_the_messages_sent(make_config, stub):
@@ -254,7 +254,7 @@ def test_429_and_503_are_retried_with_backoff(make_config, stub):
     backend = backend_for(api_config(make_config, stub.url, api_concurrency=1))
     res = backend.generate(fc_requests(backend, 2))
     assert all(r.text.startswith("output: ") for r in res)
-    s = backend.stats()
+    s = backend.take_stats()
     assert s["retries"] == 3 and s["retry_reasons"] == {"HTTP 429": 2, "HTTP 503": 1} and s["requests"] == 2
 
 
@@ -263,7 +263,7 @@ def test_dropped_connection_and_time_out_are_retried(make_config, stub):
     backend = backend_for(api_config(make_config, stub.url, api_concurrency=1, api_timeout_s=0.3))
     res = backend.generate(fc_requests(backend, 2))
     assert all(r.text.startswith("output: ") for r in res)
-    assert backend.stats()["retry_reasons"] == {"connection dropped": 1, "timed out": 1}
+    assert backend.take_stats()["retry_reasons"] == {"connection dropped": 1, "timed out": 1}
 
 
 def test_server_gone_for_good_stops_after_the_retries(make_config, stub):
@@ -527,4 +527,4 @@ def test_odd_usage_counts_as_missing(make_config, usage):
     backend = backend_for(api_config(make_config, "http://127.0.0.1:9/v1"))
     res = backend._parse({"choices": [{"message": {"content": "output: a, b"}}], "usage": usage})
     assert res.text == "output: a, b" and res.n_prompt_tokens >= 0 and res.n_output_tokens >= 0
-    assert backend.stats()["missing_usage"] == 1
+    assert backend.take_stats()["missing_usage"] == 1

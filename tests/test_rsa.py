@@ -257,3 +257,33 @@ def test_float16_and_float32_hidden_files_read_alike(make_config, tmp_path):
         rsa.run(cfg, Options())
         got[dtype] = pd.read_parquet(paths.results_dir(cfg) / "rsa.parquet").rsa.to_numpy()
     np.testing.assert_allclose(got["float16"], got["float32"], atol=5e-3)
+
+
+def test_paper_pairs_are_drawn_once_per_table(make_config, tmp_path, monkeypatch):
+    """Each table that uses the 'paper' method draws its pairs once (`similarity.draw_paper_pairs`)
+    and hands them to every comparison; before, `compare` drew them again for every pair of
+    matrices and every paradigm (behavior_rsa, behavior_norms, reliability, the validity ceiling)."""
+    from pipeline import aggregate, similarity, validity, vocab
+
+    cfg = syn.config(make_config, models=("m1", "m2", {"name": "gpt"}), hidden={"strategies": ["meaning"]},
+                     norms=[{"name": "swow", "path": str(tmp_path / "swow.csv")}],
+                     rsa={"references": ["fc", "fa", "human:swow"], "bootstrap": 0})
+    built = syn.build(cfg, n_layers=2)
+    syn.write_swow(tmp_path / "swow.csv", built["words"], built["z"])
+    aggregate.run(cfg, Options())
+    draws: list[int] = []
+    real = similarity.sample_pairs
+    monkeypatch.setattr(similarity, "sample_pairs", lambda n, size, seed: (draws.append(size), real(n, size, seed))[1])
+    per_table: dict[str, list[int]] = {}
+    for name in ("_behavior_rsa", "_behavior_vs_norms", "_reliability"):
+        def counted(*a, _f=getattr(rsa, name), _name=name, **kw):
+            before = len(draws)
+            _f(*a, **kw)
+            per_table.setdefault(_name, []).append(len(draws) - before)
+        monkeypatch.setattr(rsa, name, counted)
+    rsa.run(cfg, Options())
+    assert per_table == {"_behavior_rsa": [1], "_behavior_vs_norms": [1, 1, 1], "_reliability": [1, 1, 1]}
+    assert pd.read_parquet(paths.result_table(cfg, "behavior_rsa")).query("method == 'paper'").rsa.notna().all()
+    before = len(draws)
+    rows = validity.ceiling_rows(cfg, vocab.load_run_vocab(cfg))
+    assert len(draws) - before == 1 and any(np.isfinite(r["rsa_static"]) for r in rows if r["method"] == "paper")

@@ -315,7 +315,7 @@ def test_stage_is_in_the_dag_before_hidden():
     from pipeline.cli import DAG, ENGINES, STAGES
 
     assert "sentences" in STAGES and DAG.index("sentences") == DAG.index("hidden") - 1
-    assert ENGINES["ray"]["sentences"] == "pipeline.distributed:run_sentences"
+    assert ENGINES["ray"]["sentences"] == "pipeline.distributed.sentences:run"
     assert "hidden: sentences" in (ROOT / "Makefile").read_text()
 
 
@@ -457,7 +457,7 @@ def test_report_section_lists_words_below_cap(tmp_path):
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_file(tmp_path):
     ray = pytest.importorskip("ray")
-    from pipeline import distributed
+    from pipeline.distributed import sentences as ray_sentences
 
     for k in range(3):
         _c4_shard(tmp_path / f"c4-train.{k:05d}-of-01024.json.gz",
@@ -468,7 +468,7 @@ def test_ray_engine_gives_the_same_file(tmp_path):
     _harvested(local)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        distributed.run_sentences(remote, Options(engine="ray", workers=2))
+        ray_sentences.run(remote, Options(engine="ray", workers=2))
     finally:
         ray.shutdown()
     assert Path(remote.hidden.sentences).read_bytes() == Path(local.hidden.sentences).read_bytes()

@@ -14,13 +14,14 @@ from pipeline import paths, trials, vocab
 from pipeline.cli import build_parser
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
+from pipeline.options import Options
 
 N = 5000
 SEED = 12345
 
 
 def _opts(*extra):
-    return build_parser().parse_args(["trials", "--config", "test.toml", *extra])
+    return Options.of(build_parser().parse_args(["trials", "--config", "test.toml", *extra]))
 
 
 def _authors_groups(words, i, k=16, seed=SEED):

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline import aggregate, behave, export, logs, paths, regress, report, rsa, trials, validity
+from pipeline import aggregate, behave, export, keys, logs, paths, regress, report, rsa, trials, validity
 from pipeline.backends.base import GenResult, ScoreResult
 from pipeline.backends.fake import FakeBackend
 from pipeline.config import ConfigError
@@ -215,7 +215,7 @@ def test_end_to_end_on_the_fake_backend(triplet_run):
     cfg, data, calls = triplet_run
     words, n = data["words"], len(data["words"])
     plan = trials.load_trials(cfg, "triplet")
-    summary = Manifest(cfg.run_dir).summary("behave/m1/triplet")
+    summary = Manifest(cfg.run_dir).summary(keys.behave("m1", "triplet"))
     assert summary["n_trials"] == plan.num_rows and summary["compliance"] == 1.0
     assert summary["first_try_ok"] < 1.0 and calls["repair"] > 0  # the repair prompt fixed the bad answers
     final = logs.iter_final(paths.behavior_dir(cfg, "m1", "triplet"), ["candidates", "picks", "status"])

@@ -1,8 +1,7 @@
-"""Vocabulary: loader error paths, CSV input, the vocab stage, and the builder's rules."""
+"""Vocabulary: loader error paths, CSV input and the vocab stage (the builder: test_nouns.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,11 @@ from pipeline import paths, vocab
 from pipeline.cli import build_parser
 from pipeline.errors import PipelineError
 from pipeline.manifest import Manifest, StaleStageError
-
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.options import Options
 
 
 def _opts(*extra):
-    return build_parser().parse_args(["vocab", "--config", "test.toml", *extra])
+    return Options.of(build_parser().parse_args(["vocab", "--config", "test.toml", *extra]))
 
 
 def _write(tmp_path, name, text):
@@ -157,59 +155,6 @@ def test_cli_vocab_stage(make_config, tmp_path, capsys):
     assert (tmp_path / "data" / "v" / "vocab.txt").read_text().split() == [f"w{i}" for i in range(25)]
     assert main(["vocab", "--config", str(cfg_file), "--set", "vocab.size=40"]) == 2
     assert "holds 30 words but vocab.size = 40" in capsys.readouterr().err
-
-
-# ---------- builder rules ----------
-
-@pytest.fixture(scope="module")
-def wn():
-    return vocab._wordnet()
-
-
-def test_pos_profile_majority_rule(wn):
-    right = vocab.pos_profile(wn, "right")
-    assert right.counts["noun"] == 82 and right.counts["adj"] == 69 and right.counts["adv"] == 57
-    assert right.dominant() is None
-    building = vocab.pos_profile(wn, "building")
-    assert building.counts["verb"] == pytest.approx(139 / 8)
-    assert building.dominant() == "noun"
-    assert vocab.pos_profile(wn, "like").dominant() == "verb"
-    assert vocab.pos_profile(wn, "paris").dominant() == "proper"
-    assert vocab.pos_profile(wn, "xyzzyq").dominant() is None
-
-
-def test_names_and_plural_forms(wn):
-    assert not vocab.is_noun(wn, "wells")
-    assert vocab.is_noun(wn, "children")
-    assert vocab.noun_forms(wn, "years") == {"years", "year"}
-    assert vocab.noun_forms(wn, "children") == {"children", "child"}
-
-
-def test_select_nouns_small_case(wn):
-    candidates = ["the", "dog", "dogs", "running", "right", "paris", "john", "children", "child",
-                  "bitches", "xyz", "hello", "mins", "wells", "Cat", "cat-food", "ox", "building",
-                  "years", "year", "like", "fire", "haven", "cat"]
-    # the: stop word; dogs/child/year: plural duplicates of earlier words; running, like:
-    # verbs; right: no majority; paris: proper; john, hello, mins, haven: excluded lists;
-    # bitches: inflection of an excluded word; xyz: unknown; wells: a name; Cat, cat-food,
-    # ox: form; fire: kept despite sklearn's stop list.
-    assert vocab.select_nouns(candidates, 100, wn) == ["dog", "children", "building", "years", "fire", "cat"]
-    assert vocab.select_nouns(candidates, 2, wn) == ["dog", "children"]
-
-
-def test_stop_words_composition():
-    stop = vocab.stop_words()
-    assert {"the", "which", "yourselves", "somebody", "okay", "isn", "sex"} <= stop
-    assert not stop & vocab.STOP_WORDS_KEPT
-    assert len(vocab.PAPER_EXCLUDED) == 43
-
-
-def test_committed_list_follows_the_rules():
-    words = vocab.load_words(ROOT / "vocab" / "nouns-5000.txt")
-    assert len(words) == 5000
-    assert words[:10] == ["time", "people", "way", "year", "day", "life", "world", "man", "home", "part"]
-    assert all(re.fullmatch(r"[a-z]{3,}", w) for w in words)
-    assert not set(words) & vocab.stop_words()
 
 
 def test_paper_stimuli_ship_and_give_the_authors_first_group(make_config):

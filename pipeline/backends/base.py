@@ -146,9 +146,10 @@ class Backend:
     def check_config(cls, cfg, index: int, model_cfg, fail) -> None:
         """Validate the `models[index]` keys this backend reads; `fail(key, message)` raises."""
 
-    def stats(self) -> dict:
+    def take_stats(self) -> dict:
         """Counters of this backend's work since the previous call (requests, retries, tokens),
-        for the behave summary; empty for engines whose trial logs already say everything."""
+        reset by the call, for the behave summary; empty for engines whose trial logs already
+        say everything."""
         return {}
 
     def render(self, messages: list[dict]) -> str:

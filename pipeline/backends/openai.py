@@ -242,9 +242,10 @@ class OpenAIBackend(Backend):
         return {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "missing_usage": 0,
                 "busy_s": 0.0, "retry_reasons": {}}
 
-    def stats(self) -> dict:
-        """Counters since the previous call (requests, retries and why, usage tokens, busy time,
-        requests/s), with the URL, model id, protocol and concurrency they were made with."""
+    def take_stats(self) -> dict:
+        """Counters since the previous call, which resets them (requests, retries and why, usage
+        tokens, busy time, requests/s), with the URL, model id, protocol and concurrency they
+        were made with."""
         with self._lock:
             s, self._stats = self._stats, self._zero()
         s["busy_s"] = round(s["busy_s"], 3)

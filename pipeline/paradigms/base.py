@@ -142,9 +142,9 @@ class Paradigm:
         run = ChunkRun(proto or self.protocol(backend, cfg, model_cfg, words), trials)
         while not run.done:
             items = run.take()
-            results, latency = generate(backend, [it[3] for it in items])
-            for (_, pos, attempt, _, sha, seed), res in zip(items, results):
-                run.record(pos, attempt, sha, seed, res, latency)
+            results, latency = generate(backend, [it.request for it in items])
+            for it, res in zip(items, results):
+                run.record(it, res, latency)
         return run.table()
 
     def summarize(self, directory, cfg: Config) -> dict:

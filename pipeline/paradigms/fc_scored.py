@@ -138,12 +138,13 @@ class ScoredForcedChoice(ForcedChoice):
         """Per model: scored FC against generated FC (`scored.agreement`, from the aggregate record)."""
         import pandas as pd
 
+        from .. import keys
         from ..manifest import Manifest
 
         man = Manifest(cfg.run_dir)
         rows = []
         for m in cfg.models:
-            agree = (man.summary(f"aggregate/{m.name}/{self.name}") or {}).get("agreement_fc")
+            agree = (man.summary(keys.aggregate(m.name, self.name)) or {}).get("agreement_fc")
             if agree:
                 rows.append({"model": m.name, **{k: agree.get(k) for k in _AGREEMENT}})
         return pd.DataFrame(rows)
@@ -162,7 +163,8 @@ class ScoredForcedChoice(ForcedChoice):
         """Scored FC beside generated FC: trial-level agreement and RSA side by side."""
         import pandas as pd
 
-        from ..report import METHOD_LABELS, _md_table, primary_method, rsa_summary
+        from ..figures import METHOD_LABELS
+        from ..report import _md_table, primary_method, rsa_summary
 
         agree = self.agreement(cfg)
         rsa = res.get("rsa")

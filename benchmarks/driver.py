@@ -15,7 +15,7 @@ Measured in the same run, on the same 51,300 FC trials (900 words), chunks of 51
   (1 / (2.5 ms + 20 ms / 512));
 - driver capacity with an instant engine (free-form FC, one core): trials/s.
 
-    python -m pipeline.bench --only driver
+    python -m benchmarks --only driver
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import Row
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "data" / "models" / "smollm2-135m-instruct"
 CALL_S, REQUEST_S = 0.020, 0.0025
 CHUNK = 512
@@ -40,8 +40,8 @@ REPAIR_SHARE, RETRY_SHARE = 0.08, 0.03
 
 
 def _engine_class():
-    from ..backends.base import Backend, GenResult
-    from ..prompts import render_chat
+    from pipeline.backends.base import Backend, GenResult
+    from pipeline.prompts import render_chat
 
     class SimEngine(Backend):
         """GPU-like timing, deterministic answers: ok, fixed by repair, or fixed by a retry."""
@@ -89,18 +89,19 @@ def _engine_class():
 def _setup(n_words: int):
     from transformers import AutoTokenizer
 
-    from ..config import from_dict
-    from ..trials import build_fc_plan
+    from pipeline.config import from_dict
+    from pipeline.trials import build_fc_plan
 
     words = [f"w{i:04d}x" for i in range(n_words)]
     cfg = from_dict({"experiment": {"name": "bench-driver", "data_dir": tempfile.mkdtemp(prefix="bench-driver-")},
                      "behave": {"backend": "fake", "chunk_size": CHUNK, "structured_fc": False},
-                     "models": [{"name": "sim", "path": str(MODEL)}]}, source="pipeline/benchmarks/driver.py")
+                     "models": [{"name": "sim", "path": str(MODEL)}]}, source="benchmarks/driver.py")
     return cfg, words, build_fc_plan(words, 16, 12345), AutoTokenizer.from_pretrained(MODEL)
 
 
 def _legacy(engine, cfg, plan, out: Path) -> int:
-    from .. import logs
+    from pipeline import logs
+
     from .legacy_driver import run_chunk
 
     rows = 0
@@ -112,9 +113,9 @@ def _legacy(engine, cfg, plan, out: Path) -> int:
 
 
 def _pipelined(engine, cfg, plan, out: Path, words) -> int:
-    from .. import logs
-    from ..driver import run_pipelined
-    from ..paradigms import get as get_paradigm
+    from pipeline import logs
+    from pipeline.driver import run_pipelined
+    from pipeline.paradigms import get as get_paradigm
 
     rows = 0
 
@@ -137,7 +138,7 @@ def _drive(name: str, engine, cfg, plan, out: Path, words) -> dict:
 
 
 def run() -> list[Row]:
-    from ..errors import PipelineError
+    from pipeline.errors import PipelineError
 
     if not (MODEL / "config.json").exists():
         raise PipelineError(f"{MODEL} missing: run `make model` first")
@@ -187,6 +188,6 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    from ..bench import format_table
+    from . import format_table
 
     print(format_table(run()))

@@ -1,6 +1,11 @@
-"""`make bench`: every benchmark of DESIGN.md ("Performance targets") in one table.
+"""`make bench`: every benchmark of DESIGN.md ("Performance targets") in one table; one module
+per area, each exposing `run() -> list[Row]`. A top-level package of the repository, not
+installed with `pipeline`.
 
-    python -m pipeline.bench [--only trials,aggregate,...]
+    python -m benchmarks [--only trials,aggregate,...]
+
+A row pairs a measured figure with a baseline measured in the same run, so the ratio is
+meaningful on whatever machine runs `make bench`.
 """
 
 from __future__ import annotations
@@ -9,8 +14,30 @@ import argparse
 import importlib
 import sys
 import traceback
+from dataclasses import dataclass
 
-from .benchmarks import Row
+
+@dataclass
+class Row:
+    """One benchmark line: `measured` vs `baseline` in the same `unit`.
+
+    `higher_is_better` tells how to read the ratio (throughput vs time); `target` states the
+    DESIGN.md goal in words.
+    """
+    name: str
+    measured: float
+    baseline: float | None
+    unit: str
+    baseline_name: str = ""
+    higher_is_better: bool = False
+    target: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        if not self.baseline or not self.measured:
+            return None
+        return self.measured / self.baseline if self.higher_is_better else self.baseline / self.measured
+
 
 AREAS = ["trials", "aggregate", "rsa", "driver", "behave", "distributed", "openai", "sentences"]
 
@@ -27,7 +54,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench")
+    p = argparse.ArgumentParser(prog="python -m benchmarks")
     p.add_argument("--only", default=",".join(AREAS), help=f"comma-separated subset of {AREAS}")
     args = p.parse_args(argv)
     rows: list[Row] = []
@@ -35,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for area in args.only.split(","):
         print(f">> benchmark: {area}", flush=True)
         try:
-            rows += importlib.import_module(f"pipeline.benchmarks.{area}").run()
+            rows += importlib.import_module(f"{__name__}.{area}").run()
         except Exception:
             traceback.print_exc()
             failed.append(area)
@@ -45,7 +72,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

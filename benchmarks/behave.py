@@ -17,7 +17,7 @@ cache reads forced on, and hf's teacher-forced passes on a reused KV cache. Each
 against the generative FC main pass of its own engine (greedy, free-form; the structured
 pass is shown beside), in milliseconds per trial.
 
-    python -m pipeline.bench --only behave
+    python -m benchmarks --only behave
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from . import Row
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "data" / "models" / "smollm2-135m-instruct"
 N_TRIALS = 64
 N_WARMUP = 8
@@ -46,7 +46,7 @@ WORDS = ("time people year way day man thing woman life child world family hand 
 
 
 def _config(backend: str, structured: bool = False):
-    from ..config import from_dict
+    from pipeline.config import from_dict
 
     cfg = from_dict({
         "experiment": {"name": "bench-behave", "data_dir": str(ROOT / "data" / "bench")},
@@ -54,12 +54,12 @@ def _config(backend: str, structured: bool = False):
                    "batch_size": 16},
         "models": [{"name": "smollm2-135m", "path": str(MODEL), "max_model_len": 1024, "max_num_seqs": 64,
                     "gpu_memory_utilization": 0.3, "enforce_eager": True}],
-    }, source="pipeline/benchmarks/behave.py")
+    }, source="benchmarks/behave.py")
     return cfg, cfg.models[0]
 
 
 def _trials() -> tuple[pa.Table, pa.Table]:
-    from ..trials import build_fc_plan
+    from pipeline.trials import build_fc_plan
 
     plan = build_fc_plan(WORDS, 16, 12345)
     return plan.slice(N_TRIALS, N_WARMUP), plan.slice(0, N_TRIALS)
@@ -81,7 +81,7 @@ def _cpu_seconds() -> float:
 
 
 def _measure(backend, cfg, mc, label: str) -> dict:
-    from ..attempts import run_chunk
+    from pipeline.attempts import run_chunk
 
     warm, timed = _trials()
     run_chunk(backend, cfg, mc, "fc", warm)
@@ -105,9 +105,9 @@ def _measure_project_vs_bare(backend, cfg, mc) -> tuple[dict, dict]:
     against bare `LLM.generate` on the same rendered prompts and sampling parameters."""
     import tempfile
 
-    from .. import logs
-    from ..driver import run_pipelined
-    from ..paradigms import get as get_paradigm
+    from pipeline import logs
+    from pipeline.driver import run_pipelined
+    from pipeline.paradigms import get as get_paradigm
 
     warm, timed = _trials()
     proto = get_paradigm("fc").protocol(backend, cfg, mc)
@@ -135,7 +135,7 @@ def _measure_project_vs_bare(backend, cfg, mc) -> tuple[dict, dict]:
 
 
 def _measure_scored(backend, cfg, mc, label: str, n: int = N_TRIALS) -> dict:
-    from ..attempts import run_chunk
+    from pipeline.attempts import run_chunk
 
     warm, timed = _trials()
     run_chunk(backend, cfg, mc, "fc_scored", warm.slice(0, 2))
@@ -163,8 +163,8 @@ def _max_difference(a, b) -> float:
 
 
 def run() -> list[Row]:
-    from ..backends import get_backend, runtime_dtype
-    from ..errors import PipelineError
+    from pipeline.backends import get_backend, runtime_dtype
+    from pipeline.errors import PipelineError
 
     if not (MODEL / "config.json").exists():
         raise PipelineError(f"{MODEL} missing: run `make model` first")

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..trials import FA_SCHEMA, FC_SCHEMA, build_fa_plan, build_fc_plan, write_table
+from pipeline.trials import FA_SCHEMA, FC_SCHEMA, build_fa_plan, build_fc_plan, write_table
+
 from . import Row
 
 N_WORDS = 5000

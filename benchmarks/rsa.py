@@ -16,9 +16,10 @@ import time
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from ..analysis import Cell, Reference
-from ..comparison import rank, triu_mask
-from ..similarity import centered_cosine, cosine
+from pipeline.analysis import Cell, Reference
+from pipeline.comparison import rank, triu_mask
+from pipeline.similarity import centered_cosine, cosine
+
 from . import Row
 
 N = 5000
@@ -91,6 +92,6 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    from ..bench import format_table
+    from . import format_table
 
     print(format_table(run()))

@@ -39,9 +39,9 @@ _FUNCTION = ("the of and to a in is that it was for on are as with his they at b
 
 
 def _vocab() -> list[str]:
-    from ..vocab import load_words
+    from pipeline.vocab import load_words
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     return load_words(root / "vocab" / "subtlex_stimuli_5k_final.csv")
 
 
@@ -80,7 +80,7 @@ def _scan_rate(shards: list[Path], words: list[str], paper: bool, workers: int =
     """Documents per CPU-second of this process, or per wall second (`wall`, for a pool)."""
     import tempfile
 
-    from ..sentences import ScanSpec, _scan_with, resolve_sources
+    from pipeline.sentences import ScanSpec, _scan_with, resolve_sources
 
     spec = ScanSpec(tuple(words), paper, CAP, 5, 100, "text", None)
     units = resolve_sources([str(s) for s in shards])
@@ -106,7 +106,7 @@ def _read_rate(shard: Path) -> float:
 def _old_harvest_rate(shard: Path, words: list[str]) -> float:
     import tempfile
 
-    from ..sentences import harvest
+    from pipeline.sentences import harvest
 
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "docs.txt"
@@ -119,8 +119,8 @@ def _old_harvest_rate(shard: Path, words: list[str]) -> float:
 
 
 def run() -> list[Row]:
-    from ..errors import PipelineError
-    from ..sentences import punkt_tokenizer
+    from pipeline.errors import PipelineError
+    from pipeline.sentences import punkt_tokenizer
 
     shards, words = ensure_data()
     default = _scan_rate(shards[:1], words, paper=False)

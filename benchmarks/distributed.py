@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import Row
 
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
 _WORDS = 48
 
 
@@ -29,8 +29,8 @@ def _opts(**kw):
 
 
 def _config(root: Path):
-    from .. import trials, vocab
-    from ..config import from_dict
+    from pipeline import trials, vocab
+    from pipeline.config import from_dict
 
     root.mkdir(parents=True, exist_ok=True)
     words = (_ROOT / "vocab" / "nouns-5000.txt").read_text().split()[:_WORDS]
@@ -48,10 +48,10 @@ def _config(root: Path):
 
 
 def _single_process(cfg) -> tuple[int, float, float]:
-    from .. import logs, paths
-    from ..attempts import run_chunk
-    from ..backends import get_backend
-    from ..behave import pending_trials
+    from pipeline import logs, paths
+    from pipeline.attempts import run_chunk
+    from pipeline.backends import get_backend
+    from pipeline.behave import pending_trials
 
     t0 = time.perf_counter()
     backend = get_backend("hf", cfg.models[0], cfg)
@@ -68,8 +68,8 @@ def _single_process(cfg) -> tuple[int, float, float]:
 def _ray(cfg, workers: int) -> tuple[int, float, float]:
     import ray
 
-    from ..behave import run
-    from ..manifest import Manifest
+    from pipeline.behave import run
+    from pipeline.manifest import Manifest
 
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     try:

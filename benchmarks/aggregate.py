@@ -51,7 +51,7 @@ def _words() -> list[str]:
 
 
 def _table(trial_id, cue_idx, words_arr, flat_idx, offsets, final) -> pa.Table:
-    from ..logs import SCHEMA
+    from pipeline.logs import SCHEMA
 
     n = len(trial_id)
     picks = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), words_arr.take(pa.array(flat_idx)))
@@ -79,8 +79,8 @@ def _latent(rng) -> np.ndarray:
 
 
 def _generate(cfg) -> None:
-    from .. import paths
-    from ..logs import write_part
+    from pipeline import paths
+    from pipeline.logs import write_part
 
     rng = np.random.default_rng(0)
     words = _words()
@@ -131,7 +131,7 @@ def _generate(cfg) -> None:
 
 def ensure_data():
     """Synthetic logs in `data/bench/aggregate/` (generated once, then reused)."""
-    from ..config import from_dict
+    from pipeline.config import from_dict
 
     cfg = from_dict(_config_dict(), source="bench-aggregate")
     marker = ROOT / "generated.json"
@@ -199,9 +199,9 @@ def _child(code: str, arg: str) -> tuple[dict, float]:
 def run() -> list[Row]:
     import shutil
 
-    from .. import paths
-    from ..aggregate import load_matrices
-    from ..similarity import l2_normalize_rows, ppmi
+    from pipeline import paths
+    from pipeline.aggregate import load_matrices
+    from pipeline.similarity import l2_normalize_rows, ppmi
 
     cfg = ensure_data()
     shutil.rmtree(cfg.run_dir / "matrices", ignore_errors=True)
@@ -235,13 +235,13 @@ def run() -> list[Row]:
 
 def _matrix_seconds(cfg) -> float:
     """Seconds the stage spent after counting (PPMI, cosines, writes), from its summaries."""
-    from ..manifest import Manifest
+    from pipeline.manifest import Manifest
 
     man = Manifest(cfg.run_dir)
     return sum((man.summary(f"aggregate/synthetic/{p}") or {}).get("matrix_seconds", 0.0) for p in ("fc", "fa"))
 
 
 if __name__ == "__main__":
-    from .. import bench
+    from . import main
 
-    sys.exit(bench.main(["--only", "aggregate"]))
+    sys.exit(main(["--only", "aggregate"]))

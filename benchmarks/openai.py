@@ -10,7 +10,7 @@ the timed pass, the mean latency is the successful attempt's wall time per reque
 baseline of each row is concurrency 1: one request at a time, as the LLM World of Words
 norms were collected.
 
-    python -m pipeline.bench --only openai
+    python -m benchmarks --only openai
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ NAME = "bench-smollm2"
 
 
 def _requests(backend, plan):
-    from ..backends import GenRequest
-    from ..prompts import chat_messages, fc_prompt
+    from pipeline.backends import GenRequest
+    from pipeline.prompts import chat_messages, fc_prompt
 
     return [GenRequest(text=backend.render(chat_messages(fc_prompt(t["cue"], t["candidates"]))), max_tokens=10)
             for t in plan.to_pylist()]
@@ -36,8 +36,8 @@ def _requests(backend, plan):
 
 def measure(base_url: str, model: str = NAME, levels=LEVELS, n: int = N_REQUESTS) -> dict[int, dict]:
     """Requests/s, tokens/s and mean latency of `n` FC requests per concurrency level."""
-    from ..backends.openai import OpenAIBackend
-    from ..trials import build_fc_plan
+    from pipeline.backends.openai import OpenAIBackend
+    from pipeline.trials import build_fc_plan
 
     plan = build_fc_plan(list(WORDS), 16, 12345)
     if plan.num_rows < N_WARMUP + n * len(levels):
@@ -46,12 +46,12 @@ def measure(base_url: str, model: str = NAME, levels=LEVELS, n: int = N_REQUESTS
     for i, c in enumerate(levels):
         backend = OpenAIBackend(base_url, model, concurrency=c, retries=2, timeout_s=600)
         backend.generate(_requests(backend, plan.slice(0, N_WARMUP)))
-        backend.stats()
+        backend.take_stats()
         timed = _requests(backend, plan.slice(N_WARMUP + i * n, n))
         t0 = time.perf_counter()
         res = backend.generate(timed)
         dt = time.perf_counter() - t0
-        s = backend.stats()
+        s = backend.take_stats()
         out[c] = {"requests_per_s": len(res) / dt, "seconds": dt, "retries": s["retries"],
                   "tokens_per_s": (s["prompt_tokens"] + s["completion_tokens"]) / dt,
                   "latency_s": sum(r.latency_s for r in res) / len(res)}
@@ -62,7 +62,7 @@ def measure(base_url: str, model: str = NAME, levels=LEVELS, n: int = N_REQUESTS
 
 
 def run() -> list[Row]:
-    from ..serve import LocalServer
+    from pipeline.serve import LocalServer
 
     server = LocalServer(MODEL, NAME, log_file="/tmp/pipeline-bench-openai.log")
     server.start()

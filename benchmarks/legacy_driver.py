@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .. import logs
-from ..attempts import derive_seed, fa_regex, fc_choices, generate, retry_sampling
-from ..backends import Backend, GenRequest
-from ..config import Config, ModelCfg
-from ..parse import parse_fa, parse_fc
-from ..prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_sha
-from ..rules import Rules
+from pipeline import logs
+from pipeline.attempts import derive_seed, fa_regex, fc_choices, generate, retry_sampling
+from pipeline.backends import Backend, GenRequest
+from pipeline.config import Config, ModelCfg
+from pipeline.parse import parse_fa, parse_fc
+from pipeline.prompts import chat_messages, fa_prompt, fc_prompt, fc_repair_prompt, prompt_sha
+from pipeline.rules import Rules
 
 STRUCTURED_MIN_TOKENS = {"fc": 32, "fa": 64}
 """As `attempts` had it at the time."""
