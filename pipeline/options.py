@@ -80,9 +80,9 @@ def select(cfg: Config, opts=None) -> Selection:
 
 
 def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool = False) -> list[str]:
-    """`paradigms` less those `model` does not run (`Config.paradigms_of`: fc_scored on a
-    backend that cannot score; in behave, every paradigm of a released model, whose logs are
-    imported), with one line per stage for each left out.
+    """`paradigms` less those `model` does not run (`Config.paradigms_of`: scoring paradigms on a
+    backend that cannot score, a released model's paradigms beyond its entry's; in behave, every
+    paradigm of a released model, whose logs are imported), with one line per stage for each left out.
 
     Args:
         stage: the stage name that prefixes the line.
@@ -99,6 +99,9 @@ def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool 
     keep = [p for p in paradigms if p in runs or p not in cfg.behave.paradigms]
     left = [p for p in paradigms if p not in keep]
     if left and not quiet:
-        log.info("%s %s: %s skipped: backend '%s' cannot score continuations (models of other backends score)",
-                 stage, model, ", ".join(left), cfg.backend_of(cfg.model(model)))
+        m = cfg.model(model)
+        why = (f"not among released[{m.entry}].paradigms (the authors' dataset holds FC and FA only)"
+               if isinstance(m, ReleasedModelCfg) else
+               f"backend '{cfg.backend_of(m)}' cannot score continuations (models of other backends score)")
+        log.info("%s %s: %s skipped: %s", stage, model, ", ".join(left), why)
     return keep

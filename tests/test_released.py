@@ -117,6 +117,21 @@ def test_config_adds_released_models_as_behavior_only(make_config, tmp_path):
     assert fc_only.paradigms_of(f"authors:{MODEL}") == ["fc"]
 
 
+def test_released_models_run_only_the_papers_paradigms_beside_registered_ones(make_config, tmp_path, caplog):
+    from pipeline.options import model_paradigms
+
+    cfg = syn.config(make_config, models=("m1",), n_words=20, released=[{"path": str(tmp_path), "models": [MODEL]}],
+                     behave={"paradigms": ["fc", "fa", "triplet"]}, hidden={"strategies": ["meaning"]},
+                     rsa={"references": ["fc", "fa"], "bootstrap": 0, "methods": ["spearman"]})
+    assert cfg.paradigms_of("m1") == ["fc", "fa", "triplet"]
+    assert cfg.paradigms_of(NAME) == ["fc", "fa"]
+    with caplog.at_level(logging.INFO, logger="pipeline.options"):
+        assert model_paradigms(cfg, NAME, ["fc", "fa", "triplet"], "aggregate") == ["fc", "fa"]
+    assert "triplet skipped: not among released[0].paradigms" in caplog.text
+    with pytest.raises(ConfigError, match=r"released\[0\]\.paradigms"):
+        _config(make_config, tmp_path, paradigms=["triplet"])
+
+
 @pytest.mark.parametrize("keys, needle", [
     ({"colour": 1}, "unknown key 'released[0].colour'"),
     ({"paradigms": ["fc_scored"]}, "released[0].paradigms"),
