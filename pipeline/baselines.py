@@ -29,11 +29,11 @@ import numpy as np
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes
+from .manifest import Manifest
 from .options import Options, select
 from .rules import Rules
 from .similarity import centered_cosine
-from .store import save_npy
+from .store import atomic_write_bytes, save_npy
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)

@@ -36,11 +36,12 @@ import pyarrow.parquet as pq
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write, atomic_write_bytes
+from .manifest import Manifest
 from .options import Options, select
 from .paradigms import get as get_paradigm
 from .paradigms import names
 from .similarity import centered_cosine
+from .store import atomic_write, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import pandas as pd
 
 from . import published
 from .config import PARADIGMS
-from .manifest import atomic_write_bytes
 from .paradigms import get as get_paradigm
 from .paradigms import paper_names
+from .store import atomic_write_bytes
 
 REF_ORDER = [*PARADIGMS, "static", "encoder", "consensus"]
 _CROSS_COLORS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")

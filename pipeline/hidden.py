@@ -45,11 +45,12 @@ import numpy as np
 from . import keys, paths
 from .config import Config, ModelCfg
 from .errors import PipelineError
-from .manifest import Manifest, StageLock, atomic_write_bytes, fingerprint, sha256_file
+from .manifest import Manifest, StageLock, fingerprint
 from .options import Options, select
 from .pooling import Pooler, load_model, resolve_device
 from .rules import Rules
 from .sentences import load_sentences
+from .store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

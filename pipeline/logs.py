@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import PipelineError
-from .manifest import fsync_dir
+from .store import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from .config import Config
 from .errors import PipelineError
-from .store import atomic_write, atomic_write_bytes, fsync_dir, save_npy, sha256_file  # noqa: F401 (re-exported)
+from .store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PipelineError
-from .manifest import atomic_write_bytes
+from .store import atomic_write_bytes
 
 INFLECTION_WEIGHT = 1 / 8
 """Share of a lemma's tagged uses credited to one inflected form of it.

@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 from .errors import PipelineError
-from .manifest import sha256_file
+from .store import sha256_file
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 TEMPLATES = ("fc", "fc_repair", "fa", "hidden_meaning", "hidden_task_fc", "hidden_task_fa")

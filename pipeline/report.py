@@ -55,11 +55,12 @@ from .figures import (
     ref_order,
     svd_variant_order,
 )
-from .manifest import Manifest, atomic_write_bytes
+from .manifest import Manifest
 from .merge import summaries
 from .options import Options
 from .paradigms import get as get_paradigm
 from .paradigms import paper_names
+from .store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -49,9 +49,10 @@ import pyarrow.parquet as pq
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write, fingerprint, sha256_file
+from .manifest import Manifest, fingerprint
 from .options import Options
 from .paradigms import get as get_paradigm
+from .store import atomic_write, sha256_file
 from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from pathlib import Path
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
-from .manifest import Manifest, atomic_write_bytes, fingerprint, sha256_file
+from .manifest import Manifest, fingerprint
 from .options import Options
+from .store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 _MAX_LISTED = 10

@@ -9,7 +9,8 @@ import multiprocessing
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.manifest import Manifest, StaleStageError, atomic_write_bytes, fingerprint, package_versions, sha256_file
+from pipeline.manifest import Manifest, StaleStageError, fingerprint, package_versions
+from pipeline.store import atomic_write_bytes, sha256_file
 
 
 def test_fingerprint_is_stable_and_key_order_free():
