@@ -8,3 +8,8 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# The config validates backend names and keys through the registry that `backends` hands it
+# (`config.bind_backends`); importing it here binds it before any config is loaded, while
+# `config` itself never imports `backends`.
+from . import backends as _backends  # noqa: E402,F401

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from . import paradigms as _paradigms
 from .errors import PipelineError
@@ -23,6 +24,32 @@ from .errors import PipelineError
 
 class ConfigError(PipelineError, ValueError):
     """A config file is malformed; the message names the file, the key and the fix."""
+
+
+class BackendFacts(Protocol):
+    """What the config needs from the backend registry. `pipeline.backends` hands itself over
+    with `bind_backends` when it is imported (`pipeline/__init__.py` imports it first), so the
+    backends depend on the config and not the other way round."""
+
+    def choices(self) -> tuple[str, ...]: ...
+    def scores(self, name: str, cfg: Config) -> bool: ...
+    def validate_model(self, cfg: Config, i: int, m: ModelCfg, fail: Callable[[str, str], None]) -> None: ...
+    def validate_scoring(self, cfg: Config, fail: Callable[[str, str], None]) -> None: ...
+
+
+_BACKENDS: BackendFacts | None = None
+
+
+def bind_backends(facts: BackendFacts) -> None:
+    """Called once by `pipeline.backends` at import: the registry the config validates against."""
+    global _BACKENDS
+    _BACKENDS = facts
+
+
+def _backends() -> BackendFacts:
+    if _BACKENDS is None:  # only when pipeline/__init__.py was bypassed
+        raise RuntimeError("pipeline.backends was not imported; import the package as `pipeline`")
+    return _BACKENDS
 
 
 @dataclass
@@ -271,13 +298,11 @@ class Config:
         (`Paradigm.scoring`, e.g. ``fc_scored``) when its backend cannot score continuations (an
         API model beside in-process ones); every stage asks this, so such a model's scored
         paradigms are skipped alike everywhere."""
-        from .backends import backend_class
-
         m = self.model(model) if isinstance(model, str) else model
         if isinstance(m, ReleasedModelCfg):
             return [p for p in self.behave.paradigms if p in self.released[m.entry].paradigms]
         if any(_paradigms.get(p).scoring for p in self.behave.paradigms) \
-                and not backend_class(self.backend_of(m), self).scores:
+                and not _backends().scores(self.backend_of(m), self):
             return [p for p in self.behave.paradigms if not _paradigms.get(p).scoring]
         return list(self.behave.paradigms)
 
@@ -598,9 +623,7 @@ def _validate(cfg: Config) -> None:
                   f"{t.fc_candidates}: a cue needs at least {t.fc_candidates} other words; "
                   f"raise vocab.size to {t.fc_candidates + 1} or more")
     b = cfg.behave
-    from .backends import names
-
-    _choices(cfg, "behave.backend", [b.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
+    _choices(cfg, "behave.backend", [b.backend], _backends().choices())
     _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
     for key in ("chunk_size", "batch_size", "fc_max_tokens", "fa_max_tokens"):
         if getattr(b, key) < 1:
@@ -623,13 +646,15 @@ def _validate(cfg: Config) -> None:
             _fail(cfg, f"models[{i}].gpu_memory_utilization", "must be in (0, 1]")
         if m.tensor_parallel_size < 1 or m.max_model_len < 16 or m.max_num_seqs < 1:
             _fail(cfg, f"models[{i}]", "tensor_parallel_size, max_num_seqs must be >= 1 and max_model_len >= 16")
-        _validate_backend(cfg, i, m)
+        if m.backend is not None:
+            _choices(cfg, f"models[{i}].backend", [m.backend], _backends().choices())
+        _backends().validate_model(cfg, i, m, functools.partial(_fail, cfg))
         if isinstance(m.fix_mistral_regex, list):
             _choices(cfg, f"models[{i}].fix_mistral_regex", m.fix_mistral_regex, FIX_STAGES)
         if isinstance(m.extra_eos, dict):
             _choices(cfg, f"models[{i}].extra_eos", list(m.extra_eos), PARADIGMS)
     _validate_released(cfg)
-    _validate_scored(cfg)
+    _backends().validate_scoring(cfg, functools.partial(_fail, cfg))
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
     if "averaged" in h.strategies and not h.sentences:
@@ -695,44 +720,6 @@ def _validate_validity(cfg: Config) -> None:
             _fail(cfg, f"validity.{key}", f"= {rate} must be [low, high] trials per second, 0 < low <= high")
     if v.plan_words < 2:
         _fail(cfg, "validity.plan_words", f"= {v.plan_words} must be at least 2")
-
-
-def _validate_backend(cfg: Config, i: int, m: ModelCfg) -> None:
-    """A model's backend exists, gets the keys it uses (and no other backend's), and has
-    weights when it loads them."""
-    from .backends import backend_class, backend_keys, names
-
-    if m.backend is not None:
-        _choices(cfg, f"models[{i}].backend", [m.backend], tuple(n for n in names() if n != RELEASED_BACKEND))
-    name = cfg.backend_of(m)
-    cls = backend_class(name, cfg)
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(ModelCfg) if f.name in backend_keys()}
-    for key in sorted(defaults):
-        if key not in cls.model_keys and getattr(m, key) != defaults[key]:
-            owner = next(n for n in names() if key in backend_class(n).model_keys)
-            _fail(cfg, f"models[{i}].{key}", f"is set, but model '{m.name}' runs on backend '{name}', which does not "
-                  f"use it; set models[{i}].backend = \"{owner}\" (or behave.backend) or remove the key")
-    if m.path is None and cls.needs_weights:
-        _fail(cfg, f"models[{i}].path", f"is missing: backend '{name}' loads the model's weights (a folder or a "
-              f"Hugging Face id); only a model behind an API (models[{i}].backend = \"openai\") may have no path")
-    cls.check_config(cfg, i, m, lambda key, msg: _fail(cfg, f"models[{i}].{key}", msg))
-
-
-def _validate_scored(cfg: Config) -> None:
-    """A paradigm that needs scoring (`Paradigm.scoring`) needs at least one model whose backend
-    can score; the others skip it (`Config.paradigms_of`)."""
-    from .backends import scoring_names
-
-    if not cfg.models:
-        return
-    for p in (p for p in cfg.behave.paradigms if _paradigms.get(p).scoring):
-        if any(p in cfg.paradigms_of(m) for m in cfg.models):
-            continue
-        used = ", ".join(f'"{n}"' for n in sorted({cfg.backend_of(m) for m in cfg.models}))
-        _fail(cfg, "behave.paradigms", f"includes {p}, which reads the model's probabilities, but no model's "
-              f"backend can score (behave.backend / models[].backend: {used} cannot score); use a backend that can "
-              f"({', '.join(scoring_names())}) for at least one model, or drop {p}")
 
 
 def cross_reference(name: str) -> tuple[str, str] | None:

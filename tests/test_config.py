@@ -220,3 +220,19 @@ def test_extra_eos_list_or_table(tmp_path):
     a, b = cfg.models
     assert a.eos_for("fc") == a.eos_for("fa") == ["<a>"]
     assert b.eos_for("fc") == ["<a>", "<b>"] and b.eos_for("fa") == []
+
+
+def test_config_does_not_import_backends_they_bind_themselves():
+    """The backends depend on the config, not the other way round: the config validates
+    against the registry the backends hand it (`bind_backends`) at package import."""
+    import ast
+
+    import pipeline.backends as backends_pkg
+    import pipeline.config as config_mod
+
+    tree = ast.parse(Path(config_mod.__file__).read_text())
+    imported = {(n.module or "") + ":" + ",".join(a.name for a in n.names)
+                for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not [i for i in imported if "backends" in i], imported
+    assert config_mod._BACKENDS is backends_pkg
+    assert "vllm" in config_mod._backends().choices() and "released" not in config_mod._backends().choices()

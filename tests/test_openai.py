@@ -411,7 +411,7 @@ def test_cross_model_references_are_validated(make_config):
     with pytest.raises(ConfigError, match=r"'rsa\.references' has 'fc:gtp', but no model is named 'gtp'.*did you "
                                           r"mean 'fc:gpt'"):
         make_config(models=cfg.to_dict()["models"], rsa={"references": ["fc:gtp"]})
-    with pytest.raises(ConfigError, match=r"unknown value 'xx:gpt' \(allowed: .*fc:MODEL, fa:MODEL, fc_scored:MODEL, human:NAME\)"):
+    with pytest.raises(ConfigError, match=r"unknown value 'xx:gpt' \(allowed: .*fc:MODEL, fa:MODEL, fc_scored:MODEL(, \w+:MODEL)*, human:NAME\)"):
         make_config(models=cfg.to_dict()["models"], rsa={"references": ["xx:gpt"]})
 
 

@@ -14,20 +14,22 @@ runs without either:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
+from .. import paradigms as _paradigms
+from ..config import RELEASED_BACKEND, Config, ModelCfg, bind_backends
 from ..errors import PipelineError
 from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult
 
-if TYPE_CHECKING:  # config validates backend names and keys against this registry
-    from ..config import Config, ModelCfg
-
 __all__ = ["Backend", "GenRequest", "GenResult", "ScoreRequest", "ScoreResult", "backend_class", "backend_keys",
-           "get_backend", "model_path", "names", "register", "runtime_dtype", "scoring_names"]
+           "get_backend", "model_path", "names", "register", "runtime_dtype", "scoring_names", "validate_model",
+           "validate_scoring"]
 
 log = logging.getLogger(__name__)
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -157,3 +159,49 @@ def get_backend(name: str, model_cfg: ModelCfg, cfg: Config, **overrides) -> Bac
         A ready backend; call `close()` (or use it as a context manager) when done.
     """
     return backend_class(name, cfg).create(model_cfg, cfg, **overrides)
+
+
+def choices() -> tuple[str, ...]:
+    """The names `behave.backend` and `models[].backend` accept (`released` belongs to `[[released]]`)."""
+    return tuple(n for n in names() if n != RELEASED_BACKEND)
+
+
+def scores(name: str, cfg: Config | None = None) -> bool:
+    """Whether backend `name` can score continuations (`Backend.scores`)."""
+    return backend_class(name, cfg).scores
+
+
+def validate_model(cfg: Config, i: int, m: ModelCfg, fail: Callable[[str, str], None]) -> None:
+    """`models[i]`'s backend (one of `choices()`, checked by the config) gets the keys it uses
+    (and no other backend's), and has weights when it loads them; `fail(key, message)` raises
+    the config's error."""
+    name = cfg.backend_of(m)
+    cls = backend_class(name, cfg)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(ModelCfg) if f.name in backend_keys()}
+    for key in sorted(defaults):
+        if key not in cls.model_keys and getattr(m, key) != defaults[key]:
+            owner = next(n for n in names() if key in backend_class(n).model_keys)
+            fail(f"models[{i}].{key}", f"is set, but model '{m.name}' runs on backend '{name}', which does not "
+                 f"use it; set models[{i}].backend = \"{owner}\" (or behave.backend) or remove the key")
+    if m.path is None and cls.needs_weights:
+        fail(f"models[{i}].path", f"is missing: backend '{name}' loads the model's weights (a folder or a "
+             f"Hugging Face id); only a model behind an API (models[{i}].backend = \"openai\") may have no path")
+    cls.check_config(cfg, i, m, lambda key, msg: fail(f"models[{i}].{key}", msg))
+
+
+def validate_scoring(cfg: Config, fail: Callable[[str, str], None]) -> None:
+    """A paradigm that needs scoring (`Paradigm.scoring`) needs at least one model whose backend
+    can score; the others skip it (`Config.paradigms_of`)."""
+    if not cfg.models:
+        return
+    for p in (p for p in cfg.behave.paradigms if _paradigms.get(p).scoring):
+        if any(p in cfg.paradigms_of(m) for m in cfg.models):
+            continue
+        used = ", ".join(f'"{n}"' for n in sorted({cfg.backend_of(m) for m in cfg.models}))
+        fail("behave.paradigms", f"includes {p}, which reads the model's probabilities, but no model's "
+             f"backend can score (behave.backend / models[].backend: {used} cannot score); use a backend that can "
+             f"({', '.join(scoring_names())}) for at least one model, or drop {p}")
+
+
+bind_backends(sys.modules[__name__])
