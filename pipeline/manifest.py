@@ -314,12 +314,6 @@ class Manifest:
         marks outputs rebuilt, not refused, under other settings (`Step`)."""
         return Step(self, key, settings, upstream, force, partial, replace_stale)
 
-    def invalidate(self, key: str) -> None:
-        """Mark `key` incomplete (its outputs are being rebuilt), keeping its settings."""
-        with self._locked() as m:
-            if key in m["stages"]:
-                m["stages"][key]["complete"] = False
-
     # ------------------------------------------------------------ artifacts
 
     def rel(self, path: str | Path) -> str:
