@@ -41,10 +41,13 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from . import keys, paths
+from .comparison import METHODS, compare
 from .config import Config, ReleasedModelCfg
 from .counts import OUTPUT_FILES, Counter, masked_similarity, write_outputs
 from .errors import PipelineError
+from .logs import iter_final, list_parts
 from .manifest import Manifest, fingerprint
+from .norms import import_norms
 from .options import Options, model_paradigms, select
 from .paradigms import get as get_paradigm
 from .rules import Rules
@@ -69,7 +72,6 @@ def run(cfg: Config, opts: Options) -> None:
         for paradigm in model_paradigms(cfg, model, sel.paradigms, "aggregate"):
             aggregate_one(cfg, model, paradigm, words, force=opts.force)
     if opts.model is None and opts.paradigm is None:
-        from .norms import import_norms
 
         for norms_cfg in cfg.norms:
             import_norms(cfg, norms_cfg, words, force=opts.force)
@@ -96,7 +98,6 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     Returns:
         The stats dict written to `stats.json` (also the manifest summary).
     """
-    from .logs import list_parts
 
     par = get_paradigm(paradigm)
     src = paths.behavior_dir(cfg, model, paradigm)
@@ -195,7 +196,6 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
 def count_picks(src: str | Path, words: list[str], paradigm: str, rules: Rules, select=None
                 ) -> tuple[sp.csr_matrix, list[str], dict]:
     """`count_matrix` of a generated paradigm: each final row's `picks`, once each."""
-    from .logs import iter_final
 
     counter = Counter(words, paradigm, rules, src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
@@ -225,7 +225,6 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str], pairs=N
     Returns:
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
     """
-    from .comparison import METHODS, compare
 
     directory = paths.behavior_dir(cfg, model, paradigm)
     n = len(words)

@@ -38,6 +38,7 @@ from . import logs
 from .backends import Backend, GenRequest
 from .config import Config, ModelCfg
 from .errors import PipelineError
+from .paradigms import get as get_paradigm
 from .prompts import chat_messages
 from .rules import Rules
 
@@ -328,6 +329,5 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
     Returns:
         Log rows (the paradigm's log schema), every attempt of every trial, one final row per trial.
     """
-    from .paradigms import get
 
-    return get(paradigm).run_chunk(backend, cfg, model_cfg, chunk.to_pylist(), words, proto)
+    return get_paradigm(paradigm).run_chunk(backend, cfg, model_cfg, chunk.to_pylist(), words, proto)

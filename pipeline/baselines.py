@@ -29,12 +29,15 @@ import numpy as np
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
+from .hidden import load_hidden
 from .manifest import Manifest
 from .options import Options, select
+from .pooling import resolve_device, special_flags, word_token_indices
+from .resources import resolve
 from .rules import Rules
 from .similarity import centered_cosine
-from .store import atomic_write_bytes, save_npy
-from .vocab import load_run_vocab
+from .store import atomic_write_bytes, load_npy, save_npy
+from .vocab import load_run_vocab, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,6 @@ def load_static(spec: str, words: list[str], paper: bool = False):
     """
     from gensim.models import KeyedVectors
 
-    from .resources import resolve
 
     if spec == GLOVE_PACKAGE:
         import pyarrow.parquet as pq
@@ -226,8 +228,6 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from .pooling import special_flags, word_token_indices
-    from .resources import resolve
 
     path = resolve(spec)
     try:
@@ -299,7 +299,6 @@ def consensus_sum(cfg: Config, strategy: str, exclude_model: str | None = None,
     Raises:
         PipelineError: fewer than two models, or a hidden-state file is missing.
     """
-    from .hidden import load_hidden
 
     others = [m.name for m in cfg.models if m.name != exclude_model and not m.behavior_only]
     if not others:
@@ -327,7 +326,6 @@ def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
 
 def run(cfg: Config, opts: Options) -> None:
     """Static vectors, encoder vectors, and consensus for every model x strategy."""
-    from .vocab import vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
@@ -347,8 +345,6 @@ def run(cfg: Config, opts: Options) -> None:
 
 
 def _static_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force: bool) -> None:
-    from .resources import resolve
-    from .rules import Rules
 
     b = cfg.baselines
     key = keys.static(b.static_name)
@@ -386,7 +382,6 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
     if step.done():
         log.info("baselines: %s complete, skipping", target)
         return
-    from .pooling import resolve_device
 
     device = resolve_device(cfg.hidden.device)
     step.start()
@@ -409,7 +404,6 @@ def _encoder_stage(cfg: Config, man: Manifest, words: list[str], vfp: str, force
 
 
 def _consensus_stage(cfg: Config, man: Manifest, vfp: str, force: bool, sel) -> None:
-    from .hidden import load_hidden
 
     models = [m for m in cfg.models if not m.behavior_only]
     if len(models) < len(cfg.models):
@@ -485,7 +479,6 @@ def _model_sum(sums_dir: Path, model: str, hidden_id: str, load) -> tuple[Path, 
 
 def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(N x d float32 vectors, boolean mask of words that have one) of the static baseline."""
-    from .store import load_npy
 
     path = paths.static_file(cfg)
     v = np.asarray(load_npy(path, f"the {cfg.baselines.static_name} static vectors",

@@ -33,11 +33,15 @@ import pyarrow.compute as pc
 from . import keys, logs, paths
 from .attempts import run_chunk
 from .backends import backend_class, get_backend
-from .config import Config, ModelCfg
+from .config import Config, ModelCfg, ReleasedModelCfg
+from .driver import run_pipelined
 from .manifest import Manifest, Step
 from .options import Options, model_paradigms, select
 from .paradigms import get as get_paradigm
 from .parse import STATUSES
+from .released import log_inputs
+from .trials import load_trials, plan_fingerprint
+from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,8 @@ _FORMAT = 1
 
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
-    from .config import ReleasedModelCfg
-    from .trials import plan_fingerprint
 
     if isinstance(model_cfg, ReleasedModelCfg):
-        from .released import log_inputs
 
         return log_inputs(cfg, model_cfg, paradigm)
 
@@ -67,7 +68,6 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
 
 def pending_trials(cfg: Config, model: str, paradigm: str, shard: tuple[int, int] = (0, 1)) -> pa.Table:
     """Plan rows of this shard that have no final row in the model's logs yet, in trial_id order."""
-    from .trials import load_trials
 
     plan = load_trials(cfg, paradigm)
     ids = plan.column("trial_id").to_numpy()
@@ -203,8 +203,6 @@ def open_log(cfg: Config, man: Manifest, model_cfg: ModelCfg, paradigm: str, for
 
 def _run_pending(backend, cfg: Config, job: LogJob, todo: pa.Table, shard) -> dict:
     """Run the pending trials; returns this invocation's rates for the summary."""
-    from .driver import run_pipelined
-    from .vocab import load_run_vocab
 
     model_cfg, paradigm, directory, key = job.model_cfg, job.paradigm, job.directory, job.key
 
@@ -272,7 +270,6 @@ def finalize(cfg: Config, job: LogJob, run_stats: dict | None = None, engine: di
     Returns:
         The summary (`summarize`) when complete, else None.
     """
-    from .trials import load_trials
 
     key, directory, paradigm = job.key, job.directory, job.paradigm
     plan_ids = load_trials(cfg, paradigm).column("trial_id").to_numpy()

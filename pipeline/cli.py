@@ -18,6 +18,7 @@ import time
 
 from .config import PARADIGMS, load_config
 from .errors import PipelineError
+from .manifest import unwritable
 from .options import Options
 from .upstream import check as check_upstream
 
@@ -182,7 +183,6 @@ def check_run_dir(cfg) -> None:
     An existing read-only one is accepted: stages whose work is finished only read, and a
     stage that must write says so when it tries.
     """
-    from .manifest import unwritable
 
     run_dir = cfg.run_dir
     for parent in [run_dir, *run_dir.parents]:

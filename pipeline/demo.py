@@ -18,6 +18,7 @@ from .config import load_config
 from .errors import PipelineError
 from .manifest import Manifest
 from .options import Options
+from .paths import report_file
 
 
 def _fmt_seconds(s: float) -> str:
@@ -53,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, secs in timings.items():
         print(f"   {name:<10} {_fmt_seconds(secs)}")
     print(f"   {'total':<10} {_fmt_seconds(total)}")
-    from .paths import report_file
     from .report import headline
     print(f"\n>> report: {report_file(cfg)} (figures beside it)")
     print(">> headline")

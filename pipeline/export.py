@@ -36,12 +36,14 @@ import pyarrow.parquet as pq
 from . import keys, paths
 from .config import Config
 from .errors import PipelineError
+from .hidden import load_hidden
 from .manifest import Manifest
 from .options import Options, select
 from .paradigms import get as get_paradigm
 from .paradigms import names
 from .similarity import centered_cosine
-from .store import atomic_write, atomic_write_bytes
+from .store import atomic_write, atomic_write_bytes, load_npy
+from .vocab import load_run_vocab, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,6 @@ class _Source:
 
 
 def _sources(cfg: Config, model: str, hidden: bool, layers) -> list[_Source]:
-    from .hidden import load_hidden
 
     out = []
     for p in [p for p in names() if get_paradigm(p).paper
@@ -158,9 +159,6 @@ def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
 
 def run(cfg: Config, opts: Options) -> None:
     """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
-    from .hidden import load_hidden
-    from .store import load_npy
-    from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     n = len(words)

@@ -42,15 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import keys, paths
+from . import keys, paths, sentences
 from .config import Config, ModelCfg
 from .errors import PipelineError
 from .manifest import Manifest, StageLock, fingerprint
 from .options import Options, select
 from .pooling import Pooler, load_model, resolve_device
+from .prompts import HIDDEN_TEMPLATES, PROMPTS_DIR, hidden_prompt
 from .rules import Rules
 from .sentences import load_sentences
-from .store import atomic_write_bytes, sha256_file
+from .store import atomic_write_bytes, load_npy, sha256_file
+from .vocab import load_run_vocab, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,6 @@ def pending(cfg: Config, opts: Options) -> tuple[list[str], list[tuple[str, str,
     Shared by the local stage and the Ray fan-out, so both skip exactly the same work;
     complete cells are logged and left out.
     """
-    from .vocab import load_run_vocab, vocab_fingerprint
 
     sel = select(cfg, opts)
     models, strategies = sel.models, sel.strategies
@@ -127,7 +128,6 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
     `sentences` stage builds the file first, or checks that the one there was harvested for
     this vocabulary and these settings (a file shared by experiments must not serve a
     vocabulary it was not harvested for; README "Scaling up")."""
-    from . import sentences
 
     h = cfg.hidden
     path = Path(h.sentences)
@@ -139,7 +139,6 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
 
 
 def _fingerprint(cfg: Config, mcfg: ModelCfg, strategy: str, vocab_fp: str) -> str:
-    from .prompts import HIDDEN_TEMPLATES, PROMPTS_DIR
 
     h = cfg.hidden
     rules = Rules.of(cfg)
@@ -159,7 +158,6 @@ def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None,
            rules: Rules | None = None) -> tuple[list[list[str]], list[str]]:
     """Texts per word and the words without sentences that fell back to
     `Rules.averaged_fallback` (the meaning template, or the bare word in paper mode)."""
-    from .prompts import hidden_prompt
 
     if strategy != "averaged":
         return [[hidden_prompt(strategy, w)] for w in words], []
@@ -338,7 +336,6 @@ def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_wor
         PipelineError: missing, unreadable, wrong shape or dtype, not finite, or not the file
             the hidden stage wrote; the message names the command that rebuilds it.
     """
-    from .store import load_npy
 
     path = paths.hidden_file(cfg, model, strategy)
     rebuild = keys.command(cfg, "hidden", model=model, strategy=strategy)

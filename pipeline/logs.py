@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import PipelineError
+from .paradigms import find as find_paradigm
 from .store import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,8 @@ def _bad_part(path: Path, why: str) -> PipelineError:
 def schema_for(directory: str | Path) -> pa.Schema:
     """The log layout of a behavior directory, named by its paradigm (`Paradigm.log_schema`:
     `SCORED_SCHEMA` for `fc_scored`); `SCHEMA` for any other directory."""
-    from .paradigms import find
 
-    par = find(Path(directory).name)
+    par = find_paradigm(Path(directory).name)
     return SCHEMA if par is None else par.log_schema()
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, ReleasedModelCfg
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,6 @@ def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool 
         stage: the stage name that prefixes the line.
         quiet: leave the line out (a second pass over the same model in one stage).
     """
-    from .config import ReleasedModelCfg
 
     if stage == "behave" and isinstance(cfg.model(model), ReleasedModelCfg):
         if not quiet:

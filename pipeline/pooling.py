@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import ModelCfg
 from .errors import PipelineError
+from .resources import resolve
 from .rules import Rules
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,6 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
-    from .resources import resolve
 
     path = resolve(mcfg.path)
     kw = {"revision": mcfg.revision} if mcfg.revision else {}

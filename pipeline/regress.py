@@ -56,13 +56,15 @@ from sklearn.preprocessing import StandardScaler
 from . import keys, paths
 from .config import HUMAN, Config
 from .errors import PipelineError
+from .hidden import load_hidden
 from .manifest import Manifest, fingerprint
 from .merge import finished, merge
 from .options import Options, select
 from .paradigms import paper_names
 from .rules import Rules
 from .similarity import cosine, sample_pairs, unit_centered
-from .store import write_parquet
+from .store import load_npy, write_parquet
+from .vocab import load_run_vocab, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +266,6 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.nd
 
 def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zero_missing: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
-    from .store import load_npy
 
     rebuild = keys.command(cfg, "baselines")
     if not path.exists():
@@ -298,7 +299,6 @@ def extra_features(cfg: Config) -> list[str]:
 
 
 def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from .store import load_npy
 
     path, what, rebuild = _counts_file(cfg, model, paradigm)
     m = load_npy(path, what, rebuild, shape=(n, n), finite="rows")
@@ -307,7 +307,6 @@ def _load_counts_cosine(cfg: Config, model: str, paradigm: str, n: int) -> tuple
 
 
 def _layer_values(cfg: Config, model: str, strategy: str, n: int, split: Split) -> list[tuple]:
-    from .hidden import load_hidden
 
     h = load_hidden(cfg, model, strategy, n_words=n)
     return [pair_cosines(h[layer], split, cfg.regress.centered) for layer in range(1, h.shape[0])]
@@ -374,7 +373,6 @@ def run(cfg: Config, opts: Options) -> None:
     paper mode the split is over the words with an FC and an FA row (the authors' common
     words) and a missing static vector counts as a zero vector.
     """
-    from .vocab import load_run_vocab, vocab_fingerprint
 
     force = opts.force
     sel = select(cfg, opts)
@@ -508,7 +506,6 @@ def result_settings(cfg: Config) -> str:
     """Fingerprint of the settings the regression table was computed under (the regress
     section, the references that add feature sets, each model's paradigms, the rules, the
     vocabulary), recorded with it so that `report` can tell a table older than the config."""
-    from .vocab import vocab_fingerprint
 
     return fingerprint({"regress": asdict(cfg.regress), "references": cfg.rsa.references,
                         "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),

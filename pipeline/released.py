@@ -57,6 +57,8 @@ from .config import Config, ReleasedModelCfg
 from .errors import PipelineError
 from .manifest import Manifest, StageLock
 from .options import Options
+from .trials import checked_plan_file, plan_fingerprint
+from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,6 @@ def file_identity(path: Path) -> dict:
 
 def log_inputs(cfg: Config, model: ReleasedModelCfg, paradigm: str) -> dict:
     """The settings of an imported log (what `behave.behave_inputs` gives for a released model)."""
-    from .trials import plan_fingerprint
 
     d = {"format": 1, "released": _VERSION, "plan": plan_fingerprint(cfg, paradigm), "source": model.source,
          "paradigm": paradigm}
@@ -104,7 +105,6 @@ def log_inputs(cfg: Config, model: ReleasedModelCfg, paradigm: str) -> dict:
 def run(cfg: Config, opts) -> None:
     """`released` stage: import every released model's FC and FA file (or the ones `--model`,
     `--paradigm` select); a finished import of an unchanged file is skipped, ``--force`` redoes it."""
-    from .vocab import load_run_vocab
 
     o = Options.of(opts)
     models = [m for m in cfg.models if isinstance(m, ReleasedModelCfg)]
@@ -324,7 +324,6 @@ class _Parts:
 def _fc_plan(cfg: Config, vocab: pa.Array) -> dict:
     """The FC plan as vocabulary indices, read in batches: cue per trial, candidate offsets and
     candidates in plan order (int16 where the vocabulary allows: 50 MB for the paper's plan)."""
-    from .trials import checked_plan_file
 
     path = checked_plan_file(cfg, "fc")
     rebuild = f"python -m pipeline trials --config {cfg.source} --force"
@@ -486,7 +485,6 @@ def _fc_rows(batch: pa.RecordBatch, ids: np.ndarray, cue: np.ndarray, lists: pa.
 # ---------------------------------------------------------------- FA
 
 def _import_fa(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str], out: Path) -> dict:
-    from .trials import checked_plan_file
 
     runs, k = cfg.trials.fa_runs, cfg.trials.fa_associates
     vocab = pa.array(words, pa.string())

@@ -86,11 +86,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import keys, paths
+from . import keys, paths, svd
 from .analysis import BOOT_MAX_PAIRS, Reference, analyse_cell
+from .baselines import consensus
 from .comparison import METHODS, compare, nn_overlap  # noqa: F401 (the public comparison API, re-exported)
 from .config import HUMAN, PARADIGMS, Config, cross_reference
-from .manifest import Manifest
+from .hidden import load_hidden
+from .manifest import Manifest, fingerprint
 from .merge import finished, merge
 from .options import Options, select
 from .paradigms import get as get_paradigm
@@ -98,6 +100,7 @@ from .paradigms import paper_names
 from .rules import Rules
 from .similarity import cosine, draw_paper_pairs
 from .store import load_npy, write_parquet
+from .vocab import load_run_vocab, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +209,6 @@ def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", 
 
 def run(cfg: Config, opts: Options) -> None:
     """`rsa` stage: RSA, NN@k and CIs per model x strategy cell, split-half reliability per model."""
-    from .vocab import load_run_vocab, vocab_fingerprint
 
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
@@ -233,7 +235,6 @@ def run(cfg: Config, opts: Options) -> None:
     _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
     if cfg.rsa.svd_variants:
-        from . import svd
 
         svd.run(cfg, man, sel.models, sel.strategies, words, vfp, force)
 
@@ -244,7 +245,6 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
 
     Static, encoder and human references are loaded once per run (`shared`), behavioral ones
     once per model (`per_model`), both keyed by content."""
-    from .hidden import load_hidden
 
     n = len(words)
     use, skipped = available_references(cfg, model, strategy)
@@ -313,7 +313,6 @@ def _consensus_on(cfg: Config, strategy: str, model: str, rows: np.ndarray) -> R
     """Paper mode, common words fewer than N: the consensus of `model` recomputed with every
     other model's hidden states centered over those words only (the authors' per-target
     common words), not over all words as the baselines stage centers them."""
-    from .baselines import consensus
 
     log.info("rsa %s/%s (paper mode): consensus recomputed, centered over the %d common words", model, strategy,
              len(rows))
@@ -444,8 +443,6 @@ def result_settings(cfg: Config) -> str:
     """Fingerprint of the settings the merged tables were computed under (the rsa section,
     each model's paradigms, the rules, the vocabulary), recorded with them so that `report`
     can tell tables older than the config."""
-    from .manifest import fingerprint
-    from .vocab import vocab_fingerprint
 
     return fingerprint({"rsa": asdict(cfg.rsa), "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),
                         "paradigms": {m.name: cfg.paradigms_of(m) for m in cfg.models}})

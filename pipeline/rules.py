@@ -20,6 +20,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from .paradigms import find as find_paradigm
+
 PANDAS_NA_STRINGS = frozenset([
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
     "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"])
@@ -119,10 +121,9 @@ class Rules:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from .paradigms import find
 
         missing = pc.is_null(outputs)
-        par = find(paradigm)
+        par = find_paradigm(paradigm)
         if self.paper and par is not None and par.na_answers:
             stripped = pc.utf8_trim_whitespace(outputs)
             na = pc.is_in(stripped, value_set=pa.array(self.na_strings, pa.string()))

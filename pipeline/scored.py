@@ -44,8 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import logs
-from .backends import Backend, ScoreRequest
+from . import logs, paths
+from .backends import Backend, ScoreRequest, scoring_names
 from .config import Config, ModelCfg
 from .errors import PipelineError
 from .prompts import chat_messages, fc_prompt, prompt_sha
@@ -93,7 +93,6 @@ def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[
             continuations than it was given.
     """
     if not backend.scores:
-        from .backends import scoring_names
 
         raise PipelineError(f"backend '{backend.name}' cannot score continuations, which fc_scored needs; set "
                             f"behave.backend to one that can ({', '.join(scoring_names())}) or drop fc_scored from "
@@ -228,7 +227,6 @@ def agreement(cfg: Config, model: str, generated: str = "fc", scored: str = "fc_
     Returns:
         The figures and `n_trials`, or None when either log has no such trials.
     """
-    from . import paths
 
     k = cfg.trials.fc_picks
     fc_dir, sc_dir = paths.behavior_dir(cfg, model, generated), paths.behavior_dir(cfg, model, scored)

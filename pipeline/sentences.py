@@ -53,10 +53,11 @@ import numpy as np
 
 from . import keys
 from .errors import PipelineError
-from .manifest import fingerprint
+from .manifest import Manifest, StageLock, fingerprint
 from .options import Options
 from .rules import Rules
 from .store import atomic_write_bytes, sha256_file
+from .vocab import load_run_vocab, load_words, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -707,8 +708,6 @@ def build(cfg, opts: Options | None = None, submit_factory=None) -> dict | None:
         PipelineError: a missing source or supplied file, punkt data missing in paper mode, or
             an existing sentence file that was harvested for other settings (without --force).
     """
-    from .manifest import Manifest, StageLock
-    from .vocab import load_run_vocab, vocab_fingerprint
 
     opts = opts or Options()
     h = cfg.hidden
@@ -891,7 +890,6 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--out", required=True)
     h.add_argument("--max", type=int, default=50, help="sentences per word (the paper: 50)")
     args = p.parse_args(argv)
-    from .vocab import load_words
 
     try:
         words = load_words(args.vocab)

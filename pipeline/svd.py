@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from . import keys, paths
 from .comparison import standardize
 from .config import Config
+from .hidden import load_hidden
 from .manifest import Manifest
 from .paradigms import paper_names
 from .similarity import centered_cosine, cosine, draw_paper_pairs, ppmi
@@ -110,7 +111,6 @@ def _reference_pairs(cfg: Config, model: str, paradigm: str, words: list[str], c
 def analyse_model(cfg: Config, model: str, strategies, words: list[str]) -> dict[str, pd.DataFrame]:
     """The ablation of one model, per strategy (rows of `COLUMNS`)."""
     from .aggregate import load_matrices
-    from .hidden import load_hidden
 
     paradigms = [p for p in _PARADIGMS if p in cfg.behave.paradigms]
     keep = np.ones(len(words), dtype=bool)

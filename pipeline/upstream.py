@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 
 from . import keys
-from .config import Config
+from .config import Config, ReleasedModelCfg
 from .errors import PipelineError
+from .hidden import _fingerprint
 from .manifest import Manifest, StaleStageError, fingerprint
 from .options import Options
+from .vocab import load_run_vocab, load_words, vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,6 @@ def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
 
 def _released(cfg: Config) -> set[str]:
     """Models whose `behave/...` records the `released` stage writes (`[[released]]`)."""
-    from .config import ReleasedModelCfg
 
     return {m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)}
 
@@ -96,7 +97,6 @@ def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -
     if up == "vocab":
         words = _config_words(cfg)
         return [] if words is None else [(keys.VOCAB, fingerprint({"words": fingerprint(words), "size": len(words)}))]
-    from .vocab import load_run_vocab
 
     if not (cfg.run_dir / "vocab.txt").exists():
         return []
@@ -118,8 +118,6 @@ def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -
                 if key in stages:
                     out.append((key, fingerprint(behave_inputs(cfg, m, p))))
         return out
-    from .hidden import _fingerprint
-    from .vocab import vocab_fingerprint
 
     vfp = vocab_fingerprint(cfg)
     out = []
@@ -139,7 +137,6 @@ def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -
 def _config_words(cfg: Config) -> list[str] | None:
     """The words the vocab stage would freeze now, or None when the source cannot be read
     (then the vocab stage itself says so; a finished run stays readable without it)."""
-    from .vocab import load_words
 
     try:
         words = load_words(cfg.vocab.source)

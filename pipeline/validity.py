@@ -56,10 +56,14 @@ import pyarrow.compute as pc
 from . import keys, paths
 from .config import PARADIGMS, Config
 from .errors import PipelineError
+from .hidden import load_hidden
+from .logs import iter_final, list_parts
 from .manifest import Manifest
 from .options import Options
 from .paradigms import get as get_paradigm
+from .scored import PositionPrior, debias, normalized_log
 from .store import write_parquet
+from .vocab import load_run_vocab
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,6 @@ def norm_diagnostics(x: np.ndarray, ratio: float) -> dict:
 
 def _fc_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     """{list length: (pick counts by position, first-pick counts by position, trials)} of FC."""
-    from .logs import iter_final
 
     out: dict[int, list] = {}
     for batch in iter_final(directory, ["candidates", "picks"]):
@@ -145,8 +148,6 @@ def _fc_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
 
 def _scored_profile(directory, kind: str = "mean") -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     """{list length: (summed first-pick probability by position, the same debiased, trials)}."""
-    from .logs import iter_final
-    from .scored import PositionPrior, debias, normalized_log
 
     est, batches = PositionPrior(kind), []
     for batch in iter_final(directory, ["logprobs", "probs"]):
@@ -172,7 +173,6 @@ def _scored_profile(directory, kind: str = "mean") -> dict[int, tuple[np.ndarray
 
 def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict], dict | None]:
     """Profile rows and the bias summary of one model's FC or scored-FC log (None: no log)."""
-    from .logs import list_parts
 
     directory = paths.behavior_dir(cfg, model, paradigm)
     if not directory.exists() or not list_parts(directory):
@@ -214,7 +214,6 @@ def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict],
 
 def hidden_rows(cfg: Config, model: str, strategy: str, words: list[str]) -> list[dict]:
     """`norm_diagnostics` of every analysed layer (1..L) of one model x strategy."""
-    from .hidden import load_hidden
 
     arr = load_hidden(cfg, model, strategy, n_words=len(words))
     rows = []
@@ -347,7 +346,6 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------- stage
 
 def _inputs(cfg: Config, man: Manifest) -> dict:
-    from .logs import list_parts
 
     files = []
     for m in cfg.models:
@@ -367,7 +365,6 @@ def run(cfg: Config, opts: Options) -> None:
     A view of what it reads, like the report: recomputed whenever its settings or inputs
     changed (never refused), skipped when neither did.
     """
-    from .vocab import load_run_vocab
 
     words = load_run_vocab(cfg)
     man = Manifest(cfg.run_dir)
@@ -461,7 +458,6 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
 
 def plan_trials(cfg: Config, opts: Options) -> None:
     """`plan-trials` command: print the reliability planner from this run's split-half reliability."""
-    from .vocab import load_run_vocab
 
     rel_path = paths.result_table(cfg, "reliability")
     if not rel_path.exists():

@@ -21,6 +21,8 @@ from .config import Config
 from .errors import PipelineError
 from .manifest import Manifest, fingerprint
 from .options import Options
+from .prompts import prompt_hashes
+from .rules import DROPPED_AFTER_LOWER, PANDAS_NA_STRINGS, Rules
 from .store import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,6 @@ def run(cfg: Config, opts: Options) -> None:
     Also records the run's config, versions, seeds and prompt hashes in the manifest, as
     the first stage of every run.
     """
-    from .prompts import prompt_hashes
 
     source = Path(cfg.vocab.source)
     words = load_words(source)
@@ -180,7 +181,6 @@ def check_words(cfg: Config, source: Path, words: list[str]) -> None:
     Raises:
         PipelineError: naming the words, the rule and the fix.
     """
-    from .rules import DROPPED_AFTER_LOWER, PANDAS_NA_STRINGS, Rules
 
     rules = Rules.of(cfg)
     bad = rules.unmatchable(words)

@@ -166,3 +166,14 @@ def test_plan_trials_command(tmp_path, capsys):
     # Spearman-Brown: 0.8 * 0.5 / (0.5 * 0.2) = 4x the data, 2 runs -> 8 runs per cue
     assert "FA (m): r_SB = 0.500 (spearman) with trials.fa_runs = 2; 0.8 needs 4.0x the data, trials.fa_runs = 8:" in out
     assert "160 trials for these 20 words, and 40,000 trials" in out
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """Internal imports sit at module top unless they would close an import cycle or load a
+    heavy library at start-up; this keeps `python -m pipeline --help` light."""
+    import sys
+
+    heavy = ["pandas", "pyarrow", "scipy", "sklearn", "torch", "vllm", "transformers", "ray", "matplotlib"]
+    code = f"import sys, pipeline.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -51,11 +51,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import logs
+from ..attempts import run_chunk
+from ..backends import backend_class, get_backend
 from ..behave import LogJob, finalize, open_log, pending_trials
 from ..config import Config
 from ..errors import PipelineError
 from ..manifest import Manifest
 from ..options import Options, model_paradigms, select
+from ..vocab import load_run_vocab
 from .cluster import MAX_RESTARTS, Resources, plan_workers, ray_session, set_threads, worker_config, worker_env
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,6 @@ class _BehaveWorker:
     def __init__(self, cfg: Config, model: str, threads: int, env: dict[str, str], words: list[str] | None = None):
         os.environ.update(env)
         logging.basicConfig(level=logging.WARNING)
-        from ..backends import get_backend
 
         self.cfg = cfg
         self.words = words
@@ -103,7 +105,6 @@ class _BehaveWorker:
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, paradigm: str, chunk: pa.Table) -> tuple[pa.Table, dict]:
-        from ..attempts import run_chunk
 
         t0 = time.perf_counter()
         rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk, self.words)
@@ -221,7 +222,6 @@ def _progress(total: int, model: str):
 
 
 def _gpus_per_worker(cfg: Config, model_cfg) -> int:
-    from ..backends import backend_class
 
     return backend_class(cfg.backend_of(model_cfg), cfg).gpus_per_engine(model_cfg)
 
@@ -231,7 +231,6 @@ def _start_workers(ray, cfg: Config, opts: Options, model_cfg) -> tuple[list, Re
     actor_cls = ray.remote(_BehaveWorker).options(
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
     worker_cfg = worker_config(cfg)
-    from ..vocab import load_run_vocab
 
     words = load_run_vocab(cfg)
     actors = [actor_cls.remote(worker_cfg, model_cfg.name, int(res.num_cpus), worker_env(), words)

@@ -16,7 +16,9 @@ from collections import deque
 
 from ..config import Config
 from ..errors import PipelineError
+from ..hidden import extract, make_pooler, pending
 from ..options import Options
+from ..pooling import load_model
 from .cluster import MAX_RESTARTS, plan_workers, ray_session, set_threads, worker_config, worker_env
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,6 @@ def _hidden_task(cfg: Config, model: str, strategy: str, fp: str, words: list[st
     """Extract one model x strategy on a Ray worker with the hidden module's own code."""
     os.environ.update(env)
     logging.basicConfig(level=logging.WARNING)
-    from ..hidden import extract, make_pooler
-    from ..pooling import load_model
 
     t0 = time.perf_counter()
     tok, lm = load_model(cfg.model(model), cfg.hidden.dtype, cfg.hidden.device)
@@ -56,7 +56,6 @@ def run(cfg: Config, opts: Options) -> None:
         opts: CLI options; uses ``model``, ``strategy``, ``force``, ``address`` and
             ``workers`` (tasks at once; default: one per GPU, or per CPU).
     """
-    from ..hidden import pending
 
     words, todo, sentences = pending(cfg, opts)
     if not todo:

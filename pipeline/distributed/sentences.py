@@ -16,6 +16,7 @@ import os
 from ..config import Config
 from ..errors import PipelineError
 from ..options import Options
+from ..sentences import build, scan_unit
 from .cluster import MAX_RESTARTS, plan_workers, ray_session, worker_env
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 def _sentences_task(spec, unit, part: str, budget, closed, env: dict[str, str]) -> dict:
     os.environ.update(env)
-    from ..sentences import scan_unit
 
     return scan_unit(spec, unit, part, budget, closed)
 
@@ -34,7 +34,6 @@ def run(cfg: Config, opts: Options) -> None:
     Ray starts only when there is something to scan; a task whose worker died is retried
     (up to `MAX_RESTARTS` times) and continues from its unit's last checkpoint.
     """
-    from ..sentences import build
 
     stack = contextlib.ExitStack()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+from ..prompts import fa_prompt, prompt_hashes, prompt_sha
 from . import register
 from .base import Paradigm, Units
 
@@ -18,7 +19,6 @@ def _protocol_class():
     from ..attempts import Protocol, derive_seed, fa_regex
     from ..backends import GenRequest
     from ..parse import parse_fa
-    from ..prompts import fa_prompt, prompt_sha
 
     class FAProtocol(Protocol):
         repairs = False
@@ -72,7 +72,6 @@ class FreeAssociation(Paradigm):
         return lambda b: b.column("run").to_numpy(zero_copy_only=False).astype("int64") % 2 == h
 
     def behave_settings(self, cfg, model_cfg) -> dict:
-        from ..prompts import prompt_hashes
 
         b = cfg.behave
         return dict(prompts=[prompt_hashes()["fa"]], structured=b.structured_fa, temperature=b.fa_temperature,

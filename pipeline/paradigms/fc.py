@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+from ..prompts import fc_prompt, fc_repair_prompt, prompt_hashes, prompt_sha
 from . import register
 from .base import Paradigm, Units
 
@@ -20,7 +21,6 @@ def _protocol_class():
     from ..attempts import Protocol, fc_choices, fc_regex
     from ..backends import GenRequest
     from ..parse import parse_fc
-    from ..prompts import fc_prompt, fc_repair_prompt, prompt_sha
 
     class FCProtocol(Protocol):
         structured_min_tokens = 32
@@ -105,7 +105,6 @@ class ForcedChoice(Paradigm):
 
     def behave_settings(self, cfg, model_cfg) -> dict:
         from ..attempts import retry_sampling
-        from ..prompts import prompt_hashes
         from ..rules import Rules
 
         b, hashes = cfg.behave, prompt_hashes()

@@ -9,6 +9,7 @@ its `fc_picks` most probable candidates once each (``"top"``). Split halves as F
 
 from __future__ import annotations
 
+from ..prompts import prompt_hashes
 from . import register
 from .fc import ForcedChoice
 
@@ -35,7 +36,6 @@ class ScoredForcedChoice(ForcedChoice):
         return SCORED_SCHEMA
 
     def behave_settings(self, cfg, model_cfg) -> dict:
-        from ..prompts import prompt_hashes
         from ..scored import ANSWER_PREFIX, SCORE_VERSION
 
         return dict(prompts=[prompt_hashes()["fc"]], answer_prefix=ANSWER_PREFIX, picks=cfg.trials.fc_picks,

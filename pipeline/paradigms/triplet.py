@@ -45,6 +45,8 @@ import unicodedata
 
 import numpy as np
 
+from ..errors import PipelineError
+from ..prompts import chat_messages, prompt_sha, template, template_sha
 from . import register
 from .base import Paradigm, Units
 
@@ -65,7 +67,6 @@ def build_triplet_plan(words: list[str], per_word: int, seed: int):
     """
     import pyarrow as pa
 
-    from ..errors import PipelineError
 
     n = len(words)
     if n < 3:
@@ -178,7 +179,6 @@ def triplet_regex(words: list[str]) -> str:
 def _protocol_class():
     from ..attempts import Protocol
     from ..backends import GenRequest
-    from ..prompts import prompt_sha, template
 
     class TripletProtocol(Protocol):
         structured_min_tokens = _MIN_TOKENS
@@ -248,7 +248,6 @@ def _counted(src, words: list[str], select, weighted: str | None, prior_kind: st
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ..errors import PipelineError
     from ..logs import iter_final
     from ..scored import PositionPrior, debias
 
@@ -364,7 +363,6 @@ class Triplet(Paradigm):
 
     def behave_settings(self, cfg, model_cfg) -> dict:
         from ..attempts import retry_sampling
-        from ..prompts import template_sha
 
         b = cfg.behave
         return dict(prompts=[template_sha("triplet"), template_sha("triplet_repair")], structured=b.structured_triplet,
@@ -408,7 +406,6 @@ class ScoredTriplet(Triplet):
         return SCORED_SCHEMA
 
     def behave_settings(self, cfg, model_cfg) -> dict:
-        from ..prompts import template_sha
         from ..scored import ANSWER_PREFIX, SCORE_VERSION
 
         return dict(prompts=[template_sha("triplet")], answer_prefix=ANSWER_PREFIX, scoring=SCORE_VERSION)
@@ -423,9 +420,7 @@ class ScoredTriplet(Triplet):
         import pyarrow as pa
 
         from ..backends import ScoreRequest
-        from ..errors import PipelineError
         from ..logs import SCORED_SCHEMA
-        from ..prompts import chat_messages, prompt_sha, template
         from ..scored import ANSWER_PREFIX, distribution
 
         if not trials:
