@@ -98,7 +98,6 @@ def aggregate_one(cfg: Config, model: str, paradigm: str, words: list[str], forc
     Returns:
         The stats dict written to `stats.json` (also the manifest summary).
     """
-
     par = get_paradigm(paradigm)
     src = paths.behavior_dir(cfg, model, paradigm)
     out = paths.matrices_dir(cfg, model, paradigm)
@@ -196,7 +195,6 @@ def count_matrix(src: str | Path, words: list[str], paradigm: str, rules: Rules 
 def count_picks(src: str | Path, words: list[str], paradigm: str, rules: Rules, select=None
                 ) -> tuple[sp.csr_matrix, list[str], dict]:
     """`count_matrix` of a generated paradigm: each final row's `picks`, once each."""
-
     counter = Counter(words, paradigm, rules, src)
     columns = ["cue_idx", "cue", "picks"] + (["trial_id", "run"] if select is not None else [])
     if rules.paper and get_paradigm(paradigm).na_answers:
@@ -225,7 +223,6 @@ def split_half(cfg: Config, model: str, paradigm: str, words: list[str], pairs=N
     Returns:
         Rows of `reliability.parquet`; empty when the behavior log has no final rows.
     """
-
     directory = paths.behavior_dir(cfg, model, paradigm)
     n = len(words)
     rules, par = Rules.of(cfg), get_paradigm(paradigm)

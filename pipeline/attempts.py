@@ -329,5 +329,4 @@ def run_chunk(backend: Backend, cfg: Config, model_cfg: ModelCfg, paradigm: str,
     Returns:
         Log rows (the paradigm's log schema), every attempt of every trial, one final row per trial.
     """
-
     return get_paradigm(paradigm).run_chunk(backend, cfg, model_cfg, chunk.to_pylist(), words, proto)

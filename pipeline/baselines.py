@@ -299,7 +299,6 @@ def consensus_sum(cfg: Config, strategy: str, exclude_model: str | None = None,
     Raises:
         PipelineError: fewer than two models, or a hidden-state file is missing.
     """
-
     others = [m.name for m in cfg.models if m.name != exclude_model and not m.behavior_only]
     if not others:
         raise PipelineError(f"cross-model consensus needs at least one model besides '{exclude_model}'; "
@@ -326,7 +325,6 @@ def consensus_file(cfg: Config, model: str, strategy: str) -> Path:
 
 def run(cfg: Config, opts: Options) -> None:
     """Static vectors, encoder vectors, and consensus for every model x strategy."""
-
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     man = Manifest(cfg.run_dir)
@@ -479,7 +477,6 @@ def _model_sum(sums_dir: Path, model: str, hidden_id: str, load) -> tuple[Path, 
 
 def load_static_vectors(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """(N x d float32 vectors, boolean mask of words that have one) of the static baseline."""
-
     path = paths.static_file(cfg)
     v = np.asarray(load_npy(path, f"the {cfg.baselines.static_name} static vectors",
                             keys.command(cfg, "baselines"), ndim=2, finite="rows"))

@@ -50,7 +50,6 @@ _FORMAT = 1
 
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
-
     if isinstance(model_cfg, ReleasedModelCfg):
 
         return log_inputs(cfg, model_cfg, paradigm)
@@ -68,7 +67,6 @@ def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
 
 def pending_trials(cfg: Config, model: str, paradigm: str, shard: tuple[int, int] = (0, 1)) -> pa.Table:
     """Plan rows of this shard that have no final row in the model's logs yet, in trial_id order."""
-
     plan = load_trials(cfg, paradigm)
     ids = plan.column("trial_id").to_numpy()
     keep = logs.shard_mask(ids, shard) & ~np.isin(ids, logs.finished_ids(paths.behavior_dir(cfg, model, paradigm)))
@@ -203,7 +201,6 @@ def open_log(cfg: Config, man: Manifest, model_cfg: ModelCfg, paradigm: str, for
 
 def _run_pending(backend, cfg: Config, job: LogJob, todo: pa.Table, shard) -> dict:
     """Run the pending trials; returns this invocation's rates for the summary."""
-
     model_cfg, paradigm, directory, key = job.model_cfg, job.paradigm, job.directory, job.key
 
     par = get_paradigm(paradigm)
@@ -270,7 +267,6 @@ def finalize(cfg: Config, job: LogJob, run_stats: dict | None = None, engine: di
     Returns:
         The summary (`summarize`) when complete, else None.
     """
-
     key, directory, paradigm = job.key, job.directory, job.paradigm
     plan_ids = load_trials(cfg, paradigm).column("trial_id").to_numpy()
     have = logs.finished_ids(directory)

@@ -183,7 +183,6 @@ def check_run_dir(cfg) -> None:
     An existing read-only one is accepted: stages whose work is finished only read, and a
     stage that must write says so when it tries.
     """
-
     run_dir = cfg.run_dir
     for parent in [run_dir, *run_dir.parents]:
         if parent.exists() and not parent.is_dir():

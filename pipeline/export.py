@@ -159,7 +159,6 @@ def _partial(cfg: Config, man: Manifest, model: str, src: _Source) -> dict:
 
 def run(cfg: Config, opts: Options) -> None:
     """`export` stage: every behavioral matrix (and, with ``--hidden``, hidden layers)."""
-
     words = load_run_vocab(cfg)
     n = len(words)
     man = Manifest(cfg.run_dir)

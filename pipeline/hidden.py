@@ -98,7 +98,6 @@ def pending(cfg: Config, opts: Options) -> tuple[list[str], list[tuple[str, str,
     Shared by the local stage and the Ray fan-out, so both skip exactly the same work;
     complete cells are logged and left out.
     """
-
     sel = select(cfg, opts)
     models, strategies = sel.models, sel.strategies
     words = load_run_vocab(cfg)
@@ -128,7 +127,6 @@ def sentences_for(cfg: Config, words: list[str]) -> list[list[str]]:
     `sentences` stage builds the file first, or checks that the one there was harvested for
     this vocabulary and these settings (a file shared by experiments must not serve a
     vocabulary it was not harvested for; README "Scaling up")."""
-
     h = cfg.hidden
     path = Path(h.sentences)
     if h.harvest:
@@ -158,7 +156,6 @@ def _texts(strategy: str, words: list[str], sentences: list[list[str]] | None,
            rules: Rules | None = None) -> tuple[list[list[str]], list[str]]:
     """Texts per word and the words without sentences that fell back to
     `Rules.averaged_fallback` (the meaning template, or the bare word in paper mode)."""
-
     if strategy != "averaged":
         return [[hidden_prompt(strategy, w)] for w in words], []
     bare = (rules or Rules()).averaged_fallback == "word"
@@ -336,7 +333,6 @@ def load_hidden(cfg: Config, model: str, strategy: str, mmap: bool = True, n_wor
         PipelineError: missing, unreadable, wrong shape or dtype, not finite, or not the file
             the hidden stage wrote; the message names the command that rebuilds it.
     """
-
     path = paths.hidden_file(cfg, model, strategy)
     rebuild = keys.command(cfg, "hidden", model=model, strategy=strategy)
     Manifest(cfg.run_dir).require(path, f"hidden states of {model}/{strategy}", rebuild)

@@ -116,7 +116,6 @@ def _bad_part(path: Path, why: str) -> PipelineError:
 def schema_for(directory: str | Path) -> pa.Schema:
     """The log layout of a behavior directory, named by its paradigm (`Paradigm.log_schema`:
     `SCORED_SCHEMA` for `fc_scored`); `SCHEMA` for any other directory."""
-
     par = find_paradigm(Path(directory).name)
     return SCHEMA if par is None else par.log_schema()
 

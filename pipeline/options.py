@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from . import keys
 from .config import Config, ReleasedModelCfg
 from .errors import PipelineError
 
@@ -88,11 +89,10 @@ def model_paradigms(cfg: Config, model: str, paradigms, stage: str, quiet: bool 
         stage: the stage name that prefixes the line.
         quiet: leave the line out (a second pass over the same model in one stage).
     """
-
     if stage == "behave" and isinstance(cfg.model(model), ReleasedModelCfg):
         if not quiet:
-            log.info("behave %s: the authors' released trials, imported by `python -m pipeline released`; nothing "
-                     "to run", model)
+            log.info("behave %s: the authors' released trials, imported by `%s`; nothing to run", model,
+                     keys.command(cfg, "released"))
         return []
     runs = cfg.paradigms_of(model)
     keep = [p for p in paradigms if p in runs or p not in cfg.behave.paradigms]

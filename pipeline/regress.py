@@ -373,7 +373,6 @@ def run(cfg: Config, opts: Options) -> None:
     paper mode the split is over the words with an FC and an FA row (the authors' common
     words) and a missing static vector counts as a zero vector.
     """
-
     force = opts.force
     sel = select(cfg, opts)
     all_models = [m.name for m in cfg.models if not m.behavior_only]
@@ -506,7 +505,6 @@ def result_settings(cfg: Config) -> str:
     """Fingerprint of the settings the regression table was computed under (the regress
     section, the references that add feature sets, each model's paradigms, the rules, the
     vocabulary), recorded with it so that `report` can tell a table older than the config."""
-
     return fingerprint({"regress": asdict(cfg.regress), "references": cfg.rsa.references,
                         "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),
                         "paradigms": {m.name: cfg.paradigms_of(m) for m in cfg.models}})

@@ -92,7 +92,6 @@ def file_identity(path: Path) -> dict:
 
 def log_inputs(cfg: Config, model: ReleasedModelCfg, paradigm: str) -> dict:
     """The settings of an imported log (what `behave.behave_inputs` gives for a released model)."""
-
     d = {"format": 1, "released": _VERSION, "plan": plan_fingerprint(cfg, paradigm), "source": model.source,
          "paradigm": paradigm}
     if paradigm == "fc":
@@ -105,7 +104,6 @@ def log_inputs(cfg: Config, model: ReleasedModelCfg, paradigm: str) -> dict:
 def run(cfg: Config, opts) -> None:
     """`released` stage: import every released model's FC and FA file (or the ones `--model`,
     `--paradigm` select); a finished import of an unchanged file is skipped, ``--force`` redoes it."""
-
     o = Options.of(opts)
     models = [m for m in cfg.models if isinstance(m, ReleasedModelCfg)]
     if o.model is not None:
@@ -324,9 +322,8 @@ class _Parts:
 def _fc_plan(cfg: Config, vocab: pa.Array) -> dict:
     """The FC plan as vocabulary indices, read in batches: cue per trial, candidate offsets and
     candidates in plan order (int16 where the vocabulary allows: 50 MB for the paper's plan)."""
-
     path = checked_plan_file(cfg, "fc")
-    rebuild = f"python -m pipeline trials --config {cfg.source} --force"
+    rebuild = keys.command(cfg, "trials", force=True)
     n_words = len(vocab)
     slots = n_words * (n_words - 1) * cfg.trials.fc_orders
     try:
@@ -492,12 +489,12 @@ def _import_fa(cfg: Config, model: ReleasedModelCfg, path: Path, words: list[str
     try:
         seeds = pq.read_table(plan, columns=["seed"]).column("seed").to_numpy()
     except (pa.ArrowException, OSError) as e:
-        raise PipelineError(f"{plan}: unreadable trial plan ({e}); rebuild it with `python -m pipeline trials "
-                            f"--config {cfg.source} --force`") from None
+        raise PipelineError(f"{plan}: unreadable trial plan ({e}); rebuild it with "
+                            f"`{keys.command(cfg, 'trials', force=True)}`") from None
     n_plan = len(seeds)
     if n_plan != len(words) * runs:
         raise PipelineError(f"{plan}: {n_plan} trials, not {len(words)} cues x {runs} runs; rebuild it with "
-                            f"`python -m pipeline trials --config {cfg.source} --force`")
+                            f"`{keys.command(cfg, 'trials', force=True)}`")
     pf = _open(path, FA_COLUMNS)
     tids, positions, assocs = [], [], []
     stats = dict.fromkeys(("rows", "null_associations", "beyond_k", "trials_without_associates"), 0)

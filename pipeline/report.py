@@ -181,7 +181,7 @@ def sentences_section(cfg: Config) -> list[str]:
     if s["below_cap"]:
         below = pd.DataFrame(s["below_cap"][:30], columns=["word", "sentences"])
         first = ", first 30" if len(s["below_cap"]) > 30 else ""
-        lines += ["", f"Words below {s['max_sentences']} (fewest first{first}):", "", _md_table(below)]
+        lines += ["", f"Words below {s['max_sentences']} (fewest first{first}):", "", md_table(below)]
     return lines
 
 
@@ -330,7 +330,7 @@ def _validity_section(cfg: Config) -> list[str]:
         b = v["validity_bias"][["model", "paradigm", "n_trials", "top_position", "top_share", "top2_share", "ckld",
                                 "ckld_debiased"]]
         lines += ["", "**Position bias** (share of picks, or of first-pick probability, by list position: "
-                      "`results/validity_position.parquet`)", "", _md_table(b)]
+                      "`results/validity_position.parquet`)", "", md_table(b)]
     if "validity_ceiling" in v:
         c = v["validity_ceiling"].rename(columns={"r_sb": "r_SB", "sqrt_r_sb": "sqrt(r_SB)",
                                                    "rsa_mean": "RSA hidden mean", "rsa_peak": "RSA hidden peak",
@@ -339,7 +339,7 @@ def _validity_section(cfg: Config) -> list[str]:
                                                    "rsa_static": f"RSA {cfg.baselines.static_name}"})
         lines += ["", "**Reliability beside RSA**: a behavioral geometry cannot correlate with anything beyond "
                       "sqrt(r_SB); RSA hidden = against the hidden layers (all strategies), the baselines directly "
-                      "against the behavioral matrix.", "", _md_table(c)]
+                      "against the behavioral matrix.", "", md_table(c)]
     if "validity_hidden" in v:
         h = v["validity_hidden"]
         rows = []
@@ -351,7 +351,7 @@ def _validity_section(cfg: Config) -> list[str]:
                          "top-dim share (centred)": r.centred_share, "top-dim layer": int(r.layer),
                          "rogue CC share (raw)": g.rogue_share.max()})
         lines += ["", "**Hidden-state norms and rogue dimensions** (per layer: "
-                      "`results/validity_hidden.parquet`)", "", _md_table(pd.DataFrame(rows))]
+                      "`results/validity_hidden.parquet`)", "", md_table(pd.DataFrame(rows))]
     if "validity_plan" in v:
         lines += ["", f"**Reliability planner** (Spearman-Brown to r_SB = {vc.target_reliability}; "
                       "`python -m pipeline plan-trials --config ...`)", ""]
@@ -361,7 +361,8 @@ def _validity_section(cfg: Config) -> list[str]:
 
 # ---------------------------------------------------------------- markdown
 
-def _md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+def md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """`df` as a Markdown table, floats as `floatfmt` and non-finite values as "–"."""
     def fmt(v):
         if isinstance(v, (float, np.floating)):
             return "–" if not np.isfinite(v) else format(v, floatfmt)
@@ -391,7 +392,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         lines.append("No behave summaries in the manifest.")
     else:
         cols = [c for c in comp.columns if comp[c].notna().any()]
-        lines.append(_md_table(comp[cols]))
+        lines.append(md_table(comp[cols]))
     lines += _behavior_section(cfg, res)
     lines += sentences_section(cfg)
     if "rsa" in res:
@@ -405,7 +406,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             by_strategy = by_strategy[ref_order(by_strategy.columns)].reset_index()
             by_strategy.insert(0, "model", "mean over models")
             table = pd.concat([wide, by_strategy], ignore_index=True) if len(models) > 1 else wide
-            lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", _md_table(table)]
+            lines += ["", f"## RSA, mean over layers ({METHOD_LABELS.get(method, method)})", "", md_table(table)]
         method = primary_method(cfg, rsa)
         s = rsa_summary(rsa, method)
         paper = paper_names()
@@ -416,7 +417,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
         a, b = paper
         sa, sb = get_paradigm(a).short, get_paradigm(b).short
         lines += ["", f"## Peak RSA, {sa} and {sb} ({METHOD_LABELS.get(method, method)}, value @ layer/L)", "",
-                  _md_table(peak)]
+                  md_table(peak)]
         fcfa = s[s.reference.isin(paper)].pivot_table(index=["model", "strategy"], columns="reference",
                                                       values="mean", sort=False)
         if set(paper) <= set(fcfa.columns):
@@ -424,7 +425,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
             wins = int((fcfa[f"{a} − {b}"] > 0).sum())
             lines += ["", f"## {sa} vs {sb}", "",
                       f"{sa} > {sb} (mean over layers, {method}) in **{wins}/{len(fcfa)}** model × strategy cells.",
-                      "", _md_table(fcfa.reset_index())]
+                      "", md_table(fcfa.reset_index())]
     for p in PARADIGMS:
         lines += get_paradigm(p).report_section(cfg, res)
     lines += _validity_section(cfg)
@@ -436,12 +437,12 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
                   "Halves: FC by candidate-group parity, FA by run parity; each half's PPMI-cosine, "
                   "correlated with the same method and Spearman-Brown corrected. The figures show the "
                   "band from r_SB to sqrt(r_SB).", "",
-                  _md_table(rel.rename(columns={"reliability": "r_SB", "ceiling_high": "sqrt(r_SB)"}))]
+                  md_table(rel.rename(columns={"reliability": "r_SB", "ceiling_high": "sqrt(r_SB)"}))]
     if "nn" in res:
         nn = res["nn"]
         t = nn.groupby(["strategy", "k", "reference"], sort=False).overlap.mean().unstack()
         t = t[ref_order(t.columns)].reset_index()
-        lines += ["", "## NN@k overlap (mean over models and layers)", "", _md_table(t)]
+        lines += ["", "## NN@k overlap (mean over models and layers)", "", md_table(t)]
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
         ref = names["reference"]
@@ -455,7 +456,7 @@ def _markdown(cfg: Config, res: dict[str, pd.DataFrame], figures: list[str]) -> 
                                                "lexical baseline.")
         lines += ["", "## Held-out-words regression (test R²)", "",
                   f"Mean over layers (seeds {', '.join(map(str, seeds))} averaged first) per feature set; peak layer "
-                  f"by `{names['full']}`; gains at that layer over `{ref}`.{note}", "", _md_table(table, ".4f")]
+                  f"by `{names['full']}`; gains at that layer over `{ref}`.{note}", "", md_table(table, ".4f")]
     if "svd_variants" in res:
         lines += svd_section(cfg, res["svd_variants"])
     lines += ["", "## This run vs published", ""] + vs_published(cfg, res)
@@ -504,7 +505,7 @@ def _behavior_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
               "All methods: `results/behavior_rsa.parquet`."]
     for paradigm in [p for p in paper_names() if p in set(beh.paradigm)]:
         m = behavior_matrix(beh, rel, paradigm, method, models).rename(index=label, columns=label)
-        lines += ["", f"**{get_paradigm(paradigm).short}**", "", _md_table(m.rename_axis("model").reset_index())]
+        lines += ["", f"**{get_paradigm(paradigm).short}**", "", md_table(m.rename_axis("model").reset_index())]
     return lines
 
 
@@ -519,7 +520,7 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
              "cosine as the models' behavior. Words without norms are masked (left out of every pair with this "
              "reference), never counted as zero rows."]
     if not cov.empty:
-        lines += ["", "Coverage:", "", _md_table(cov)]
+        lines += ["", "Coverage:", "", md_table(cov)]
     bn = res.get("behavior_norms")
     if bn is not None:
         method = "spearman" if "spearman" in set(bn.method) else bn.method.iloc[0]
@@ -530,7 +531,7 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
         for c in n.columns:
             wide[f"{c} words"] = n[c].astype(int)
         lines += ["", "Each model's behavioral geometry (PPMI-cosine) against the human one, on the words both "
-                      "have:", "", _md_table(wide.reset_index())]
+                      "have:", "", md_table(wide.reset_index())]
     rsa = res.get("rsa")
     if rsa is not None and any(r in set(rsa.reference) for r in humans):
         method = primary_method(cfg, rsa)
@@ -539,7 +540,7 @@ def _norms_section(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
         summ["peak"] = [f"{r.peak:.3f} @ {r.peak_layer}/{r.n_layers}" for r in summ.itertuples()]
         lines += ["", f"Hidden layers against the human geometry ({METHOD_LABELS.get(method, method)}, mean over "
                       "layers and peak):", "",
-                  _md_table(summ[["model", "strategy", "reference", "mean", "peak"]])]
+                  md_table(summ[["model", "strategy", "reference", "mean", "peak"]])]
     return lines
 
 
@@ -553,7 +554,7 @@ def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
              "Hidden centered cosine of every layer, the embeddings included, against the FC and FA geometry "
              "as count or PPMI rows, raw or through TruncatedSVD, each then cosine (METHOD.md §6 \"Ablation\"). "
              f"Words: {int(svd.n_words.iloc[0])} common to hidden, FC and FA; {int(svd.n_pairs.iloc[0]):,} pairs.",
-             "", _md_table(wide)]
+             "", md_table(wide)]
     clipped = svd[svd.dims.notna() & (svd.dims != svd.dims_used)]
     if not clipped.empty:
         pairs = sorted({(int(d), int(u)) for d, u in zip(clipped.dims, clipped.dims_used)})
@@ -574,7 +575,7 @@ def svd_section(cfg: Config, svd: pd.DataFrame) -> list[str]:
                              "difference": g.rsa.mean() - theirs.rsa.mean()})
         lines += ["", "Beside the published ablation (the paper never ran it for the Task (FC) strategy; "
                       "`pipeline/published/svd_variants/`, CC BY 4.0):", "",
-                  _md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy cells."]
+                  md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy cells."]
     return lines
 
 
@@ -617,7 +618,7 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                           f"\"paper\" to rsa.methods to compare the same statistic."]
         lines += ["", f"### RSA, mean over layers ({METHOD_LABELS.get(method, method)} here; published: Pearson on "
                       f"500,000 pairs){note}", ""]
-        lines.append(_md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy x reference cells.")
+        lines.append(md_table(pd.DataFrame(rows)) if rows else "No matching model x strategy x reference cells.")
     if "nn" in res:
         nn = res["nn"][res["nn"].model.isin(list(matched))]
         pub = published.nn()
@@ -631,7 +632,7 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                              "this run": r.overlap, "published": g["mean"].iloc[0],
                              "difference": r.overlap - g["mean"].iloc[0]})
         if rows:
-            lines += ["", "### NN@k overlap, mean over layers", "", _md_table(pd.DataFrame(rows))]
+            lines += ["", "### NN@k overlap, mean over layers", "", md_table(pd.DataFrame(rows))]
     if "regression" in res:
         summary, names = regression_summary(res["regression"])
         summary = summary[summary.model.isin(list(matched))]
@@ -646,7 +647,7 @@ def vs_published(cfg: Config, res: dict[str, pd.DataFrame]) -> list[str]:
                                  "this run": r[s], "published": g.mean_r2.iloc[0],
                                  "difference": r[s] - g.mean_r2.iloc[0]})
         if rows:
-            lines += ["", "### Regression, mean test R² over layers", "", _md_table(pd.DataFrame(rows), ".4f")]
+            lines += ["", "### Regression, mean test R² over layers", "", md_table(pd.DataFrame(rows), ".4f")]
         elif not summary.empty:
             lines += ["", f"Regression: not comparable: the published feature sets "
                           f"({', '.join(sorted(set(pub.feature_set)))}) all include the cross-model consensus, "

@@ -209,7 +209,6 @@ def load_reference(cfg: Config, name: str, path: Path, n: int, model: str = "", 
 
 def run(cfg: Config, opts: Options) -> None:
     """`rsa` stage: RSA, NN@k and CIs per model x strategy cell, split-half reliability per model."""
-
     words = load_run_vocab(cfg)
     vfp = vocab_fingerprint(cfg)
     rules = Rules.of(cfg)
@@ -245,7 +244,6 @@ def _cell(cfg: Config, man: Manifest, model: str, strategy: str, words: list[str
 
     Static, encoder and human references are loaded once per run (`shared`), behavioral ones
     once per model (`per_model`), both keyed by content."""
-
     n = len(words)
     use, skipped = available_references(cfg, model, strategy)
     upstream = {"hidden": man.require(paths.hidden_file(cfg, model, strategy),
@@ -313,7 +311,6 @@ def _consensus_on(cfg: Config, strategy: str, model: str, rows: np.ndarray) -> R
     """Paper mode, common words fewer than N: the consensus of `model` recomputed with every
     other model's hidden states centered over those words only (the authors' per-target
     common words), not over all words as the baselines stage centers them."""
-
     log.info("rsa %s/%s (paper mode): consensus recomputed, centered over the %d common words", model, strategy,
              len(rows))
     sim = consensus(cfg, strategy, model, center_rows=rows)[np.ix_(rows, rows)]
@@ -443,7 +440,6 @@ def result_settings(cfg: Config) -> str:
     """Fingerprint of the settings the merged tables were computed under (the rsa section,
     each model's paradigms, the rules, the vocabulary), recorded with them so that `report`
     can tell tables older than the config."""
-
     return fingerprint({"rsa": asdict(cfg.rsa), "rules": Rules.of(cfg).name, "vocab": vocab_fingerprint(cfg),
                         "paradigms": {m.name: cfg.paradigms_of(m) for m in cfg.models}})
 

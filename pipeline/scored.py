@@ -227,7 +227,6 @@ def agreement(cfg: Config, model: str, generated: str = "fc", scored: str = "fc_
     Returns:
         The figures and `n_trials`, or None when either log has no such trials.
     """
-
     k = cfg.trials.fc_picks
     fc_dir, sc_dir = paths.behavior_dir(cfg, model, generated), paths.behavior_dir(cfg, model, scored)
     if not logs.list_parts(fc_dir) or not logs.list_parts(sc_dir):

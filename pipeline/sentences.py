@@ -708,7 +708,6 @@ def build(cfg, opts: Options | None = None, submit_factory=None) -> dict | None:
         PipelineError: a missing source or supplied file, punkt data missing in paper mode, or
             an existing sentence file that was harvested for other settings (without --force).
     """
-
     opts = opts or Options()
     h = cfg.hidden
     if not h.sentences:

@@ -87,7 +87,6 @@ def check(cfg: Config, stage: str, opts: Options | None = None) -> None:
 
 def _released(cfg: Config) -> set[str]:
     """Models whose `behave/...` records the `released` stage writes (`[[released]]`)."""
-
     return {m.name for m in cfg.models if isinstance(m, ReleasedModelCfg)}
 
 
@@ -137,7 +136,6 @@ def _expected(cfg: Config, up: str, stages: dict, opts: Options | None = None) -
 def _config_words(cfg: Config) -> list[str] | None:
     """The words the vocab stage would freeze now, or None when the source cannot be read
     (then the vocab stage itself says so; a finished run stays readable without it)."""
-
     try:
         words = load_words(cfg.vocab.source)
     except (PipelineError, OSError):

@@ -129,7 +129,6 @@ def norm_diagnostics(x: np.ndarray, ratio: float) -> dict:
 
 def _fc_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     """{list length: (pick counts by position, first-pick counts by position, trials)} of FC."""
-
     out: dict[int, list] = {}
     for batch in iter_final(directory, ["candidates", "picks"]):
         for cands, picks in zip(batch.column("candidates").to_pylist(), batch.column("picks").to_pylist()):
@@ -148,7 +147,6 @@ def _fc_profile(directory) -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
 
 def _scored_profile(directory, kind: str = "mean") -> dict[int, tuple[np.ndarray, np.ndarray, int]]:
     """{list length: (summed first-pick probability by position, the same debiased, trials)}."""
-
     est, batches = PositionPrior(kind), []
     for batch in iter_final(directory, ["logprobs", "probs"]):
         batch = batch.filter(pc.is_valid(batch.column("probs")))
@@ -173,7 +171,6 @@ def _scored_profile(directory, kind: str = "mean") -> dict[int, tuple[np.ndarray
 
 def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict], dict | None]:
     """Profile rows and the bias summary of one model's FC or scored-FC log (None: no log)."""
-
     directory = paths.behavior_dir(cfg, model, paradigm)
     if not directory.exists() or not list_parts(directory):
         return [], None
@@ -214,7 +211,6 @@ def position_tables(cfg: Config, model: str, paradigm: str) -> tuple[list[dict],
 
 def hidden_rows(cfg: Config, model: str, strategy: str, words: list[str]) -> list[dict]:
     """`norm_diagnostics` of every analysed layer (1..L) of one model x strategy."""
-
     arr = load_hidden(cfg, model, strategy, n_words=len(words))
     rows = []
     n_layers = arr.shape[0] - 1
@@ -324,7 +320,7 @@ def plan_lines(cfg: Config, df: pd.DataFrame) -> list[str]:
     v = cfg.validity
     out = []
     for r in df.itertuples():
-        key = keys.trials(r.unit)
+        key = f"trials.{r.unit}"  # the config key that sets the units (`Units.key`)
         name = _name(r.paradigm)
         head = f"{name} ({r.model}): r_SB = {r.r_sb:.3f} ({r.method}) with {key} = {int(r.units_now)}"
         if not math.isfinite(r.factor):
@@ -365,7 +361,6 @@ def run(cfg: Config, opts: Options) -> None:
     A view of what it reads, like the report: recomputed whenever its settings or inputs
     changed (never refused), skipped when neither did.
     """
-
     words = load_run_vocab(cfg)
     man = Manifest(cfg.run_dir)
     step = man.step(keys.VALIDITY, {"version": _VERSION, "settings": asdict(cfg.validity),
@@ -458,7 +453,6 @@ def sentences(cfg: Config, tables: dict[str, pd.DataFrame]) -> list[str]:
 
 def plan_trials(cfg: Config, opts: Options) -> None:
     """`plan-trials` command: print the reliability planner from this run's split-half reliability."""
-
     rel_path = paths.result_table(cfg, "reliability")
     if not rel_path.exists():
         raise PipelineError(f"{rel_path}: no split-half reliability yet; run `{keys.command(cfg, 'rsa')}` "

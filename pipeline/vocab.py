@@ -146,7 +146,6 @@ def run(cfg: Config, opts: Options) -> None:
     Also records the run's config, versions, seeds and prompt hashes in the manifest, as
     the first stage of every run.
     """
-
     source = Path(cfg.vocab.source)
     words = load_words(source)
     size = cfg.vocab.size if cfg.vocab.size is not None else len(words)
@@ -181,7 +180,6 @@ def check_words(cfg: Config, source: Path, words: list[str]) -> None:
     Raises:
         PipelineError: naming the words, the rule and the fix.
     """
-
     rules = Rules.of(cfg)
     bad = rules.unmatchable(words)
     if bad:

@@ -203,7 +203,6 @@ def continuation_ids(tok, req: ScoreRequest) -> tuple[list[int], list[list[int]]
         PipelineError: the tokenizer merges the end of the prompt with a continuation, so the
             continuation would not be scored after the same prompt tokens.
     """
-
     prompt = tok(req.text)["input_ids"]
     eos = [tok.eos_token_id] if req.end_of_turn else []
     out = []

@@ -56,7 +56,6 @@ def run(cfg: Config, opts: Options) -> None:
         opts: CLI options; uses ``model``, ``strategy``, ``force``, ``address`` and
             ``workers`` (tasks at once; default: one per GPU, or per CPU).
     """
-
     words, todo, sentences = pending(cfg, opts)
     if not todo:
         return

@@ -34,7 +34,6 @@ def run(cfg: Config, opts: Options) -> None:
     Ray starts only when there is something to scan; a task whose worker died is retried
     (up to `MAX_RESTARTS` times) and continues from its unit's last checkpoint.
     """
-
     stack = contextlib.ExitStack()
 
     def factory(workers: int | None):

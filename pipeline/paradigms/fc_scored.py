@@ -164,7 +164,7 @@ class ScoredForcedChoice(ForcedChoice):
         import pandas as pd
 
         from ..figures import METHOD_LABELS
-        from ..report import _md_table, primary_method, rsa_summary
+        from ..report import md_table, primary_method, rsa_summary
 
         agree = self.agreement(cfg)
         rsa = res.get("rsa")
@@ -180,7 +180,7 @@ class ScoredForcedChoice(ForcedChoice):
             lines += ["", "Agreement with the greedy FC answer of the same trial (trials where it is compliant): "
                           "`top2_same` = share whose two most probable candidates are FC's two picks; `top1_first` = "
                           "most probable candidate is FC's first pick; `first_pick_rank`, `first_pick_prob` = mean "
-                          "rank and probability of FC's first pick in the scored distribution.", "", _md_table(agree)]
+                          "rank and probability of FC's first pick in the scored distribution.", "", md_table(agree)]
         if has_rsa:
             method = primary_method(cfg, rsa)
             summ = rsa_summary(rsa, method)
@@ -197,5 +197,5 @@ class ScoredForcedChoice(ForcedChoice):
             if {base, mine} <= set(table.columns):
                 table[f"scored − {self.plan_name} (mean)"] = table[mine] - table[base]
             lines += ["", f"RSA of the hidden layers against each ({METHOD_LABELS.get(method, method)}, mean and peak "
-                          "over layers):", "", _md_table(table.reset_index())]
+                          "over layers):", "", md_table(table.reset_index())]
         return lines
