@@ -172,7 +172,7 @@ def test_a_backend_that_cannot_score_is_refused(make_config, monkeypatch):
     class Mute(FakeBackend):
         scores = False
 
-    monkeypatch.setitem(backends._REGISTRY, "mute", Mute)
+    monkeypatch.setitem(backends._REGISTRY.entries, "mute", Mute)
     with pytest.raises(ConfigError, match=r"'behave.paradigms' includes fc_scored.*\"mute\" cannot score"):
         make_config(behave={"backend": "mute", "paradigms": ["fc", "fc_scored"]})
     cfg = prepare(make_config())

@@ -25,6 +25,7 @@ from typing import Callable
 from .. import paradigms as _paradigms
 from ..config import RELEASED_BACKEND, Config, ModelCfg, bind_backends
 from ..errors import PipelineError
+from ..registry import Registry
 from .base import Backend, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 __all__ = ["Backend", "GenRequest", "GenResult", "ScoreRequest", "ScoreResult", "backend_class", "backend_keys",
@@ -92,44 +93,28 @@ def model_path(model_cfg: ModelCfg, cfg: Config) -> Path:
     raise PipelineError(f"model '{model_cfg.name}': {path} {what}; {fix}")
 
 
-_REGISTRY: dict[str, type[Backend]] = {}
+_REGISTRY: Registry[type[Backend]] = Registry(__name__, "backend")
 
 
 def register(name: str):
     """Class decorator: make a `Backend` subclass available as ``behave.backend = name``."""
-    def deco(cls: type[Backend]) -> type[Backend]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return deco
-
-
-@functools.cache
-def _discover() -> None:
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+    return _REGISTRY.register(name)
 
 
 def names() -> list[str]:
     """Registered backend names, production first (`Backend.rank`)."""
-    _discover()
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+    return _REGISTRY.names()
 
 
 def scoring_names() -> list[str]:
     """Backends that can score continuations (`fc_scored`), test stand-ins left out: what
     messages offer."""
-    return [n for n in names() if _REGISTRY[n].scores and not _REGISTRY[n].stand_in]
+    return [n for n in names() if _REGISTRY.entries[n].scores and not _REGISTRY.entries[n].stand_in]
 
 
 def backend_keys() -> set[str]:
     """Every `models[]` key some backend claims as its own (`Backend.model_keys`)."""
-    _discover()
-    return {k for cls in _REGISTRY.values() for k in cls.model_keys}
+    return {k for cls in _REGISTRY.entries.values() for k in cls.model_keys}
 
 
 def backend_class(name: str, cfg: Config | None = None) -> type[Backend]:
@@ -138,11 +123,7 @@ def backend_class(name: str, cfg: Config | None = None) -> type[Backend]:
     Raises:
         PipelineError: no such backend; names the registered ones.
     """
-    _discover()
-    if name not in _REGISTRY:
-        where = f" (behave.backend in {cfg.source})" if cfg is not None else ""
-        raise PipelineError(f"unknown backend '{name}'{where}; use one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name, f" (behave.backend in {cfg.source})" if cfg is not None else "")
 
 
 def get_backend(name: str, model_cfg: ModelCfg, cfg: Config, **overrides) -> Backend:

@@ -11,49 +11,33 @@ is cheap and `config` can list them:
     fc         forced choice, generated answers (METHOD.md §2)
     fa         free association (METHOD.md §3)
     fc_scored  the FC trials answered by the model's probabilities (beyond the paper)
+    triplet    triplet odd-one-out, generated answers, and its scored variant (Hebart et al. 2020)
 """
 
 from __future__ import annotations
 
-import functools
-
-from ..errors import PipelineError
+from ..registry import Registry
 from .base import Paradigm
 
 __all__ = ["Paradigm", "config_keys", "find", "get", "names", "paper_names", "register"]
 
-_REGISTRY: dict[str, Paradigm] = {}
+_REGISTRY: Registry[Paradigm] = Registry(__name__, "paradigm", make=lambda cls: cls())
 
 
 def register(name: str):
     """Class decorator: make a `Paradigm` subclass available as ``behave.paradigms = [name]``;
     the registry holds one instance (paradigms keep no state)."""
-    def deco(cls: type[Paradigm]) -> type[Paradigm]:
-        cls.name = name
-        _REGISTRY[name] = cls()
-        return cls
-    return deco
-
-
-@functools.cache
-def _discover() -> None:
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
+    return _REGISTRY.register(name)
 
 
 def names() -> tuple[str, ...]:
     """Registered paradigm names, the paper's first (`Paradigm.rank`): the order of every table."""
-    _discover()
-    return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n)))
+    return tuple(_REGISTRY.names())
 
 
 def paper_names() -> tuple[str, ...]:
     """The paper's own paradigms (`Paradigm.paper`): its feature sets, SVD ablation and exports."""
-    return tuple(n for n in names() if _REGISTRY[n].paper)
+    return tuple(n for n in names() if _REGISTRY.entries[n].paper)
 
 
 def get(name: str) -> Paradigm:
@@ -62,20 +46,15 @@ def get(name: str) -> Paradigm:
     Raises:
         PipelineError: no such paradigm; names the registered ones.
     """
-    _discover()
-    if name not in _REGISTRY:
-        raise PipelineError(f"unknown paradigm '{name}'; use one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def find(name: str) -> Paradigm | None:
     """The paradigm registered as `name`, or None (a norms matrix, a baseline)."""
-    _discover()
-    return _REGISTRY.get(name)
+    return _REGISTRY.find(name)
 
 
 def config_keys(section: str) -> dict:
     """The keys paradigms add to a config section (``trials``, ``behave``) with their defaults
     (`Paradigm.config_keys`); `config` accepts and type-checks them like its own."""
-    _discover()
-    return {k: v for p in _REGISTRY.values() for k, v in p.config_keys.get(section, {}).items()}
+    return {k: v for p in _REGISTRY.entries.values() for k, v in p.config_keys.get(section, {}).items()}
