@@ -72,7 +72,6 @@ def run(cfg: Config, opts: Options) -> None:
         for paradigm in model_paradigms(cfg, model, sel.paradigms, "aggregate"):
             aggregate_one(cfg, model, paradigm, words, force=opts.force)
     if opts.model is None and opts.paradigm is None:
-
         for norms_cfg in cfg.norms:
             import_norms(cfg, norms_cfg, words, force=opts.force)
 

@@ -51,7 +51,6 @@ _FORMAT = 1
 def behave_inputs(cfg: Config, model_cfg: ModelCfg, paradigm: str) -> dict:
     """Everything a model/paradigm log depends on; its fingerprint guards resumption."""
     if isinstance(model_cfg, ReleasedModelCfg):
-
         return log_inputs(cfg, model_cfg, paradigm)
 
     backend = cfg.backend_of(model_cfg)

@@ -266,7 +266,6 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.nd
 
 def _load_vectors(cfg: Config, man: Manifest, path: Path, n: int, what: str, zero_missing: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
-
     rebuild = keys.command(cfg, "baselines")
     if not path.exists():
         raise PipelineError(f"{path}: {what} is missing; the regression needs it: run `{rebuild}` (and configure "

@@ -234,7 +234,6 @@ def run(cfg: Config, opts: Options) -> None:
     _behavior_rsa(cfg, man, words, settings, force)
     _merge(cfg, man)
     if cfg.rsa.svd_variants:
-
         svd.run(cfg, man, sel.models, sel.strategies, words, vfp, force)
 
 

@@ -86,18 +86,24 @@ def distribution(logprobs) -> np.ndarray | None:
 
 def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str = "fc_scored"
                ) -> pa.Table:
-    """Score one chunk of FC plan rows; log rows in `logs.SCORED_SCHEMA`, one final row per trial.
+    """Score one chunk of FC plan rows; log rows in `logs.SCORED_SCHEMA`, one final row per trial."""
+    return score(backend, trials, requests(backend, cfg, model_cfg, trials, stage) if backend.scores else [], stage)
+
+
+def score(backend: Backend, trials: list[dict], reqs: list[ScoreRequest], paradigm: str) -> pa.Table:
+    """Score `reqs` (one per trial, its candidates as continuations) for `paradigm`: log rows in
+    `logs.SCORED_SCHEMA`, one final row per trial.
 
     Raises:
         PipelineError: the backend cannot score, or answered another number of requests or
             continuations than it was given.
     """
     if not backend.scores:
-
-        raise PipelineError(f"backend '{backend.name}' cannot score continuations, which fc_scored needs; set "
-                            f"behave.backend to one that can ({', '.join(scoring_names())}) or drop fc_scored from "
+        raise PipelineError(f"backend '{backend.name}' cannot score continuations, which {paradigm} needs; set "
+                            f"behave.backend to one that can ({', '.join(scoring_names())}) or drop {paradigm} from "
                             f"behave.paradigms")
-    reqs = requests(backend, cfg, model_cfg, trials, stage)
+    if not trials:
+        return logs.SCORED_SCHEMA.empty_table()
     t0 = time.perf_counter()
     results = backend.score(reqs)
     latency = (time.perf_counter() - t0) / max(len(reqs), 1)
@@ -116,6 +122,15 @@ def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[
                      "prompt_sha": prompt_sha(req.text), "n_prompt_tokens": res.n_prompt_tokens,
                      "n_output_tokens": int(sum(res.n_tokens)), "latency_s": latency})
     return pa.Table.from_pylist(recs, schema=logs.SCORED_SCHEMA)
+
+
+def count_settings(cfg: Config) -> dict:
+    """The settings a scored paradigm's counts and split halves depend on: `behave.scored_counts`,
+    and the prior's kind when the counts are debiased."""
+    out = {"scored_counts": cfg.behave.scored_counts}
+    if cfg.behave.scored_counts == "debiased":
+        out["scored_prior"] = cfg.behave.scored_prior
+    return out
 
 
 def summarize(directory) -> dict:

@@ -55,16 +55,12 @@ class ScoredForcedChoice(ForcedChoice):
         return summarize(directory)
 
     def count_settings(self, cfg) -> dict:
-        out = {"scored_counts": cfg.behave.scored_counts, "picks": cfg.trials.fc_picks}
-        if cfg.behave.scored_counts == "debiased":
-            out["scored_prior"] = cfg.behave.scored_prior
-        return out
+        return {**self.split_settings(cfg), "picks": cfg.trials.fc_picks}
 
     def split_settings(self, cfg) -> dict:
-        out = {"scored_counts": cfg.behave.scored_counts}
-        if cfg.behave.scored_counts == "debiased":
-            out["scored_prior"] = cfg.behave.scored_prior
-        return out
+        from ..scored import count_settings
+
+        return count_settings(cfg)
 
     def count_options(self, cfg):
         return cfg.behave.scored_counts, cfg.trials.fc_picks, cfg.behave.scored_prior

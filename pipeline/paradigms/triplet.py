@@ -415,38 +415,14 @@ class ScoredTriplet(Triplet):
 
     def run_chunk(self, backend, cfg, model_cfg, trials, words=None, proto=None):
         """Score each word of each triplet as the answer (its tokens, then the end of the answer)."""
-        import time
-
-        import pyarrow as pa
-
         from ..backends import ScoreRequest
-        from ..logs import SCORED_SCHEMA
-        from ..scored import ANSWER_PREFIX, distribution
+        from ..scored import ANSWER_PREFIX, score
 
-        if not trials:
-            return SCORED_SCHEMA.empty_table()
-        if not backend.scores:
-            raise PipelineError(f"backend '{backend.name}' cannot score continuations, which {self.name} needs; "
-                                f"use a backend that can, or drop {self.name} from behave.paradigms")
         reqs = [ScoreRequest(text=backend.render(chat_messages(template("triplet").format(
                     words=", ".join(t["candidates"])), model_cfg.system_prompt)) + ANSWER_PREFIX,
                     continuations=[f" {w}" for w in t["candidates"]], end_of_turn=True, stage=self.name)
-                for t in trials]
-        t0 = time.perf_counter()
-        results = backend.score(reqs)
-        latency = (time.perf_counter() - t0) / len(reqs)
-        if len(results) != len(reqs):
-            raise PipelineError(f"backend '{backend.name}' returned {len(results)} scores for {len(reqs)} requests")
-        recs = []
-        for t, req, res in zip(trials, reqs, results):
-            probs = distribution(res.logprobs)
-            recs.append({"trial_id": t["trial_id"], "cue_idx": t["cue_idx"], "cue": t["cue"],
-                         "candidates": t["candidates"], "logprobs": [float(x) for x in res.logprobs],
-                         "probs": None if probs is None else probs.tolist(), "n_tokens": list(res.n_tokens),
-                         "status": "ok" if probs is not None else "not_finite", "final": True,
-                         "prompt_sha": prompt_sha(req.text), "n_prompt_tokens": res.n_prompt_tokens,
-                         "n_output_tokens": int(sum(res.n_tokens)), "latency_s": latency})
-        return pa.Table.from_pylist(recs, schema=SCORED_SCHEMA)
+                for t in trials] if backend.scores else []
+        return score(backend, trials, reqs, self.name)
 
     def summarize(self, directory, cfg) -> dict:
         from ..scored import summarize
@@ -454,13 +430,12 @@ class ScoredTriplet(Triplet):
         return summarize(directory)
 
     def count_settings(self, cfg) -> dict:
-        return self.split_settings(cfg)
+        from ..scored import count_settings
+
+        return count_settings(cfg)
 
     def split_settings(self, cfg) -> dict:
-        out = {"scored_counts": cfg.behave.scored_counts}
-        if cfg.behave.scored_counts == "debiased":
-            out["scored_prior"] = cfg.behave.scored_prior
-        return out
+        return self.count_settings(cfg)
 
     def count_options(self, cfg):
         return cfg.behave.scored_counts, cfg.behave.scored_prior
