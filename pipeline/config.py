@@ -602,8 +602,22 @@ def _validate_released(cfg: Config) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    """Every section in the order of the file, so the first impossible value is the one named."""
     if not _NAME_RE.match(cfg.experiment.name):
         _fail(cfg, "experiment.name", f"= {cfg.experiment.name!r} must be a plain name (letters, digits, . _ -)")
+    _validate_trials(cfg)
+    _validate_behave(cfg)
+    _validate_released(cfg)
+    _backends().validate_scoring(cfg, functools.partial(_fail, cfg))
+    _validate_hidden(cfg)
+    if "{w}" not in cfg.baselines.encoder_template:
+        _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
+    _validate_norms(cfg)
+    _validate_analysis(cfg)
+    _validate_validity(cfg)
+
+
+def _validate_trials(cfg: Config) -> None:
     t = cfg.trials
     if t.fc_candidates < 2:
         _fail(cfg, "trials.fc_candidates", f"= {t.fc_candidates} must be at least 2")
@@ -622,6 +636,10 @@ def _validate(cfg: Config) -> None:
             _fail(cfg, "vocab.size", f"= {cfg.vocab.size} is too small for trials.fc_candidates = "
                   f"{t.fc_candidates}: a cue needs at least {t.fc_candidates} other words; "
                   f"raise vocab.size to {t.fc_candidates + 1} or more")
+
+
+def _validate_behave(cfg: Config) -> None:
+    """`[behave]` and `[[models]]` (each model's backend checks its own keys)."""
     b = cfg.behave
     _choices(cfg, "behave.backend", [b.backend], _backends().choices())
     _choices(cfg, "behave.paradigms", b.paradigms, PARADIGMS)
@@ -653,8 +671,9 @@ def _validate(cfg: Config) -> None:
             _choices(cfg, f"models[{i}].fix_mistral_regex", m.fix_mistral_regex, FIX_STAGES)
         if isinstance(m.extra_eos, dict):
             _choices(cfg, f"models[{i}].extra_eos", list(m.extra_eos), PARADIGMS)
-    _validate_released(cfg)
-    _backends().validate_scoring(cfg, functools.partial(_fail, cfg))
+
+
+def _validate_hidden(cfg: Config) -> None:
     h = cfg.hidden
     _choices(cfg, "hidden.strategies", h.strategies, STRATEGIES)
     if "averaged" in h.strategies and not h.sentences:
@@ -678,9 +697,10 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "hidden.harvest_field", "must name the text field of JSON-lines corpora, e.g. \"text\" (C4)")
     if h.harvest and not h.sentences:
         _fail(cfg, "hidden.sentences", "must name the file the sentences stage writes when hidden.harvest is set")
-    if "{w}" not in cfg.baselines.encoder_template:
-        _fail(cfg, "baselines.encoder_template", "must contain '{w}' where the word goes")
-    _validate_norms(cfg)
+
+
+def _validate_analysis(cfg: Config) -> None:
+    """`[rsa]` (with its references) and `[regress]`."""
     r = cfg.rsa
     _choices(cfg, "rsa.methods", r.methods, RSA_METHODS)
     _choices(cfg, "rsa.hidden_geometry", r.hidden_geometry, HIDDEN_GEOMETRIES)
@@ -701,7 +721,6 @@ def _validate(cfg: Config) -> None:
         _fail(cfg, "regress.train_pairs", "must be >= 10 and regress.cv >= 2")
     if not g.seeds:
         _fail(cfg, "regress.seeds", "must list at least one seed")
-    _validate_validity(cfg)
 
 
 def _validate_validity(cfg: Config) -> None:
