@@ -61,7 +61,7 @@ def answer(candidate: str, n_picks: int) -> str:
     return f" {candidate}," if n_picks > 1 else f" {candidate}"
 
 
-def requests(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str = "fc_scored"
+def requests(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str
              ) -> list[ScoreRequest]:
     """One score request per FC trial: the trial's rendered FC prompt plus the answer prefix;
     `stage` (the paradigm) selects the tokenizer as `GenRequest.stage` does."""
@@ -84,7 +84,7 @@ def distribution(logprobs) -> np.ndarray | None:
     return p / p.sum()
 
 
-def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str = "fc_scored"
+def run_trials(backend: Backend, cfg: Config, model_cfg: ModelCfg, trials: list[dict], stage: str
                ) -> pa.Table:
     """Score one chunk of FC plan rows; log rows in `logs.SCORED_SCHEMA`, one final row per trial."""
     return score(backend, trials, requests(backend, cfg, model_cfg, trials, stage) if backend.scores else [], stage)
@@ -229,7 +229,7 @@ def top_picks(candidates: list[str], probs, k: int) -> list[str]:
     return [candidates[i] for i in order]
 
 
-def agreement(cfg: Config, model: str, generated: str = "fc", scored: str = "fc_scored") -> dict | None:
+def agreement(cfg: Config, model: str, generated: str, scored: str) -> dict | None:
     """How the scored choice agrees with generated FC, trial by trial (the same plan).
 
     Compared are the trials whose FC main attempt (the greedy pass on the same prompt) is

