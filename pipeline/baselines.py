@@ -64,7 +64,6 @@ def load_static(spec: str, words: list[str], paper: bool = False):
     """
     from gensim.models import KeyedVectors
 
-
     if spec == GLOVE_PACKAGE:
         import pyarrow.parquet as pq
 
@@ -227,7 +226,6 @@ def encoder_vectors(spec: str, words: list[str], template: str = "This is a {w}"
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
-
 
     path = resolve(spec)
     try:

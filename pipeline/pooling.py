@@ -165,7 +165,6 @@ def load_model(mcfg: ModelCfg, dtype: str = "bfloat16", device: str = "auto"):
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
-
     path = resolve(mcfg.path)
     kw = {"revision": mcfg.revision} if mcfg.revision else {}
     try:

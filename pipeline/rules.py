@@ -121,7 +121,6 @@ class Rules:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-
         missing = pc.is_null(outputs)
         par = find_paradigm(paradigm)
         if self.paper and par is not None and par.na_answers:

@@ -105,7 +105,6 @@ class _BehaveWorker:
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
     def run(self, paradigm: str, chunk: pa.Table) -> tuple[pa.Table, dict]:
-
         t0 = time.perf_counter()
         rows = run_chunk(self.backend, self.cfg, self.model_cfg, paradigm, chunk, self.words)
         busy = time.perf_counter() - t0

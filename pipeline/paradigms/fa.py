@@ -72,7 +72,6 @@ class FreeAssociation(Paradigm):
         return lambda b: b.column("run").to_numpy(zero_copy_only=False).astype("int64") % 2 == h
 
     def behave_settings(self, cfg, model_cfg) -> dict:
-
         b = cfg.behave
         return dict(prompts=[prompt_hashes()["fa"]], structured=b.structured_fa, temperature=b.fa_temperature,
                     top_p=b.fa_top_p, max_tokens=b.fa_max_tokens, k=cfg.trials.fa_associates)

@@ -67,7 +67,6 @@ def build_triplet_plan(words: list[str], per_word: int, seed: int):
     """
     import pyarrow as pa
 
-
     n = len(words)
     if n < 3:
         raise PipelineError(f"a triplet plan needs at least 3 words, got {n}")
