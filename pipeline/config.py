@@ -67,7 +67,9 @@ class VocabCfg:
 
 class _Extensible:
     """A config section that also holds the keys paradigms declare for it (`Paradigm.config_keys`):
-    a paradigm module brings its settings with it. Unset, such a key has the paradigm's default."""
+    a paradigm module brings its settings with it. Unset, such a key has the paradigm's default
+    (`_build` stores the defaults beside the values given; a section built directly asks the
+    registry on each read)."""
 
     _section = ""
 
@@ -489,7 +491,8 @@ def _build(cls, raw: Any, source: str, prefix: str):
         kwargs[name] = _coerce(hints[name], raw[name], source, f"{prefix}{name}")
     obj = cls(**kwargs)
     if declared:
-        obj._extra = {k: _coerce(type(declared[k]), v, source, f"{prefix}{k}") for k, v in raw.items() if k in declared}
+        obj._extra = {**declared, **{k: _coerce(type(declared[k]), v, source, f"{prefix}{k}")
+                                     for k, v in raw.items() if k in declared}}
     return obj
 
 

@@ -158,8 +158,9 @@ def validate_model(cfg: Config, i: int, m: ModelCfg, fail: Callable[[str, str], 
     the config's error."""
     name = cfg.backend_of(m)
     cls = backend_class(name, cfg)
+    claimed = backend_keys()
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(ModelCfg) if f.name in backend_keys()}
+                for f in dataclasses.fields(ModelCfg) if f.name in claimed}
     for key in sorted(defaults):
         if key not in cls.model_keys and getattr(m, key) != defaults[key]:
             owner = next(n for n in names() if key in backend_class(n).model_keys)
