@@ -43,3 +43,27 @@ def test_backends_and_paradigms_share_it():
 
     assert isinstance(backends._REGISTRY, Registry) and isinstance(paradigms._REGISTRY, Registry)
     assert backends.names()[0] == "vllm" and paradigms.names()[:2] == ("fc", "fa")
+
+
+def test_no_stage_names_a_paradigm():
+    """Outside `pipeline/paradigms/`, no module tests a paradigm by name: stages ask the
+    registry. The one exception is `released`, which reads the authors' dataset, whose files
+    are exactly `forced_choice/` (fc) and `free_association/` (fa)."""
+    import re
+    from pathlib import Path
+
+    import pipeline
+
+    pattern = re.compile(r"""(?<![.\w])paradigm\s*[!=]=|["']fc_scored["']|["']triplet(_scored)?["']"""
+                         r"""|\(\s*["']fc["']\s*,\s*["']fa["']\s*\)|["']f[ac]["']\s*(==|!=|in\b)|==\s*["']f[ac]["']""")
+    root = Path(pipeline.__file__).parent
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        if "paradigms" in path.parts:
+            continue
+        hits = [n for n, line in enumerate(path.read_text().splitlines(), 1)
+                if not line.lstrip().startswith("#") and pattern.search(line)]
+        if hits:
+            found[str(path.relative_to(root))] = hits
+    assert set(found) <= {"released.py"}, found
+    assert len(found.get("released.py", [])) <= 2, found
